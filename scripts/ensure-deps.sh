@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the system packages the build needs, if they are missing, and says
+# what it installs: cmake, a C++ compiler, pkg-config and OpenSSL headers
+# (grpcio-sys builds the gRPC C core from source and links OpenSSL).
+set -euo pipefail
+
+missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
+
+if [ "$#" -gt 0 ]; then
+  # Extra packages a target needs, e.g. `ensure-deps.sh nghttp2-client`.
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+fi
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  exit 0
+fi
+echo "ensure-deps: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${missing[@]}" >/dev/null

@@ -1,0 +1,59 @@
+//! `server`: serves the greeter demo's GreetService (and helloworld.Greeter,
+//! grpc.health.v1.Health) until SIGINT or SIGTERM, then drains gracefully.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use greet::duration;
+use greet::server::{self, ServerConfig};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "gRPC greeter server (drop-in for the Go demo's server)")]
+struct Args {
+    /// Address to listen on, host:port (port 0 picks a free one).
+    #[arg(long, default_value = "[::]:8080")]
+    addr: String,
+    /// Wait after each server-stream send, e.g. 2s, 500ms, 0.
+    #[arg(long, default_value = "2s", value_parser = duration::parse)]
+    stream_interval: Duration,
+    /// Completion queues (polling threads); default: one per CPU.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// On SIGINT/SIGTERM, how long in-flight calls may take to finish
+    /// before they are cancelled.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    grace: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+
+    let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
+    if let Some(threads) = args.threads {
+        config.completion_queues = threads.max(1);
+    }
+    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("error: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = async move {
+        // Blocks this (main) thread only; the server runs on its own threads.
+        if let Some(sig) = signals.forever().next() {
+            log::info!("received signal {sig}");
+        }
+    };
+    match server::run(&config, signal, args.grace) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

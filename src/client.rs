@@ -1,0 +1,127 @@
+//! The client: one function per call pattern, each call with a deadline.
+//! Results come back as they arrive through `on_message`, so a caller can
+//! print streamed answers at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::executor::block_on;
+use futures::prelude::*;
+use futures_timer::Delay;
+use grpcio::{CallOption, Channel, ChannelBuilder, EnvBuilder, Environment, WriteFlags};
+
+use crate::proto::greet::{HelloRequest, NamesList, NoParam};
+use crate::proto::greet_grpc::GreetServiceClient;
+use crate::proto::helloworld;
+use crate::proto::helloworld_grpc::GreeterClient;
+
+/// The demo client's names.
+pub const DEMO_NAMES: &[&str] = &["Akhil", "Alice", "Bob"];
+
+/// A plaintext channel to `addr` on its own single-queue environment.
+pub fn connect(addr: &str) -> Channel {
+    let env: Arc<Environment> = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("grpc-client").build());
+    ChannelBuilder::new(env).connect(addr)
+}
+
+/// Calls `greet_service.GreetService` and `helloworld.Greeter`.
+#[derive(Clone)]
+pub struct Client {
+    greet: GreetServiceClient,
+    hello: GreeterClient,
+    /// Deadline of each call, from its start.
+    timeout: Duration,
+}
+
+fn request(name: &str) -> HelloRequest {
+    HelloRequest { name: name.to_string(), ..Default::default() }
+}
+
+impl Client {
+    pub fn new(channel: Channel, timeout: Duration) -> Self {
+        Client { greet: GreetServiceClient::new(channel.clone()), hello: GreeterClient::new(channel), timeout }
+    }
+
+    fn call_option(&self) -> CallOption {
+        CallOption::default().timeout(self.timeout)
+    }
+
+    /// Unary `SayHello`: the server's greeting ("Hello").
+    pub fn say_hello(&self) -> grpcio::Result<String> {
+        Ok(self.greet.say_hello_opt(&NoParam::default(), self.call_option())?.message)
+    }
+
+    /// Server streaming: one greeting per name, passed to `on_message` as it arrives.
+    pub fn server_stream(&self, names: &[String], mut on_message: impl FnMut(String)) -> grpcio::Result<()> {
+        let req = NamesList { names: names.to_vec(), ..Default::default() };
+        let mut stream = self.greet.say_hello_server_streaming_opt(&req, self.call_option())?;
+        block_on(async {
+            while let Some(resp) = stream.try_next().await? {
+                on_message(resp.message);
+            }
+            Ok(())
+        })
+    }
+
+    /// Client streaming: sends the names `interval` apart, then closes its
+    /// side and returns the server's list of greetings.
+    pub fn client_stream(&self, names: &[String], interval: Duration) -> grpcio::Result<Vec<String>> {
+        let (mut sink, receiver) = self.greet.say_hello_client_streaming_opt(self.call_option())?;
+        let sent = block_on(send_paced(&mut sink, names, interval));
+        // When sending fails the server has ended the call; its status is
+        // what the receiver reports, so prefer it over the send error.
+        let received = block_on(receiver);
+        settle(sent, received).map(|list| list.messages)
+    }
+
+    /// Bidirectional streaming: sends the names `interval` apart while
+    /// receiving, concurrently, each greeting as the server answers it.
+    pub fn bidi(&self, names: &[String], interval: Duration, mut on_message: impl FnMut(String)) -> grpcio::Result<()> {
+        let (mut sink, mut receiver) = self.greet.say_hello_bidirectional_streaming_opt(self.call_option())?;
+        let send = send_paced(&mut sink, names, interval);
+        let receive = async {
+            while let Some(resp) = receiver.try_next().await? {
+                on_message(resp.message);
+            }
+            Ok::<(), grpcio::Error>(())
+        };
+        let (sent, received) = block_on(future::join(send, receive));
+        settle(sent, received)
+    }
+
+    /// Unary `helloworld.Greeter/SayHello` for `name`.
+    pub fn greet(&self, name: &str) -> grpcio::Result<String> {
+        let req = helloworld::HelloRequest { name: name.to_string(), ..Default::default() };
+        Ok(self.hello.say_hello_opt(&req, self.call_option())?.message)
+    }
+}
+
+/// The outcome of a call whose sending and receiving halves ended apart.
+/// The receiving half carries the server's status, so it decides; a send
+/// that failed because the server had already finished the call is no error
+/// of its own (grpcio reports a close that raced the server's OK status as
+/// `RpcFinished(None)`).
+pub fn settle<T>(sent: grpcio::Result<()>, received: grpcio::Result<T>) -> grpcio::Result<T> {
+    match (sent, received) {
+        (_, Err(e)) => Err(e),
+        (Ok(()), Ok(value)) | (Err(grpcio::Error::RpcFinished(_)), Ok(value)) => Ok(value),
+        (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+/// Sends one request per name, waiting `interval` between sends, then
+/// closes the sending side.
+async fn send_paced<S>(sink: &mut S, names: &[String], interval: Duration) -> grpcio::Result<()>
+where
+    S: Sink<(HelloRequest, WriteFlags), Error = grpcio::Error> + Unpin,
+{
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 && !interval.is_zero() {
+            Delay::new(interval).await;
+        }
+        // Unpaced sends may be coalesced; the close below flushes them.
+        let flags = WriteFlags::default().buffer_hint(interval.is_zero() && i + 1 < names.len());
+        sink.send((request(name), flags)).await?;
+    }
+    sink.close().await
+}

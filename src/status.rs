@@ -1,0 +1,98 @@
+//! Where errors become gRPC statuses (server side) and one-line CLI errors
+//! (client side).
+
+use std::fmt;
+
+use grpcio::{Error, RpcStatus, RpcStatusCode};
+use log::{debug, warn};
+
+/// Why a handler stopped early.
+#[derive(Debug)]
+pub enum CallError {
+    /// The call must end with this status (bad input, a limit, ...).
+    Status(RpcStatus),
+    /// The transport failed: the peer went away, the deadline passed, or the
+    /// call was cancelled. Nothing can be sent back any more.
+    Transport(Error),
+}
+
+impl From<Error> for CallError {
+    fn from(e: Error) -> Self {
+        CallError::Transport(e)
+    }
+}
+
+impl From<RpcStatus> for CallError {
+    fn from(s: RpcStatus) -> Self {
+        CallError::Status(s)
+    }
+}
+
+/// INVALID_ARGUMENT with a message a person can act on.
+pub fn invalid_argument(message: impl Into<String>) -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, message.into())
+}
+
+/// The canonical name of a status code, e.g. `UNAVAILABLE`.
+pub fn code_name(code: RpcStatusCode) -> String {
+    // grpcio formats codes as "14-UNAVAILABLE".
+    let text = format!("{code:?}");
+    match text.split_once('-') {
+        Some((_, name)) => name.to_string(),
+        None => text,
+    }
+}
+
+/// Logs how a call that could no longer report its outcome ended.
+/// A peer that went away is routine (debug); anything else is a warning.
+pub fn log_transport_error(method: &str, error: &Error) {
+    match error {
+        Error::RemoteStopped | Error::RpcFinished(_) => debug!("{method}: peer went away: {error}"),
+        Error::RpcFailure(s)
+            if s.code() == RpcStatusCode::CANCELLED || s.code() == RpcStatusCode::DEADLINE_EXCEEDED =>
+        {
+            debug!("{method}: call ended by the peer: {}", code_name(s.code()))
+        }
+        other => warn!("{method}: {other}"),
+    }
+}
+
+/// A client-side failure, printed as one line: `error: <CODE>: <message>`.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: String,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CliError { code: code.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Keep it to one line whatever the peer put in its message.
+        let message = self.message.replace(['\n', '\r'], " ");
+        write!(f, "error: {}: {}", self.code, message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<Error> for CliError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::RpcFailure(s) => {
+                let message = if s.message().is_empty() { "(no message)".to_string() } else { s.message().to_string() };
+                CliError::new(code_name(s.code()), message)
+            }
+            Error::RpcFinished(Some(s)) => CliError::new(code_name(s.code()), s.message().to_string()),
+            Error::RemoteStopped | Error::RpcFinished(None) => {
+                CliError::new("UNAVAILABLE", "the server closed the call")
+            }
+            Error::Codec(e) => CliError::new("INTERNAL", format!("cannot decode a message: {e}")),
+            other => CliError::new("INTERNAL", other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Unknown methods, input over the documented limits and undecodable bytes
+//! each get a clear status, and the server keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::executor::block_on;
+use futures::prelude::*;
+use greet::limits::{MAX_NAMES, MAX_NAME_BYTES};
+use greet::proto::greet::{HelloRequest, HelloResponse, NamesList, NoParam};
+use greet::proto::greet_grpc::GreetServiceClient;
+use grpcio::{CallOption, Marshaller, Method, MethodType, RpcStatusCode, WriteFlags};
+
+fn opt() -> CallOption {
+    CallOption::default().timeout(Duration::from_secs(10))
+}
+
+/// Half-closes a client stream; the server may finish the call with OK
+/// before the close itself completes, which grpcio reports as `RpcFinished(None)`.
+async fn close_client_side<T>(sink: &mut grpcio::StreamingCallSink<T>) {
+    match sink.close().await {
+        Ok(()) | Err(grpcio::Error::RpcFinished(None)) => {}
+        Err(e) => panic!("closing the client side failed: {e:?}"),
+    }
+}
+
+fn raw_ser(msg: &Vec<u8>, buf: &mut grpcio::GrpcSlice) -> grpcio::Result<()> {
+    *buf = grpcio::GrpcSlice::from(msg.as_slice());
+    Ok(())
+}
+
+fn raw_de(mut reader: grpcio::MessageReader) -> grpcio::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
+    Ok(out)
+}
+
+fn raw_method(name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
+    Method {
+        ty: MethodType::Unary,
+        name,
+        req_mar: Marshaller { ser: raw_ser, de: raw_de },
+        resp_mar: Marshaller { ser: raw_ser, de: raw_de },
+    }
+}
+
+#[test]
+fn unknown_method_gets_unimplemented() {
+    let server = start_server(Duration::ZERO);
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    let err = client.unary_call(&raw_method("/greet_service.GreetService/NoSuchMethod"), &vec![], opt()).unwrap_err();
+    assert_eq!(code_of(err).0, RpcStatusCode::UNIMPLEMENTED);
+    let err = client.unary_call(&raw_method("/no.Such/Service"), &vec![], opt()).unwrap_err();
+    assert_eq!(code_of(err).0, RpcStatusCode::UNIMPLEMENTED);
+}
+
+#[test]
+fn undecodable_request_gets_a_status_and_the_server_survives() {
+    let server = start_server(Duration::ZERO);
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    // Field 1 as a length-delimited string claiming 100 bytes, then 1 byte.
+    let garbage = vec![0x0a, 0x64, 0xff];
+    let err = client.unary_call(&raw_method("/helloworld.Greeter/SayHello"), &garbage, opt()).unwrap_err();
+    let (code, _) = code_of(err);
+    assert!(code == RpcStatusCode::INTERNAL || code == RpcStatusCode::INVALID_ARGUMENT, "unexpected code {code:?}");
+    // Invalid UTF-8 in a proto3 string.
+    let bad_utf8 = vec![0x0a, 0x02, 0xc3, 0x28];
+    assert!(client.unary_call(&raw_method("/helloworld.Greeter/SayHello"), &bad_utf8, opt()).is_err());
+    assert_eq!(client_for(&server).say_hello().unwrap(), "Hello");
+}
+
+#[test]
+fn too_many_names_in_a_list_get_invalid_argument() {
+    let server = start_server(Duration::ZERO);
+    let names = vec![String::from("x"); MAX_NAMES + 1];
+    let err = client_for(&server).server_stream(&names, |_| panic!("no message expected")).unwrap_err();
+    assert_eq!(
+        code_of(err),
+        (
+            RpcStatusCode::INVALID_ARGUMENT,
+            format!("{} names sent; at most {MAX_NAMES} names are accepted in one call", MAX_NAMES + 1)
+        )
+    );
+}
+
+#[test]
+fn too_long_name_gets_invalid_argument_in_every_pattern() {
+    let server = start_server(Duration::ZERO);
+    let client = client_for(&server);
+    let long = "é".repeat(MAX_NAME_BYTES / 2 + 1); // 1,026 bytes
+    let names = vec!["ok".to_string(), long];
+    let expected = (
+        RpcStatusCode::INVALID_ARGUMENT,
+        format!("name #2 is 1026 bytes long; names are limited to {MAX_NAME_BYTES} bytes"),
+    );
+
+    assert_eq!(code_of(client.server_stream(&names, |_| ()).unwrap_err()), expected);
+    assert_eq!(code_of(client.client_stream(&names, Duration::ZERO).unwrap_err()), expected);
+    let mut got = Vec::new();
+    assert_eq!(code_of(client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap_err()), expected);
+    assert_eq!(got, ["Hello ok"], "names before the bad one are answered");
+
+    let (code, message) = code_of(client.greet(&names[1]).unwrap_err());
+    assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
+    assert_eq!(message, format!("name #1 is 1026 bytes long; names are limited to {MAX_NAME_BYTES} bytes"));
+    assert_eq!(client.say_hello().unwrap(), "Hello", "the server keeps serving");
+}
+
+#[test]
+fn oversized_message_gets_resource_exhausted_and_others_are_unaffected() {
+    let server = start_server(Duration::ZERO);
+    let client = GreetServiceClient::new(greet::client::connect(server.addr()));
+    // 5 MiB of names, over the 4 MiB receive limit.
+    let req = NamesList { names: vec!["n".repeat(1000); 5 * 1024], ..Default::default() };
+    let err = block_on(client.say_hello_server_streaming_opt(&req, opt()).unwrap().try_next()).unwrap_err();
+    assert_eq!(code_of(err).0, RpcStatusCode::RESOURCE_EXHAUSTED);
+    let ok: HelloResponse = client.say_hello_opt(&NoParam::default(), opt()).unwrap();
+    assert_eq!(ok.message, "Hello");
+}
+
+#[test]
+fn a_failing_call_does_not_disturb_a_concurrent_stream() {
+    let server = start_server(Duration::ZERO);
+    let client = GreetServiceClient::new(greet::client::connect(server.addr()));
+    let (mut sink, mut receiver) = client.say_hello_bidirectional_streaming_opt(opt()).unwrap();
+    block_on(async {
+        let req = HelloRequest { name: "first".into(), ..Default::default() };
+        sink.send((req, WriteFlags::default())).await.unwrap();
+        assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello first");
+    });
+    // A bad call on the same connection, mid-stream.
+    let bad = NamesList { names: vec!["x".repeat(MAX_NAME_BYTES + 1)], ..Default::default() };
+    let err = block_on(client.say_hello_server_streaming_opt(&bad, opt()).unwrap().try_next()).unwrap_err();
+    assert_eq!(code_of(err).0, RpcStatusCode::INVALID_ARGUMENT);
+    block_on(async {
+        let req = HelloRequest { name: "second".into(), ..Default::default() };
+        sink.send((req, WriteFlags::default())).await.unwrap();
+        assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello second");
+        close_client_side(&mut sink).await;
+        assert!(receiver.try_next().await.unwrap().is_none());
+    });
+}

@@ -1,0 +1,114 @@
+//! Each of the demo's four call patterns answers exactly as the Go demo does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures::executor::block_on;
+use futures::prelude::*;
+use greet::proto::greet::HelloRequest;
+use greet::proto::greet_grpc::GreetServiceClient;
+use grpcio::{CallOption, WriteFlags};
+
+#[test]
+fn unary_answers_hello() {
+    let server = start_server(Duration::ZERO);
+    assert_eq!(client_for(&server).say_hello().unwrap(), "Hello");
+}
+
+#[test]
+fn server_stream_greets_each_demo_name_in_order() {
+    let server = start_server(Duration::ZERO);
+    let mut got = Vec::new();
+    client_for(&server).server_stream(&demo_names(), |m| got.push(m)).unwrap();
+    assert_eq!(got, ["Hello Akhil", "Hello Alice", "Hello Bob"]);
+}
+
+#[test]
+fn client_stream_answers_all_greetings_in_arrival_order() {
+    let server = start_server(Duration::ZERO);
+    let got = client_for(&server).client_stream(&demo_names(), Duration::ZERO).unwrap();
+    assert_eq!(got, ["Hello Akhil", "Hello Alice", "Hello Bob"]);
+}
+
+#[test]
+fn bidi_greets_each_demo_name() {
+    let server = start_server(Duration::ZERO);
+    let mut got = Vec::new();
+    client_for(&server).bidi(&demo_names(), Duration::ZERO, |m| got.push(m)).unwrap();
+    assert_eq!(got, ["Hello Akhil", "Hello Alice", "Hello Bob"]);
+}
+
+#[test]
+fn empty_list_and_empty_streams_succeed_with_nothing() {
+    let server = start_server(Duration::ZERO);
+    let client = client_for(&server);
+    let mut got = Vec::new();
+    client.server_stream(&[], |m| got.push(m)).unwrap();
+    client.bidi(&[], Duration::ZERO, |m| got.push(m)).unwrap();
+    assert!(got.is_empty(), "unexpected messages: {got:?}");
+    assert!(client.client_stream(&[], Duration::ZERO).unwrap().is_empty());
+}
+
+#[test]
+fn ten_thousand_names_pass_through_every_streaming_pattern() {
+    let server = start_server(Duration::ZERO);
+    let client = client_for(&server);
+    let names: Vec<String> = (0..10_000).map(|i| format!("name-{i}")).collect();
+    let expected = greetings(&names);
+
+    let mut got = Vec::with_capacity(names.len());
+    client.server_stream(&names, |m| got.push(m)).unwrap();
+    assert_eq!(got, expected);
+
+    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), expected);
+
+    let mut got = Vec::with_capacity(names.len());
+    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn unicode_names_round_trip_unchanged() {
+    let server = start_server(Duration::ZERO);
+    let client = client_for(&server);
+    let names = names(&["Zoë", "李雷", "Ñandú 🦤", "", "O'Brien \"quoted\""]);
+    let expected = greetings(&names);
+    let mut got = Vec::new();
+    client.server_stream(&names, |m| got.push(m)).unwrap();
+    assert_eq!(got, expected);
+    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), expected);
+    let mut got = Vec::new();
+    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn bidi_answers_each_request_before_the_client_closes() {
+    let server = start_server(Duration::ZERO);
+    let client = GreetServiceClient::new(greet::client::connect(server.addr()));
+    let opt = CallOption::default().timeout(Duration::from_secs(10));
+    let (mut sink, mut receiver) = client.say_hello_bidirectional_streaming_opt(opt).unwrap();
+    block_on(async {
+        for name in ["Akhil", "Alice"] {
+            let req = HelloRequest { name: name.to_string(), ..Default::default() };
+            sink.send((req, WriteFlags::default())).await.unwrap();
+            // The answer arrives while our side is still open.
+            let resp = receiver.try_next().await.unwrap().expect("an answer before closing");
+            assert_eq!(resp.message, format!("Hello {name}"));
+        }
+        match sink.close().await {
+            // The server may finish with OK before the close completes.
+            Ok(()) | Err(grpcio::Error::RpcFinished(None)) => {}
+            Err(e) => panic!("closing the client side failed: {e:?}"),
+        }
+        assert!(receiver.try_next().await.unwrap().is_none(), "the call ends after the client closes");
+    });
+}
+
+#[test]
+fn helloworld_greeter_answers_hello_name() {
+    let server = start_server(Duration::ZERO);
+    assert_eq!(client_for(&server).greet("world").unwrap(), "Hello world");
+}
