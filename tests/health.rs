@@ -7,11 +7,11 @@ use std::time::Duration;
 use common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
-use grpcio::{CallOption, RpcStatusCode};
 use greet::proto::health::health_check_response::ServingStatus;
 use greet::proto::health::HealthCheckRequest;
 use greet::proto::health_grpc::HealthClient;
 use greet::server::Shutdown;
+use grpcio::{CallOption, RpcStatusCode};
 
 fn request(service: &str) -> HealthCheckRequest {
     HealthCheckRequest { service: service.to_string(), ..Default::default() }
