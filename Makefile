@@ -29,6 +29,11 @@ demo: build
 test: deps
 	$(CARGO) test --release
 
+## Cross-language interop matrix against the official grpc-go programs (Go + protoc).
+interop: build
+	scripts/ensure-deps.sh protobuf-compiler
+	python3 tests/interop/run_matrix.py --rust-bin-dir $(BIN) --markdown $(CARGO_TARGET_DIR)/interop-matrix.md
+
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
