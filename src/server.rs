@@ -2,6 +2,7 @@
 //! `server` binary, the tests and the benchmarks all use it.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +14,19 @@ use log::{info, warn};
 
 use crate::limits;
 use crate::proto::health::health_check_response::ServingStatus;
-use crate::proto::{greet_grpc, health_grpc, helloworld_grpc};
+use crate::proto::{greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
 use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
 use crate::services::helloworld::HelloWorld;
+use crate::services::interop::InteropService;
+use crate::services::route_guide::{self, RouteGuideService};
 use crate::services::CallTracker;
+use crate::tls::ServerTls;
 
 /// Full names of the services a server hosts, as the health service reports them.
-pub const SERVICE_NAMES: &[&str] = &["greet_service.GreetService", "helloworld.Greeter"];
+pub const SERVICE_NAMES: &[&str] = &["greet_service.GreetService", "helloworld.Greeter", "routeguide.RouteGuide"];
+/// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
+pub const INTEROP_SERVICE_NAME: &str = "grpc.testing.TestService";
 
 /// How to build a server.
 #[derive(Debug, Clone)]
@@ -31,6 +37,13 @@ pub struct ServerConfig {
     pub stream_interval: Duration,
     /// Completion queues, each with its own polling thread.
     pub completion_queues: usize,
+    /// The route guide's feature database (grpc-go's JSON format); `None`
+    /// serves a small built-in one.
+    pub route_db: Option<PathBuf>,
+    /// Serve over TLS with this identity; `None` is plaintext.
+    pub tls: Option<ServerTls>,
+    /// Also serve `grpc.testing.TestService`, the interop suite's service.
+    pub interop: bool,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +52,9 @@ impl Default for ServerConfig {
             addr: "[::]:8080".to_string(),
             stream_interval: Duration::from_secs(2),
             completion_queues: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            route_db: None,
+            tls: None,
+            interop: false,
         }
     }
 }
@@ -52,6 +68,8 @@ pub enum StartError {
     Bind(String),
     /// The core refused to build the server.
     Build(grpcio::Error),
+    /// The route guide's feature database cannot be read or parsed.
+    RouteDb(String),
 }
 
 impl fmt::Display for StartError {
@@ -60,6 +78,7 @@ impl fmt::Display for StartError {
             StartError::BadAddress(addr) => write!(f, "invalid address {addr:?}: expected host:port, like [::]:8080"),
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
+            StartError::RouteDb(why) => f.write_str(why),
         }
     }
 }
@@ -101,11 +120,13 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let tracker = CallTracker::new();
     let health = HealthService::default();
     let mut server = build(env, config, tracker.clone(), health.clone())?;
+    let credentials = config.tls.as_ref().map_or_else(ServerCredentials::insecure, ServerTls::credentials);
     let port = server
-        .add_listening_port(config.addr.clone(), ServerCredentials::insecure())
+        .add_listening_port(config.addr.clone(), credentials)
         .map_err(|_| StartError::Bind(config.addr.clone()))?;
     server.start();
-    for name in SERVICE_NAMES.iter().chain(&[""]) {
+    let interop: &[&str] = if config.interop { &[INTEROP_SERVICE_NAME] } else { &[] };
+    for name in SERVICE_NAMES.iter().chain(interop).chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
     Ok(RunningServer { server, addr: format!("{host}:{port}"), tracker, health })
@@ -117,15 +138,23 @@ fn build(
     tracker: Arc<CallTracker>,
     health: HealthService,
 ) -> Result<Server, StartError> {
+    let features = match &config.route_db {
+        Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
+        None => route_guide::default_features(),
+    };
+    // 4 MiB also covers the interop suite's largest message (314,159 bytes).
     let args =
         ChannelBuilder::new(env.clone()).max_receive_message_len(limits::MAX_RECEIVE_MESSAGE_BYTES as i32).build_args();
-    ServerBuilder::new(env)
+    let mut builder = ServerBuilder::new(env)
         .channel_args(args)
         .register_service(greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker)))
         .register_service(helloworld_grpc::create_greeter(HelloWorld))
-        .register_service(health_grpc::create_health(health))
-        .build()
-        .map_err(StartError::Build)
+        .register_service(route_guide_grpc::create_route_guide(RouteGuideService::new(features)))
+        .register_service(health_grpc::create_health(health));
+    if config.interop {
+        builder = builder.register_service(test_grpc::create_test_service(InteropService::default()));
+    }
+    builder.build().map_err(StartError::Build)
 }
 
 impl RunningServer {

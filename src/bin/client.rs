@@ -2,20 +2,31 @@
 //! Stdout carries one line per message received; failures print one line
 //! `error: <CODE>: <message>` to stderr and exit non-zero.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use greet::client::{self, Client};
 use greet::duration;
+use greet::route_guide_client;
 use greet::status::CliError;
+use greet::tls::{self, ClientTls};
+use grpcio::Channel;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "gRPC greeter client (drop-in for the Go demo's client)")]
 struct Args {
-    /// Server address, host:port (plaintext).
+    /// Server address, host:port (plaintext unless --tls-ca is given).
     #[arg(long, default_value = "localhost:8080", global = true)]
     addr: String,
+    /// Connect over TLS, trusting the CA certificate(s) in this PEM file.
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Name to expect in the server's TLS certificate instead of the host of --addr.
+    #[arg(long, global = true, requires = "tls_ca")]
+    tls_server_name: Option<String>,
     /// Deadline of each call, e.g. 30s, 500ms.
     #[arg(long, default_value = "30s", value_parser = duration::parse, global = true)]
     timeout: Duration,
@@ -47,14 +58,33 @@ enum Command {
         #[arg(long, default_value = "world")]
         name: String,
     },
+    /// routeguide.RouteGuide: GetFeature, ListFeatures, RecordRoute and
+    /// RouteChat, like grpc-go's route_guide client.
+    RouteGuide,
 }
 
+/// Prints one received message. A reader that went away (`client ... | head`)
+/// ends the program quietly, as it would any Unix filter.
 fn print(line: String) {
-    println!("{line}");
+    let mut stdout = std::io::stdout().lock();
+    if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+        std::process::exit(0);
+    }
 }
 
-fn run(args: &Args) -> Result<(), CliError> {
-    let client = Client::new(client::connect(&args.addr), args.timeout);
+/// A plaintext channel, or a TLS one with --tls-ca; the error is one line.
+fn channel(args: &Args) -> Result<Channel, String> {
+    match &args.tls_ca {
+        Some(ca) => {
+            let tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
+            Ok(tls::channel(&args.addr, Some(&tls)))
+        }
+        None => Ok(client::connect(&args.addr)),
+    }
+}
+
+fn run(args: &Args, channel: Channel) -> Result<(), CliError> {
+    let client = Client::new(channel.clone(), args.timeout);
     let names = &args.names;
     let unary = || client.say_hello().map(print);
     let server_stream = || client.server_stream(names, print);
@@ -72,6 +102,7 @@ fn run(args: &Args) -> Result<(), CliError> {
             bidi()?;
         }
         Command::Greet { name } => print(client.greet(name)?),
+        Command::RouteGuide => route_guide_client::Client::new(channel, args.timeout).run_demo(print)?,
     }
     Ok(())
 }
@@ -79,7 +110,14 @@ fn run(args: &Args) -> Result<(), CliError> {
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(&args) {
+    let channel = match channel(&args) {
+        Ok(channel) => channel,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&args, channel) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

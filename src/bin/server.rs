@@ -1,12 +1,15 @@
 //! `server`: serves the greeter demo's GreetService (and helloworld.Greeter,
-//! grpc.health.v1.Health) until SIGINT or SIGTERM, then drains gracefully.
+//! routeguide.RouteGuide, grpc.health.v1.Health) until SIGINT or SIGTERM,
+//! then drains gracefully.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
 use greet::duration;
 use greet::server::{self, ServerConfig};
+use greet::tls::ServerTls;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -26,6 +29,16 @@ struct Args {
     /// before they are cancelled.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     grace: Duration,
+    /// Feature database of routeguide.RouteGuide, in grpc-go's
+    /// route_guide_db.json format; default: a few built-in features.
+    #[arg(long)]
+    route_db: Option<PathBuf>,
+    /// Serve over TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -33,6 +46,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
+    config.route_db = args.route_db;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match ServerTls::from_files(cert, key) {
+            Ok(tls) => config.tls = Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     if let Some(threads) = args.threads {
         config.completion_queues = threads.max(1);
     }

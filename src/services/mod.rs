@@ -3,6 +3,8 @@
 pub mod greet;
 pub mod health;
 pub mod helloworld;
+pub mod interop;
+pub mod route_guide;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

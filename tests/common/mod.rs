@@ -8,7 +8,12 @@ use greet::server::{self, RunningServer, ServerConfig};
 
 /// A server on 127.0.0.1:0 whose server streams wait `interval` after each send.
 pub fn start_server(interval: Duration) -> RunningServer {
-    let config = ServerConfig { addr: "127.0.0.1:0".to_string(), stream_interval: interval, completion_queues: 2 };
+    let config = ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        stream_interval: interval,
+        completion_queues: 2,
+        ..Default::default()
+    };
     server::start(&config).expect("a server starts on a free loopback port")
 }
 

@@ -91,6 +91,20 @@ NOT_IN_GO_SERVER = {
     **{c: "not in grpc-go server: it ignores expect/response_compressed" for c in COMPRESSION_CASES},
     "pick_first_unary": "not in grpc-go server: it never fills server_id",
 }
+# What grpcio 0.13's server API cannot do, so our interop-server cannot pass these
+# cases whoever the client is. A gap cell still runs: failing is reported "gap"
+# (not a pass, not a failure), and passing is a failure that says to remove the entry.
+GRPCIO_SERVER_GAPS = {
+    "custom_metadata": "grpcio 0.13 servers cannot send trailing metadata "
+                       "(tikv/grpc-rs#460), so x-grpc-test-echo-trailing-bin never comes back",
+    "client_compressed_unary": "grpcio 0.13 does not tell a server whether a request "
+                               "was compressed, so the expect_compressed probe gets OK",
+    "client_compressed_streaming": "grpcio 0.13 does not tell a server whether a request "
+                                   "was compressed, so the expect_compressed probe gets OK",
+}
+# The same cases without the probe, which only our client has; they show that
+# compressed requests themselves work against our server.
+NOPROBE_CASES = ("client_compressed_unary_noprobe", "client_compressed_streaming_noprobe")
 SOAK_FLAGS = ("soak_iterations=5", "soak_overall_timeout_seconds=30")
 TLS_HOST_OVERRIDE = "foo.test.google.fr"
 
@@ -119,7 +133,7 @@ STOP_TIMEOUT = 5.0
 client_timeout = 60.0
 PORT_ATTEMPTS = 3
 
-PASS, FAIL, NA = "pass", "FAIL", "n/a"
+PASS, FAIL, NA, GAP = "pass", "FAIL", "n/a", "gap"
 # The timestamp Go's log package puts before every line.
 _LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d(\.\d+)? ")
 
@@ -412,7 +426,7 @@ class Results:
 
     def add(self, group: str, case: str, direction: str, result: str, detail: str = "") -> None:
         self.cells.append(Cell(group, case, direction, result, one_line(detail)))
-        mark = {PASS: "ok  ", FAIL: "FAIL", NA: "n/a "}.get(result.split()[0], result)
+        mark = {PASS: "ok  ", FAIL: "FAIL", NA: "n/a ", GAP: "gap "}.get(result.split()[0], result)
         log(f"  [{mark}] {group} {case} {direction}" + (f": {one_line(detail, 160)}" if detail else ""))
 
     def failed(self) -> list[Cell]:
@@ -434,6 +448,15 @@ class Results:
 
     def _label(self, cell: Cell | None) -> str:
         return "" if cell is None else cell.result
+
+    def gaps(self) -> list[str]:
+        """One line per known gap, with the directions it covers."""
+        reasons: dict[tuple[str, str], list[str]] = {}
+        for c in self.cells:
+            if c.result == GAP:
+                reasons.setdefault((c.group, c.case), []).append(c.direction)
+        return [f"{group} / {case}: {GRPCIO_SERVER_GAPS.get(case, '')} ({', '.join(dirs)})"
+                for (group, case), dirs in reasons.items()]
 
     def not_applicable(self) -> list[str]:
         """One line per distinct reason a case was n/a, with the directions it covers."""
@@ -459,6 +482,10 @@ class Results:
         if self.not_applicable():
             out.append("Not applicable:")
             out += [f"  {line}" for line in self.not_applicable()]
+            out.append("")
+        if self.gaps():
+            out.append("Known gaps (grpcio 0.13 server limits; each cell ran and failed as expected):")
+            out += [f"  {line}" for line in self.gaps()]
             out.append("")
         failed = self.failed()
         if failed:
@@ -486,6 +513,10 @@ class Results:
             out.append("")
         if self.not_applicable():
             out += ["## Not applicable", ""] + [f"- {esc(line)}" for line in self.not_applicable()] + [""]
+        if self.gaps():
+            out += ["## Known gaps", "",
+                    "grpcio 0.13 server limits; each cell ran and failed as expected.", ""]
+            out += [f"- {esc(line)}" for line in self.gaps()] + [""]
         failed = self.failed()
         if failed:
             out += ["## Failures", "", "| group | case | direction | message |", "|---|---|---|---|"]
@@ -494,8 +525,9 @@ class Results:
         return "\n".join(out)
 
     def summary(self) -> str:
-        n = {r: sum(1 for c in self.cells if c.result == r) for r in (PASS, FAIL, NA)}
-        return f"{n[PASS]} passed, {n[FAIL]} failed, {n[NA]} skipped"
+        n = {r: sum(1 for c in self.cells if c.result == r) for r in (PASS, FAIL, NA, GAP)}
+        gaps = f"{n[GAP]} known gap cells (see above)\n" if n[GAP] else ""
+        return f"{gaps}{n[PASS]} passed, {n[FAIL]} failed, {n[NA]} skipped"
 
 
 # --------------------------------------------------------------------------- the matrix
@@ -748,6 +780,14 @@ def run_interop(b: Binaries, res: Results, log_dir: Path, r: Resolved, cases: li
         argv = [argv0] + [dash + f for f in flags]
         return lambda port: check_exit(run_client(argv + [f"{dash}server_port={port}"], env=env))
 
+    def gap_cell(cell: CellFn, case: str) -> CellFn:
+        def run(port: int) -> tuple[str, str]:
+            result, detail = cell(port)
+            if result == PASS:
+                return FAIL, f"known gap now passes: remove {case} from GRPCIO_SERVER_GAPS"
+            return GAP, detail
+        return run
+
     pairs = [("go", "go")]
     if b.rust:
         pairs += [("go", "rust"), ("rust", "go"), ("rust", "rust")]
@@ -762,8 +802,17 @@ def run_interop(b: Binaries, res: Results, log_dir: Path, r: Resolved, cases: li
                     cells.append((case, "not in grpc-go client"))
                 elif server_kind == "go" and case in NOT_IN_GO_SERVER:
                     cells.append((case, NOT_IN_GO_SERVER[case]))
+                elif server_kind == "rust" and case in GRPCIO_SERVER_GAPS:
+                    cells.append((case, gap_cell(client_cell(client_kind, case, tls), case)))
                 else:
                     cells.append((case, client_cell(client_kind, case, tls)))
+            for case in NOPROBE_CASES if any(c in cases for c in COMPRESSION_CASES) else ():
+                if client_kind == "go":
+                    cells.append((case, "only our client has the no-probe variants"))
+                elif server_kind == "go":
+                    cells.append((case, NOT_IN_GO_SERVER["client_compressed_unary"]))
+                else:
+                    cells.append((case, client_cell("rust", case, tls)))
             server = go_server(tls) if server_kind == "go" else rust_interop_server(tls)
             run_column(res, group, direction, server, cells)
 

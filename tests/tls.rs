@@ -1,0 +1,192 @@
+//! TLS: a throwaway CA and server certificate made with the `openssl` CLI at
+//! test time; a client trusting the CA gets through, a plaintext client and
+//! a client trusting another CA do not.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use greet::client::{self, Client};
+use greet::interop_client::{InteropClient, SoakConfig, Target};
+use greet::server::{self, RunningServer, ServerConfig};
+use greet::tls::{self, ClientTls, ServerTls};
+use grpcio::RpcStatusCode;
+
+/// The name in the server certificate (besides localhost and 127.0.0.1).
+const SERVER_NAME: &str = "greet.test";
+
+/// A temp dir holding a CA and a server certificate it signed; removed on drop.
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn new() -> Certs {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "greet-tls-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("the openssl CLI runs");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=greet test CA"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat(),
+        );
+        std::fs::write(
+            dir.join("ext.cnf"),
+            format!("subjectAltName=DNS:localhost,DNS:{SERVER_NAME},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        Certs { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn client_tls(&self, server_name: Option<&str>) -> ClientTls {
+        ClientTls::from_file(&self.path("ca.pem"), server_name.map(str::to_string)).unwrap()
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_tls_server(certs: &Certs) -> RunningServer {
+    let tls = ServerTls::from_files(&certs.path("server.pem"), &certs.path("server.key")).unwrap();
+    server::start(&ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        completion_queues: 2,
+        tls: Some(tls),
+        interop: true,
+        ..Default::default()
+    })
+    .expect("a TLS server starts on a free loopback port")
+}
+
+fn code(result: grpcio::Result<String>) -> RpcStatusCode {
+    match result {
+        Err(grpcio::Error::RpcFailure(s)) => s.code(),
+        other => panic!("want a failed call, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_client_trusting_the_ca_calls_the_tls_server() {
+    let certs = Certs::new();
+    let server = start_tls_server(&certs);
+    for name in [None, Some(SERVER_NAME)] {
+        let channel = tls::channel(server.addr(), Some(&certs.client_tls(name)));
+        assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+    }
+}
+
+#[test]
+fn a_plaintext_client_to_the_tls_port_fails_unavailable() {
+    let certs = Certs::new();
+    let server = start_tls_server(&certs);
+    let client = Client::new(client::connect(server.addr()), Duration::from_secs(10));
+    assert_eq!(code(client.say_hello()), RpcStatusCode::UNAVAILABLE);
+}
+
+#[test]
+fn a_client_trusting_another_ca_fails_unavailable() {
+    let (certs, other) = (Certs::new(), Certs::new());
+    let server = start_tls_server(&certs);
+    let channel = tls::channel(server.addr(), Some(&other.client_tls(None)));
+    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+}
+
+#[test]
+fn a_client_expecting_another_server_name_fails_unavailable() {
+    let certs = Certs::new();
+    let server = start_tls_server(&certs);
+    let channel = tls::channel(server.addr(), Some(&certs.client_tls(Some("not.greet.test"))));
+    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+}
+
+#[test]
+fn interop_large_unary_passes_over_tls() {
+    let certs = Certs::new();
+    let server = start_tls_server(&certs);
+    let target = Target { addr: server.addr().to_string(), tls: Some(certs.client_tls(Some(SERVER_NAME))) };
+    InteropClient::new(target, SoakConfig::default()).run("large_unary").unwrap();
+}
+
+#[test]
+fn files_that_are_not_pem_are_refused_with_the_file_name() {
+    let certs = Certs::new();
+    let bogus = certs.path("bogus.pem");
+    std::fs::write(&bogus, "not a certificate").unwrap();
+    let key = certs.path("server.key");
+    let error = ServerTls::from_files(&bogus, &key).err().unwrap();
+    assert_eq!(error, format!("TLS certificate {} is not PEM (CERTIFICATE block expected)", bogus.display()));
+    let missing = Path::new("/nonexistent/ca.pem");
+    let error = ClientTls::from_file(missing, None).unwrap_err();
+    assert_eq!(error, "cannot read CA certificate /nonexistent/ca.pem: No such file or directory (os error 2)");
+}
+
+#[test]
+fn client_binary_with_tls_ca_calls_the_tls_server() {
+    let certs = Certs::new();
+    let server = start_tls_server(&certs);
+    let out = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--addr", server.addr(), "--tls-server-name", SERVER_NAME, "--tls-ca"])
+        .arg(certs.path("ca.pem"))
+        .arg("unary")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "Hello\n");
+}
+
+#[test]
+fn server_binary_with_a_key_that_is_not_pem_prints_one_error_line_and_fails() {
+    let certs = Certs::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--addr", "127.0.0.1:0", "--tls-cert"])
+        .arg(certs.path("server.pem"))
+        .arg("--tls-key")
+        .arg(certs.path("ca.srl"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        format!("error: TLS key {} is not PEM (PRIVATE KEY block expected)\n", certs.path("ca.srl").display())
+    );
+}
