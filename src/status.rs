@@ -2,8 +2,11 @@
 //! (client side).
 
 use std::fmt;
+use std::future::Future;
 
-use grpcio::{Error, RpcStatus, RpcStatusCode};
+use grpcio::{
+    ClientStreamingSink, ClientStreamingSinkResult, Error, RpcStatus, RpcStatusCode, UnarySink, UnarySinkResult,
+};
 use log::{debug, warn};
 
 /// Why a handler stopped early.
@@ -54,6 +57,68 @@ pub fn log_transport_error(method: &str, error: &Error) {
             debug!("{method}: call ended by the peer: {}", code_name(s.code()))
         }
         other => warn!("{method}: {other}"),
+    }
+}
+
+/// A sink that ends its call with one message or a status: the unary and
+/// client-streaming sinks.
+pub trait ReplySink<T> {
+    type Sent: Future<Output = grpcio::Result<()>>;
+    fn succeed(self, message: T) -> Self::Sent;
+    fn fail_with(self, status: RpcStatus) -> Self::Sent;
+}
+
+impl<T> ReplySink<T> for UnarySink<T> {
+    type Sent = UnarySinkResult;
+    fn succeed(self, message: T) -> Self::Sent {
+        self.success(message)
+    }
+    fn fail_with(self, status: RpcStatus) -> Self::Sent {
+        self.fail(status)
+    }
+}
+
+impl<T> ReplySink<T> for ClientStreamingSink<T> {
+    type Sent = ClientStreamingSinkResult;
+    fn succeed(self, message: T) -> Self::Sent {
+        self.success(message)
+    }
+    fn fail_with(self, status: RpcStatus) -> Self::Sent {
+        self.fail(status)
+    }
+}
+
+/// Ends a unary or client-streaming call with `result`: the message, or the
+/// status; a transport error (nothing can be sent any more) is only logged.
+pub async fn reply<T, S: ReplySink<T>>(method: &str, sink: S, result: Result<T, CallError>) {
+    let sent = match result {
+        Ok(message) => sink.succeed(message).await,
+        Err(CallError::Status(status)) => {
+            debug!("{method}: ending with {}: {}", code_name(status.code()), status.message());
+            sink.fail_with(status).await
+        }
+        Err(CallError::Transport(e)) => Err(e),
+    };
+    if let Err(e) = sent {
+        log_transport_error(method, &e);
+    }
+}
+
+/// Ends a call whose responses are streamed, after its handler returned
+/// `result`: a status goes back through `fail`, a transport error is only logged.
+pub async fn finish_stream<F>(method: &str, result: Result<(), CallError>, fail: impl FnOnce(RpcStatus) -> F)
+where
+    F: Future<Output = grpcio::Result<()>>,
+{
+    match result {
+        Ok(()) => {}
+        Err(CallError::Status(status)) => {
+            debug!("{method}: ending with {}: {}", code_name(status.code()), status.message());
+            if let Err(e) = fail(status).await {
+                log_transport_error(method, &e);
+            }
+        }
+        Err(CallError::Transport(e)) => log_transport_error(method, &e),
     }
 }
 

@@ -13,7 +13,7 @@ use super::CallTracker;
 use crate::limits;
 use crate::proto::greet::{HelloRequest, HelloResponse, MessagesList, NamesList, NoParam};
 use crate::proto::greet_grpc::GreetService;
-use crate::status::{log_transport_error, CallError};
+use crate::status::{finish_stream, reply, CallError};
 
 /// The demo's greeting for a name.
 pub fn greeting(name: &str) -> String {
@@ -39,32 +39,10 @@ impl Greeter {
     }
 }
 
-/// Ends a streaming call: a status error goes back to the peer, a transport
-/// error (peer gone, deadline) is only logged.
-async fn finish<S>(method: &str, result: Result<(), CallError>, fail: impl FnOnce(grpcio::RpcStatus) -> S)
-where
-    S: Future<Output = grpcio::Result<()>>,
-{
-    match result {
-        Ok(()) => {}
-        Err(CallError::Status(status)) => {
-            info!("{method}: failed: {}", status.message());
-            if let Err(e) = fail(status).await {
-                log_transport_error(method, &e);
-            }
-        }
-        Err(CallError::Transport(e)) => log_transport_error(method, &e),
-    }
-}
-
 impl GreetService for Greeter {
     /// Answers "Hello": the request carries no name.
     fn say_hello(&mut self, ctx: RpcContext, _req: NoParam, sink: UnarySink<HelloResponse>) {
-        ctx.spawn(async move {
-            if let Err(e) = sink.success(response("Hello".to_string())).await {
-                log_transport_error("SayHello", &e);
-            }
-        });
+        ctx.spawn(reply("SayHello", sink, Ok(response("Hello".to_string()))));
     }
 
     /// Sends "Hello <name>" for each name in order, waiting the stream
@@ -99,7 +77,7 @@ impl GreetService for Greeter {
                 Ok(())
             }
             .await;
-            finish(METHOD, result, |status| sink.fail(status)).await;
+            finish_stream(METHOD, result, |status| sink.fail(status)).await;
         });
     }
 
@@ -126,17 +104,8 @@ impl GreetService for Greeter {
                 Ok(messages)
             }
             .await;
-            let result = match collected {
-                Ok(messages) => {
-                    sink.success(MessagesList { messages, ..Default::default() }).await.map_err(CallError::from)
-                }
-                Err(CallError::Status(status)) => {
-                    info!("{METHOD}: failed: {}", status.message());
-                    sink.fail(status).await.map_err(CallError::from)
-                }
-                Err(e) => Err(e),
-            };
-            finish(METHOD, result, |_| future::ready(Ok(()))).await;
+            let list = collected.map(|messages| MessagesList { messages, ..Default::default() });
+            reply(METHOD, sink, list).await;
         });
     }
 
@@ -177,7 +146,7 @@ impl GreetService for Greeter {
                 Ok(())
             }
             .await;
-            finish(METHOD, result, |status| sink.fail(status)).await;
+            finish_stream(METHOD, result, |status| sink.fail(status)).await;
         });
     }
 }

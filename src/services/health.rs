@@ -13,7 +13,7 @@ use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySin
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::health_grpc::Health;
-use crate::status::log_transport_error;
+use crate::status::{log_transport_error, reply, CallError};
 
 /// One Watch call: the status to send next, and a wake-up.
 struct Watcher {
@@ -84,18 +84,13 @@ impl Health for HealthService {
     /// The status now; NOT_FOUND for a service the server does not know.
     fn check(&mut self, ctx: RpcContext, req: HealthCheckRequest, sink: UnarySink<HealthCheckResponse>) {
         let status = self.status(&req.service);
-        ctx.spawn(async move {
-            let sent = match status {
-                Some(status) => sink.success(response(status)).await,
-                None => {
-                    let message = format!("unknown service {:?}", req.service);
-                    sink.fail(RpcStatus::with_message(RpcStatusCode::NOT_FOUND, message)).await
-                }
-            };
-            if let Err(e) = sent {
-                log_transport_error("Health/Check", &e);
-            }
+        let answer = status.map(response).ok_or_else(|| {
+            CallError::Status(RpcStatus::with_message(
+                RpcStatusCode::NOT_FOUND,
+                format!("unknown service {:?}", req.service),
+            ))
         });
+        ctx.spawn(reply("Health/Check", sink, answer));
     }
 
     /// Sends the status now (SERVICE_UNKNOWN for an unknown service), then

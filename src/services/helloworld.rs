@@ -7,7 +7,7 @@ use log::debug;
 use crate::limits;
 use crate::proto::helloworld::{HelloReply, HelloRequest};
 use crate::proto::helloworld_grpc::Greeter;
-use crate::status::log_transport_error;
+use crate::status::{reply, CallError};
 
 /// Serves `helloworld.Greeter`.
 #[derive(Clone, Default)]
@@ -16,21 +16,10 @@ pub struct HelloWorld;
 impl Greeter for HelloWorld {
     /// Answers "Hello " + name, like grpc-go's greeter_server.
     fn say_hello(&mut self, ctx: RpcContext, req: HelloRequest, sink: UnarySink<HelloReply>) {
-        let reply = match limits::check_name(&req.name, 0) {
-            Ok(()) => {
-                debug!("Received: {}", req.name);
-                Ok(HelloReply { message: format!("Hello {}", req.name), ..Default::default() })
-            }
-            Err(status) => Err(status),
-        };
-        ctx.spawn(async move {
-            let sent = match reply {
-                Ok(reply) => sink.success(reply).await,
-                Err(status) => sink.fail(status).await,
-            };
-            if let Err(e) = sent {
-                log_transport_error("helloworld.Greeter/SayHello", &e);
-            }
+        let answer = limits::check_name(&req.name, 0).map_err(CallError::from).map(|()| {
+            debug!("Received: {}", req.name);
+            HelloReply { message: format!("Hello {}", req.name), ..Default::default() }
         });
+        ctx.spawn(reply("helloworld.Greeter/SayHello", sink, answer));
     }
 }

@@ -36,7 +36,7 @@ use crate::proto::messages::{
     StreamingInputCallResponse, StreamingOutputCallRequest, StreamingOutputCallResponse,
 };
 use crate::proto::test_grpc::TestService;
-use crate::status::{invalid_argument, log_transport_error, CallError};
+use crate::status::{finish_stream, invalid_argument, reply, CallError};
 
 /// Metadata the client asks to get back as initial metadata.
 pub const ECHO_INITIAL_KEY: &str = "x-grpc-test-echo-initial";
@@ -133,32 +133,10 @@ where
     Ok(())
 }
 
-/// Ends a streaming call: a status goes back to the peer, a transport
-/// error (peer gone, deadline, cancelled) is only logged.
-async fn finish<S>(method: &str, result: Result<(), CallError>, fail: impl FnOnce(RpcStatus) -> S)
-where
-    S: Future<Output = grpcio::Result<()>>,
-{
-    match result {
-        Ok(()) => {}
-        Err(CallError::Status(status)) => {
-            log::debug!("{method}: ending with {:?}: {}", status.code(), status.message());
-            if let Err(e) = fail(status).await {
-                log_transport_error(method, &e);
-            }
-        }
-        Err(CallError::Transport(e)) => log_transport_error(method, &e),
-    }
-}
-
 impl TestService for InteropService {
     /// Answers the empty message.
     fn empty_call(&mut self, ctx: RpcContext, _req: Empty, sink: UnarySink<Empty>) {
-        ctx.spawn(async move {
-            if let Err(e) = sink.success(Empty::default()).await {
-                log_transport_error("TestService/EmptyCall", &e);
-            }
-        });
+        ctx.spawn(reply("TestService/EmptyCall", sink, Ok(Empty::default())));
     }
 
     /// Answers a payload of `response_size` zero bytes, or ends with
@@ -178,15 +156,7 @@ impl TestService for InteropService {
                 }
             }),
         };
-        ctx.spawn(async move {
-            let sent = match answer {
-                Ok(response) => sink.success(response).await,
-                Err(status) => sink.fail(status).await,
-            };
-            if let Err(e) = sent {
-                log_transport_error("TestService/UnaryCall", &e);
-            }
-        });
+        ctx.spawn(reply("TestService/UnaryCall", sink, answer.map_err(CallError::from)));
     }
 
     /// One response per `response_parameters`, in order, each after its
@@ -214,7 +184,7 @@ impl TestService for InteropService {
                 Ok(())
             }
             .await;
-            finish(METHOD, result, |status| sink.fail(status)).await;
+            finish_stream(METHOD, result, |status| sink.fail(status)).await;
         });
     }
 
@@ -238,17 +208,9 @@ impl TestService for InteropService {
                 })
             }
             .await;
-            let result = match summed {
-                Ok(sum) => sink
-                    .success(StreamingInputCallResponse { aggregated_payload_size: sum, ..Default::default() })
-                    .await
-                    .map_err(CallError::from),
-                Err(CallError::Status(status)) => sink.fail(status).await.map_err(CallError::from),
-                Err(e) => Err(e),
-            };
-            if let Err(CallError::Transport(e)) = result {
-                log_transport_error(METHOD, &e);
-            }
+            let response =
+                summed.map(|sum| StreamingInputCallResponse { aggregated_payload_size: sum, ..Default::default() });
+            reply(METHOD, sink, response).await;
         });
     }
 
@@ -278,7 +240,7 @@ impl TestService for InteropService {
                 Ok(())
             }
             .await;
-            finish(METHOD, result, |status| sink.fail(status)).await;
+            finish_stream(METHOD, result, |status| sink.fail(status)).await;
         });
     }
 
@@ -316,7 +278,7 @@ impl TestService for InteropService {
                 Ok(())
             }
             .await;
-            finish(METHOD, result, |status| sink.fail(status)).await;
+            finish_stream(METHOD, result, |status| sink.fail(status)).await;
         });
     }
 }

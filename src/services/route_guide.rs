@@ -15,12 +15,11 @@ use grpcio::{
     ClientStreamingSink, DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink,
     UnarySink, WriteFlags,
 };
-use log::debug;
 use serde_json::Value;
 
 use crate::proto::route_guide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
 use crate::proto::route_guide_grpc::RouteGuide;
-use crate::status::{log_transport_error, CallError};
+use crate::status::{finish_stream, log_transport_error, reply, CallError};
 
 /// Most notes RouteChat keeps, over all locations and calls; beyond it a
 /// RouteChat call fails with RESOURCE_EXHAUSTED instead of growing memory
@@ -177,24 +176,6 @@ impl Default for RouteGuideService {
     }
 }
 
-/// Ends a streaming call: a status goes back to the peer, a transport error
-/// (peer gone, deadline) is only logged.
-async fn finish<S>(method: &str, result: Result<(), CallError>, fail: impl FnOnce(RpcStatus) -> S)
-where
-    S: Future<Output = grpcio::Result<()>>,
-{
-    match result {
-        Ok(()) => {}
-        Err(CallError::Status(status)) => {
-            debug!("{method}: failed: {}", status.message());
-            if let Err(e) = fail(status).await {
-                log_transport_error(method, &e);
-            }
-        }
-        Err(CallError::Transport(e)) => log_transport_error(method, &e),
-    }
-}
-
 impl RouteGuide for RouteGuideService {
     /// The feature at the point, or a feature with an empty name there.
     fn get_feature(&mut self, ctx: RpcContext, point: Point, sink: UnarySink<Feature>) {
@@ -202,11 +183,7 @@ impl RouteGuide for RouteGuideService {
             .feature_at(&point)
             .cloned()
             .unwrap_or_else(|| Feature { location: Some(point).into(), ..Default::default() });
-        ctx.spawn(async move {
-            if let Err(e) = sink.success(feature).await {
-                log_transport_error("RouteGuide/GetFeature", &e);
-            }
-        });
+        ctx.spawn(reply("RouteGuide/GetFeature", sink, Ok(feature)));
     }
 
     /// Streams every feature inside the rectangle, in database order.
@@ -242,7 +219,7 @@ impl RouteGuide for RouteGuideService {
         let service = self.clone();
         ctx.spawn(async move {
             let start = Instant::now();
-            let summary: grpcio::Result<RouteSummary> = async {
+            let summary: Result<RouteSummary, CallError> = async {
                 let mut summary = RouteSummary::default();
                 let mut last: Option<Point> = None;
                 while let Some(point) = points.try_next().await? {
@@ -260,13 +237,7 @@ impl RouteGuide for RouteGuideService {
                 Ok(summary)
             }
             .await;
-            let sent = match summary {
-                Ok(summary) => sink.success(summary).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = sent {
-                log_transport_error(METHOD, &e);
-            }
+            reply(METHOD, sink, summary).await;
         });
     }
 
@@ -289,7 +260,7 @@ impl RouteGuide for RouteGuideService {
                 Ok(())
             }
             .await;
-            finish(METHOD, result, |status| sink.fail(status)).await;
+            finish_stream(METHOD, result, |status| sink.fail(status)).await;
         });
     }
 }
