@@ -212,6 +212,20 @@ impl Drop for RunningServer {
     }
 }
 
+/// Resolves at the first SIGINT or SIGTERM: what the binaries pass to [`run`].
+/// Waiting blocks the thread that polls it (the binary's main thread), never
+/// a completion-queue thread.
+pub fn termination_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    Ok(async move {
+        if let Some(sig) = signals.forever().next() {
+            info!("received signal {sig}");
+        }
+    })
+}
+
 /// Runs a server until `signal` resolves, then shuts it down gracefully
 /// within `grace`. The binary passes SIGINT/SIGTERM; tests pass a channel.
 pub fn run(

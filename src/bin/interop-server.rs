@@ -9,8 +9,6 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use greet::server::{self, ServerConfig};
 use greet::tls::ServerTls;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "gRPC interop test server (grpc.testing.TestService)")]
@@ -56,17 +54,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
+    let signal = match server::termination_signal() {
+        Ok(signal) => signal,
         Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
-        }
-    };
-    let signal = async move {
-        // Blocks this (main) thread only; the server runs on its own threads.
-        if let Some(sig) = signals.forever().next() {
-            log::info!("received signal {sig}");
         }
     };
     match server::run(&config, signal, Duration::from_secs(5)) {

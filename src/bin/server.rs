@@ -10,8 +10,6 @@ use clap::Parser;
 use greet::duration;
 use greet::server::{self, ServerConfig};
 use greet::tls::ServerTls;
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "gRPC greeter server (drop-in for the Go demo's server)")]
@@ -59,17 +57,11 @@ fn main() -> ExitCode {
     if let Some(threads) = args.threads {
         config.completion_queues = threads.max(1);
     }
-    let mut signals = match Signals::new([SIGINT, SIGTERM]) {
-        Ok(signals) => signals,
+    let signal = match server::termination_signal() {
+        Ok(signal) => signal,
         Err(e) => {
-            eprintln!("error: cannot install signal handlers: {e}");
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
-        }
-    };
-    let signal = async move {
-        // Blocks this (main) thread only; the server runs on its own threads.
-        if let Some(sig) = signals.forever().next() {
-            log::info!("received signal {sig}");
         }
     };
     match server::run(&config, signal, args.grace) {
