@@ -499,7 +499,7 @@ class Results:
         def esc(s: str) -> str:
             return s.replace("|", "\\|")
 
-        out = ["# Interop matrix", "", f"{self.summary()}", ""]
+        out = ["# Interop matrix", ""] + [f"{line}  " for line in self.summary().splitlines()] + [""]
         for group, cases, dirs in self.groups():
             out += [f"## {group}", "", "| case | " + " | ".join(map(esc, dirs)) + " |",
                     "|---|" + "---|" * len(dirs)]
@@ -526,7 +526,7 @@ class Results:
 
     def summary(self) -> str:
         n = {r: sum(1 for c in self.cells if c.result == r) for r in (PASS, FAIL, NA, GAP)}
-        gaps = f"{n[GAP]} known gap cells (see above)\n" if n[GAP] else ""
+        gaps = f"{n[GAP]} known-gap cells (listed under Known gaps)\n" if n[GAP] else ""
         return f"{gaps}{n[PASS]} passed, {n[FAIL]} failed, {n[NA]} skipped"
 
 
