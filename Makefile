@@ -34,6 +34,11 @@ interop: build
 	scripts/ensure-deps.sh protobuf-compiler
 	python3 tests/interop/run_matrix.py --rust-bin-dir $(BIN) --markdown $(CARGO_TARGET_DIR)/interop-matrix.md
 
+## Ours vs grpc-go side by side: about 4 minutes of measuring, results in bench/results/.
+## BENCH_ARGS=--quick for a one-round check; see bench/README.md.
+bench: deps
+	python3 bench/run.py $(BENCH_ARGS)
+
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings

@@ -1,0 +1,795 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: our server against grpc-go, one machine, one run.
+
+`make bench` runs this. It installs what is missing (h2load from nghttp2-client,
+protoc from protobuf-compiler; it says so), builds our release server, builds the
+Go peers from pinned versions, runs every measurement alternating ours / grpc-go,
+writes bench/results/<UTC time>.json (every round, raw), bench/results/latest.md
+and bench/results/latency.svg, and prints the table.
+
+Layout:
+  bench/run.py            this runner (Python 3.11 stdlib only)
+  bench/go/go.mod, go.sum pin grpc-go, its examples module (the official greeter_server)
+                          and the protoc plugins; GHZ_VERSION below pins ghz
+  bench/go/loadgen        our Go load generator for the streaming measurements
+  bench/go/internal/greetpb  generated from protos/greet.proto at build time (git-ignored)
+  bench/results/          outputs
+
+Placement: every server runs on core 0 (`taskset -c 0`; ours with --threads 1,
+grpc-go with GOMAXPROCS=1), every load generator on core 1. Peers:
+  helloworld.Greeter/SayHello       grpc-go examples/helloworld/greeter_server, unmodified
+  greet_service.GreetService        the grpc-go GreetService server of tests/interop
+                                    (built by tests/interop/run_matrix.py --build-only,
+                                    or --go-greet-server PATH)
+
+Measurements (each one per round and per server, a fresh server each time):
+  unary_max        h2load, 50 connections x 4 streams, posts a prebuilt gRPC frame;
+                   req/s and server CPU per call (utime+stime from /proc/<pid>/stat)
+  unary_greet_max  the same on GreetService/SayHello: neither server logs per call there
+                   (the official greeter_server logs every request, to a file here)
+  unary_fixed      ghz at a fixed rate; p50/p90/p99 and server CPU per call
+  bidi_1, bidi_100 loadgen: echoed messages/s on 1 stream, on 100 streams (10 connections)
+  server_stream    loadgen: SayHelloServerStreaming with 100,000 names, messages/s
+  memory           server VmRSS idle, and with 1,000 idle bidi streams over 10 connections
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+GO_DIR = HERE / "go"
+RESULTS = HERE / "results"
+PROTOS = REPO / "protos"
+GREET_PROTO = PROTOS / "greet.proto"
+HELLOWORLD_PROTO = PROTOS / "helloworld.proto"
+GREETPB_DIR = GO_DIR / "internal" / "greetpb"
+GO_MODULE = "greet.local/bench"
+
+GHZ_VERSION = "v0.121.0"
+GHZ_PKG = "github.com/bojand/ghz/cmd/ghz"
+GREETER_SERVER_PKG = "google.golang.org/grpc/examples/helloworld/greeter_server"
+PROTOC_PLUGINS = {
+    "protoc-gen-go": "google.golang.org/protobuf/cmd/protoc-gen-go",
+    "protoc-gen-go-grpc": "google.golang.org/grpc/cmd/protoc-gen-go-grpc",
+}
+
+SERVER_CORE = "0"
+CLIENT_CORE = "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# gRPC frames h2load posts: 1 byte "not compressed", 4 bytes big-endian length, message.
+HELLO_NAME = b"world"
+HELLOWORLD_FRAME = b"\x00" + (2 + len(HELLO_NAME)).to_bytes(4, "big") + b"\x0a" + bytes([len(HELLO_NAME)]) + HELLO_NAME
+NOPARAM_FRAME = b"\x00\x00\x00\x00\x00"
+# What a correct answer's DATA is: 5-byte prefix + HelloReply/HelloResponse{message}.
+HELLOWORLD_REPLY_BYTES = 5 + 2 + len(b"Hello world")
+GREET_REPLY_BYTES = 5 + 2 + len(b"Hello")
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def run(argv: list, cwd: Path = REPO, env: dict | None = None, timeout: float = 1800) -> str:
+    try:
+        proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(map(str, argv))}: timed out after {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(map(str, argv))} failed ({proc.returncode}):\n{proc.stderr.strip()[-3000:]}")
+    return proc.stdout
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def ensure_apt(packages: dict[str, str]) -> None:
+    """packages: command -> Debian package that provides it."""
+    missing = sorted({pkg for cmd, pkg in packages.items() if shutil.which(cmd) is None})
+    if not missing:
+        return
+    log(f"installing {' '.join(missing)} with apt-get (needed: {', '.join(c for c in packages if shutil.which(c) is None)})")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    run(sudo + ["apt-get", "update", "-qq"], env=env)
+    run(sudo + ["apt-get", "install", "-y", "-qq", *missing], env=env)
+
+
+def find_go() -> str:
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    if not os.access(go, os.X_OK):
+        raise BenchError("go not found on PATH nor at /usr/local/go/bin/go (Go 1.26 is needed)")
+    return go
+
+
+def go_env() -> dict:
+    # Never fetch another toolchain: bench/go/go.mod says go 1.26.0.
+    return dict(os.environ, GOTOOLCHAIN=os.environ.get("GOTOOLCHAIN", "local"), GOFLAGS="-buildvcs=false")
+
+
+def cargo_target() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "greet" / "target"))
+
+
+def build_ours() -> Path:
+    env = dict(os.environ, CARGO_TARGET_DIR=str(cargo_target()))
+    # Only the server: a half-finished other binary in the tree must not stop a benchmark.
+    log(f"building our server: cargo build --release --bin server (CARGO_TARGET_DIR={cargo_target()})")
+    started = time.monotonic()
+    run(["cargo", "build", "--release", "--bin", "server"], env=env, timeout=3600)
+    log(f"our server built in {time.monotonic() - started:.0f}s")
+    server = cargo_target() / "release" / "server"
+    if not os.access(server, os.X_OK):
+        raise BenchError(f"no server binary at {server}")
+    return server
+
+
+def bench_key(go: str, protoc: str) -> str:
+    h = hashlib.sha256()
+    sources = [GO_DIR / "go.mod", GO_DIR / "go.sum", GREET_PROTO, *sorted((GO_DIR / "loadgen").rglob("*.go"))]
+    for path in sources:
+        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update(GHZ_VERSION.encode())
+    h.update(run([go, "version"], env=go_env(), timeout=60).encode())
+    h.update(run([protoc, "--version"], timeout=60).encode())
+    return h.hexdigest()[:16]
+
+
+def generate_greetpb(protoc: str, plugin_dir: Path) -> None:
+    shutil.rmtree(GREETPB_DIR, ignore_errors=True)
+    mapping = f"M{GREET_PROTO.name}={GO_MODULE}/internal/greetpb"
+    run([protoc, f"-I{PROTOS}",
+         f"--plugin=protoc-gen-go={plugin_dir / 'protoc-gen-go'}",
+         f"--plugin=protoc-gen-go-grpc={plugin_dir / 'protoc-gen-go-grpc'}",
+         f"--go_out={GO_DIR}", f"--go_opt=module={GO_MODULE}", f"--go_opt={mapping}",
+         f"--go-grpc_out={GO_DIR}", f"--go-grpc_opt=module={GO_MODULE}", f"--go-grpc_opt={mapping}",
+         GREET_PROTO.name], cwd=GO_DIR, env=go_env())
+
+
+def build_go_peers(bin_root: Path) -> Path:
+    """ghz, grpc-go's greeter_server and our loadgen, cached under bin_root/<hash of the pins>."""
+    go, protoc = find_go(), shutil.which("protoc")
+    assert protoc is not None  # ensure_apt installed it
+    key = bench_key(go, protoc)
+    out = bin_root / key
+    wanted = ["ghz", "greeter_server", "loadgen"]
+    if (out / "STAMP").is_file() and all((out / b).is_file() for b in wanted):
+        log(f"go peers: cached in {out}")
+        return out
+    log(f"go peers: building ghz {GHZ_VERSION}, greeter_server and loadgen into {out} "
+        "(a minute or two cold, seconds with a warm Go cache)")
+    started = time.monotonic()
+    bin_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_root))
+    try:
+        env = go_env()
+        for name, pkg in PROTOC_PLUGINS.items():
+            run([go, "build", "-o", tmp / name, pkg], cwd=GO_DIR, env=env)
+        generate_greetpb(protoc, tmp)
+        run([go, "build", "-o", tmp / "loadgen", "./loadgen"], cwd=GO_DIR, env=env)
+        run([go, "build", "-o", tmp / "greeter_server", GREETER_SERVER_PKG], cwd=GO_DIR, env=env)
+        # ghz is built from its own module, as published (go install honours its go.mod).
+        run([go, "install", f"{GHZ_PKG}@{GHZ_VERSION}"], cwd=tmp, env=dict(env, GOBIN=str(tmp)))
+        (tmp / "STAMP").write_text(f"built in {time.monotonic() - started:.0f}s\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in bin_root.iterdir():
+        if old != out and old.is_dir() and re.fullmatch(r"[0-9a-f]{16}", old.name):
+            shutil.rmtree(old, ignore_errors=True)
+    log(f"go peers: built in {time.monotonic() - started:.0f}s")
+    return out
+
+
+def build_go_greet_server() -> Path:
+    matrix = REPO / "tests" / "interop" / "run_matrix.py"
+    if not matrix.is_file():
+        raise BenchError(f"{matrix} not found: pass --go-greet-server PATH (a grpc-go GreetService server "
+                         "taking -addr and -interval)")
+    log("go GreetService server: tests/interop/run_matrix.py --build-only")
+    out = run([sys.executable, matrix, "--build-only"], timeout=1800).strip().splitlines()
+    server = Path(out[-1]) / "greet_server" if out else None
+    if server is None or not os.access(server, os.X_OK):
+        raise BenchError("run_matrix.py --build-only did not give a directory with greet_server; "
+                         "pass --go-greet-server PATH")
+    return server
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+class Server:
+    """One server process pinned to SERVER_CORE."""
+
+    def __init__(self, impl: str, argv: list, port: int, env: dict, log_path: Path):
+        self.impl, self.argv, self.port, self.env, self.log_path = impl, argv, port, env, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Server":
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(["taskset", "-c", SERVER_CORE, *map(str, self.argv)], env=self.env,
+                                     stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=self.log_file)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.impl} server exited ({self.proc.returncode}); log in {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                time.sleep(0.3)  # let it settle after the probe connection
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise BenchError(f"{self.impl} server did not accept on port {self.port}; log in {self.log_path}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def rss_kib(self) -> int:
+        return proc_rss_kib(self.pid)
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+class Peers:
+    def __init__(self, args: argparse.Namespace, ours: Path, go_bin: Path, go_greet: Path, log_dir: Path):
+        self.ours, self.go_bin, self.go_greet, self.log_dir = ours, go_bin, go_greet, log_dir
+        self.args = args
+
+    def server(self, impl: str, service: str) -> Server:
+        """A fresh server: impl 'ours' or 'grpc-go'; service 'helloworld' or 'greet'."""
+        port = free_port()
+        log_path = self.log_dir / f"{impl}-{service}.log"
+        if impl == "ours":
+            env = dict(os.environ, RUST_LOG="warn")
+            argv = [self.ours, "--addr", f"127.0.0.1:{port}", "--stream-interval", "0", "--threads", "1"]
+        else:
+            env = dict(os.environ, GOMAXPROCS="1")
+            if service == "helloworld":
+                # The official program: it listens on all interfaces and logs every request.
+                argv = [self.go_bin / "greeter_server", "-port", port]
+            else:
+                argv = [self.go_greet, "-addr", f"127.0.0.1:{port}", "-interval", "0"]
+        return Server(impl, argv, port, env, log_path)
+
+    def tool(self, name: str) -> Path:
+        return self.go_bin / name
+
+
+def run_client(argv: list, timeout: float, stdout=None) -> tuple[int, float, float]:
+    """Runs a load generator on CLIENT_CORE; returns (exit code, its CPU seconds, wall seconds)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", CLIENT_CORE, *map(str, argv)], stdin=subprocess.DEVNULL,
+                            stdout=stdout or subprocess.DEVNULL, stderr=subprocess.PIPE if stdout is None else stdout)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        _, status, ru = os.wait4(proc.pid, 0)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, ru.ru_utime + ru.ru_stime, time.monotonic() - started
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def h2load(peers: Peers, server: Server, path: str, frame: bytes, reply_bytes: int, seconds: float,
+           tmp: Path) -> dict:
+    data = tmp / f"frame-{len(frame)}.bin"
+    data.write_bytes(frame)
+    out_path = tmp / "h2load.out"
+    argv = ["h2load", "-c", "50", "-m", "4", "-t", "1", "-D", max(1, round(seconds)), "-d", data,
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
+            f"http://127.0.0.1:{server.port}{path}"]
+    cpu0 = server.cpu()
+    with open(out_path, "w") as out:
+        code, gen_cpu, wall = run_client(argv, seconds + 60, stdout=out)
+    server_cpu = server.cpu() - cpu0
+    text = out_path.read_text()
+    if code != 0:
+        raise BenchError(f"h2load failed ({code}):\n{text[-2000:]}")
+    m_rate = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    m_req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                      r"(\d+) errored, (\d+) timeout", text)
+    m_status = re.search(r"status codes: (\d+) 2xx", text)
+    m_data = re.search(r"traffic: .*?, ([\d.]+\w*) \((\d+)\) data", text)
+    if not (m_rate and m_req and m_status and m_data):
+        raise BenchError(f"cannot read h2load output:\n{text[-2000:]}")
+    done, ok, failed, errored = int(m_req[3]), int(m_req[4]), int(m_req[5]), int(m_req[6])
+    data_bytes = int(m_data[2])
+    # A gRPC error would come as HTTP 200 with a trailers-only answer and no DATA: the
+    # DATA bytes per response show every call got its reply message.
+    per_reply = data_bytes / max(ok, 1)
+    if failed or errored or int(m_status[1]) != ok or abs(per_reply - reply_bytes) > 0.01:
+        raise BenchError(f"{server.impl}: h2load saw failures or wrong replies ({ok} ok, {failed} failed, "
+                         f"{errored} errored, {per_reply:.2f} DATA bytes per reply, want {reply_bytes}):\n{text[-1500:]}")
+    return {
+        "req_per_s": float(m_rate[2]), "calls": done, "seconds": float(m_rate[1]),
+        "server_cpu_s": server_cpu, "server_cpu_us_per_call": server_cpu / done * 1e6,
+        "server_core_pct": 100 * server_cpu / wall,
+        "generator_cpu_s": gen_cpu, "generator_core_pct": 100 * gen_cpu / wall,
+    }
+
+
+def quantiles(sorted_values: list[float]) -> dict[str, float]:
+    """Quantiles for the plot: every 0.1% up to 99.9%, then 99.95, 99.99 and the max."""
+    n = len(sorted_values)
+    out = {}
+    ps = [i / 1000 for i in range(1000)] + [0.999, 0.9995, 0.9999]
+    for p in ps:
+        out[f"{p * 100:g}"] = sorted_values[min(n - 1, int(p * n))]
+    out["100"] = sorted_values[-1]
+    return out
+
+
+def ghz_fixed_rate(peers: Peers, server: Server, rps: int, seconds: float, warmup: float, tmp: Path) -> dict:
+    skip = int(rps * warmup)
+    total = skip + int(rps * seconds)
+    out_path = tmp / "ghz.json"
+    argv = [peers.tool("ghz"), "--insecure", "--proto", HELLOWORLD_PROTO, "--call", "helloworld.Greeter.SayHello",
+            "-d", json.dumps({"name": HELLO_NAME.decode()}), "--rps", rps, "-n", total, "-c", "50",
+            "--connections", "10", "--skipFirst", skip, "-O", "json", "-o", out_path,
+            f"127.0.0.1:{server.port}"]
+    cpu0 = server.cpu()
+    code, gen_cpu, wall = run_client(argv, total / rps + 120)
+    server_cpu = server.cpu() - cpu0
+    if code != 0 or not out_path.is_file():
+        raise BenchError(f"ghz failed ({code})")
+    report = json.loads(out_path.read_text())
+    statuses = report.get("statusCodeDistribution", {})
+    if set(statuses) != {"OK"}:
+        raise BenchError(f"{server.impl}: ghz saw non-OK statuses {statuses} {report.get('errorDistribution')}")
+    lat = sorted(d["latency"] / 1000 for d in report["details"])  # ns -> µs
+    q = quantiles(lat)
+    return {
+        "offered_rps": rps, "achieved_rps": report["rps"], "calls": total, "measured_calls": len(lat),
+        "p50_us": q["50"], "p90_us": q["90"], "p99_us": q["99"], "p99.9_us": q["99.9"], "max_us": q["100"],
+        "ghz_latency_distribution": report.get("latencyDistribution"),
+        "latency_quantiles_us": q,
+        "server_cpu_s": server_cpu, "server_cpu_us_per_call": server_cpu / total * 1e6,
+        "server_core_pct": 100 * server_cpu / wall,
+        "generator_cpu_s": gen_cpu, "generator_core_pct": 100 * gen_cpu / wall,
+    }
+
+
+def loadgen(peers: Peers, server: Server, mode: str, flags: list, timeout: float) -> dict:
+    """Runs loadgen, sampling the server's CPU when it opens and closes its measured window."""
+    argv = ["taskset", "-c", CLIENT_CORE, peers.tool("loadgen"), mode, "-addr", f"127.0.0.1:{server.port}", *flags]
+    proc = subprocess.Popen(list(map(str, argv)), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    cpu = {}
+    try:
+        assert proc.stdout is not None
+        last = ""
+        for line in proc.stdout:
+            line = line.strip()
+            if line == "MEASURE_START":
+                cpu["start"] = server.cpu()
+            elif line == "MEASURE_END":
+                cpu["end"] = server.cpu()
+            elif line:
+                last = line
+        stderr = proc.stderr.read() if proc.stderr else ""
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0 or "start" not in cpu or "end" not in cpu:
+        raise BenchError(f"loadgen {mode} against {server.impl} failed ({proc.returncode}): {stderr.strip()[-1500:]}")
+    res = json.loads(last)
+    if res["errors"]:
+        raise BenchError(f"loadgen {mode} against {server.impl}: {res['errors']} errors")
+    server_cpu = cpu["end"] - cpu["start"]
+    return {
+        "msgs_per_s": res["per_second"], "messages": res["messages"], "seconds": res["seconds"],
+        "server_cpu_s": server_cpu, "server_cpu_us_per_msg": server_cpu / res["messages"] * 1e6,
+        "server_core_pct": 100 * server_cpu / res["seconds"],
+        "generator_cpu_s": res["generator_cpu_seconds"],
+        "generator_core_pct": 100 * res["generator_cpu_seconds"] / res["seconds"],
+    }
+
+
+def memory(peers: Peers, server: Server, streams: int, conns: int) -> dict:
+    idle = server.rss_kib()
+    argv = ["taskset", "-c", CLIENT_CORE, peers.tool("loadgen"), "hold", "-addr", f"127.0.0.1:{server.port}",
+            "-streams", streams, "-conns", conns]
+    proc = subprocess.Popen(list(map(str, argv)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(120, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline().strip()
+        if line != "READY":
+            proc.kill()
+            raise BenchError(f"loadgen hold against {server.impl}: {line} {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(1.0)  # let both sides finish whatever the last round trips started
+        held = server.rss_kib()
+        proc.stdin.close()
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return {"idle_rss_kib": idle, "streams": streams, "connections": conns, "held_rss_kib": held,
+            "per_stream_kib": (held - idle) / streams}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def measurement_plan(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(measurement, service) in the order each round runs them."""
+    plan = [("unary_max", "helloworld"), ("unary_fixed", "helloworld"), ("unary_greet_max", "greet"),
+            ("bidi_1", "greet"), ("bidi_100", "greet"), ("server_stream", "greet"), ("memory", "greet")]
+    if args.only:
+        plan = [p for p in plan if p[0] in args.only]
+    return plan
+
+
+def measure(peers: Peers, args: argparse.Namespace, name: str, impl: str, service: str, tmp: Path) -> dict:
+    d = args.duration
+    with peers.server(impl, service) as server:
+        if name == "unary_max":
+            h2load(peers, server, "/helloworld.Greeter/SayHello", HELLOWORLD_FRAME, HELLOWORLD_REPLY_BYTES,
+                   args.warmup, tmp)
+            return h2load(peers, server, "/helloworld.Greeter/SayHello", HELLOWORLD_FRAME, HELLOWORLD_REPLY_BYTES,
+                          d, tmp)
+        if name == "unary_greet_max":
+            h2load(peers, server, "/greet_service.GreetService/SayHello", NOPARAM_FRAME, GREET_REPLY_BYTES,
+                   args.warmup, tmp)
+            return h2load(peers, server, "/greet_service.GreetService/SayHello", NOPARAM_FRAME, GREET_REPLY_BYTES,
+                          d, tmp)
+        if name == "unary_fixed":
+            return ghz_fixed_rate(peers, server, args.rps, args.fixed_duration, args.warmup, tmp)
+        if name in ("bidi_1", "bidi_100"):
+            streams, conns = (1, 1) if name == "bidi_1" else (100, 10)
+            return loadgen(peers, server, "bidi", ["-streams", streams, "-conns", conns, "-window", args.window,
+                                                   "-warmup", f"{args.warmup}s", "-duration", f"{d}s"], d + 90)
+        if name == "server_stream":
+            return loadgen(peers, server, "server-stream", ["-names", 100000, "-calls", args.stream_calls], 180)
+        if name == "memory":
+            return memory(peers, server, 1000, 10)
+    raise AssertionError(name)
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def run_rounds(peers: Peers, args: argparse.Namespace, tmp: Path) -> list[dict]:
+    records = []
+    plan = measurement_plan(args)
+    for rnd in range(args.rounds):
+        # Alternate who goes first, so drift in the machine's state hits both sides alike.
+        order = ["ours", "grpc-go"] if rnd % 2 == 0 else ["grpc-go", "ours"]
+        for name, service in plan:
+            for impl in order:
+                started = time.monotonic()
+                result = measure(peers, args, name, impl, service, tmp)
+                records.append({"round": rnd, "measurement": name, "impl": impl, "loadavg_1m": loadavg()[0],
+                                **result})
+                log(f"round {rnd + 1}/{args.rounds} {name:<16} {impl:<8} {headline(name, result)} "
+                    f"({time.monotonic() - started:.1f}s)")
+    return records
+
+
+# --------------------------------------------------------------------------- reporting
+
+# (row label, measurement, field, unit, scale, goal: (op, ratio) or None, higher is better)
+ROWS = [
+    ("unary max req/s (helloworld, h2load 50x4)", "unary_max", "req_per_s", "req/s", 1, (">=", 1.3)),
+    ("server CPU per call at max (helloworld)", "unary_max", "server_cpu_us_per_call", "µs", 1, ("<=", 0.6)),
+    ("unary max req/s (GreetService/SayHello, no per-call log either side)", "unary_greet_max", "req_per_s",
+     "req/s", 1, None),
+    ("server CPU per call at max (GreetService/SayHello)", "unary_greet_max", "server_cpu_us_per_call", "µs", 1,
+     None),
+    ("p50 latency at {rps} req/s (ghz)", "unary_fixed", "p50_us", "ms", 1e-3, None),
+    ("p90 latency at {rps} req/s", "unary_fixed", "p90_us", "ms", 1e-3, None),
+    ("p99 latency at {rps} req/s", "unary_fixed", "p99_us", "ms", 1e-3, ("<=", 1.0)),
+    ("server CPU per call at {rps} req/s", "unary_fixed", "server_cpu_us_per_call", "µs", 1, ("<=", 0.6)),
+    ("bidi msgs/s, 1 stream", "bidi_1", "msgs_per_s", "msg/s", 1, (">=", 1.5)),
+    ("server CPU per msg, bidi 1 stream", "bidi_1", "server_cpu_us_per_msg", "µs", 1, None),
+    ("bidi msgs/s, 100 streams / 10 conns", "bidi_100", "msgs_per_s", "msg/s", 1, (">=", 1.5)),
+    ("server CPU per msg, bidi 100 streams", "bidi_100", "server_cpu_us_per_msg", "µs", 1, None),
+    ("server-stream msgs/s (100,000 names)", "server_stream", "msgs_per_s", "msg/s", 1, (">=", 1.5)),
+    ("server CPU per msg, server-stream", "server_stream", "server_cpu_us_per_msg", "µs", 1, None),
+    ("RSS idle", "memory", "idle_rss_kib", "MiB", 1 / 1024, None),
+    ("RSS with 1,000 idle bidi streams / 10 conns", "memory", "held_rss_kib", "MiB", 1 / 1024, ("<=", 0.5)),
+    ("RSS per held stream", "memory", "per_stream_kib", "KiB", 1, None),
+]
+
+
+def headline(name: str, r: dict) -> str:
+    if "req_per_s" in r:
+        return (f"{r['req_per_s']:.0f} req/s, {r['server_cpu_us_per_call']:.1f} µs/call, server {r['server_core_pct']:.0f}%, "
+                f"gen {r['generator_core_pct']:.0f}%")
+    if "p99_us" in r:
+        return (f"p50 {r['p50_us'] / 1e3:.2f} p99 {r['p99_us'] / 1e3:.2f} ms, {r['server_cpu_us_per_call']:.1f} µs/call, "
+                f"server {r['server_core_pct']:.0f}%, gen {r['generator_core_pct']:.0f}%")
+    if "msgs_per_s" in r:
+        return (f"{r['msgs_per_s']:.0f} msg/s, {r['server_cpu_us_per_msg']:.2f} µs/msg, server {r['server_core_pct']:.0f}%, "
+                f"gen {r['generator_core_pct']:.0f}%")
+    return f"RSS idle {r['idle_rss_kib'] / 1024:.1f} MiB, held {r['held_rss_kib'] / 1024:.1f} MiB"
+
+
+def fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(v)))))
+    return f"{v:,.{min(digits, 3)}f}"
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    return fmt(med) if len(values) == 1 else f"{fmt(med)} ({fmt(min(values))}–{fmt(max(values))})"
+
+
+def summarize(records: list[dict], args: argparse.Namespace) -> tuple[str, list[dict]]:
+    rows = []
+    for label, meas, field, unit, scale, goal in ROWS:
+        by = {impl: {r["round"]: r for r in records if r["measurement"] == meas and r["impl"] == impl}
+              for impl in ("ours", "grpc-go")}
+        if not by["ours"] and not by["grpc-go"]:
+            continue
+        vals = {impl: [r[field] * scale for r in by[impl].values()] for impl in by}
+        gen = {impl: [r["generator_core_pct"] for r in by[impl].values() if "generator_core_pct" in r] for impl in by}
+        srv = {impl: [r["server_core_pct"] for r in by[impl].values() if "server_core_pct" in r] for impl in by}
+        ratios = [by["ours"][k][field] / by["grpc-go"][k][field] for k in by["ours"]
+                  if k in by["grpc-go"] and by["grpc-go"][k][field]]
+        med = {impl: statistics.median(v) if v else None for impl, v in vals.items()}
+        ratio = med["ours"] / med["grpc-go"] if med["ours"] is not None and med["grpc-go"] else None
+        verdict = ""
+        if goal and ratio is not None:
+            op, target = goal
+            ok = ratio >= target if op == ">=" else ratio <= target
+            verdict = f"{op} {target:g}: {'met' if ok else 'NOT met'}"
+        rows.append({"label": label.format(rps=f"{args.rps:,}"), "unit": unit, "ours": vals["ours"],
+                     "grpc-go": vals["grpc-go"], "ratio": ratio, "ratios": ratios, "goal": verdict,
+                     "gen_ours": gen["ours"], "gen_go": gen["grpc-go"],
+                     "srv_ours": srv["ours"], "srv_go": srv["grpc-go"]})
+    lines = ["| measurement | unit | ours | grpc-go | ratio ours/grpc-go (min–max) | goal "
+             "| server CPU % ours / grpc-go | generator CPU % ours / grpc-go |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "–" if r["ratio"] is None else (
+            f"{r['ratio']:.2f}" + (f" ({min(r['ratios']):.2f}–{max(r['ratios']):.2f})" if len(r["ratios"]) > 1 else ""))
+        def pair(a: list, b: list) -> str:
+            return f"{statistics.median(a):.0f} / {statistics.median(b):.0f}" if a and b else "–"
+        lines.append(f"| {r['label']} | {r['unit']} | {cell(r['ours'])} | {cell(r['grpc-go'])} | {ratio} | "
+                     f"{r['goal'] or ''} | {pair(r['srv_ours'], r['srv_go'])} | {pair(r['gen_ours'], r['gen_go'])} |")
+    return "\n".join(lines) + "\n", rows
+
+
+def svg_plot(records: list[dict], path: Path, rps: int) -> None:
+    """Latency by percentile at the fixed rate, every round of both servers (HdrHistogram-style x axis)."""
+    runs = [r for r in records if r["measurement"] == "unary_fixed"]
+    if not runs:
+        return
+    W, H, L, R, T, B = 760, 440, 70, 170, 40, 60
+    pw, ph = W - L - R, H - T - B
+    xmax = 3.0  # -log10(1 - p): 0 -> p0, 3 -> p99.9
+    ymax = max(float(v) for r in runs for k, v in r["latency_quantiles_us"].items() if float(k) <= 99.9) / 1e3
+    ymax = max(ymax * 1.05, 0.1)
+    colors = {"ours": "#d95f02", "grpc-go": "#1b9e77"}
+
+    def x(p: float) -> float:
+        return L + pw * min(-math.log10(max(1 - p / 100, 1e-3)), xmax) / xmax
+
+    def y(ms: float) -> float:
+        return T + ph * (1 - ms / ymax)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{W}" height="{H}" fill="white"/>',
+           f'<text x="{L}" y="22" font-size="14">helloworld.Greeter/SayHello latency at {rps:,} req/s '
+           f'(ghz, server on 1 core), every round</text>']
+    for p in (0, 50, 90, 99, 99.9):
+        out.append(f'<line x1="{x(p):.1f}" y1="{T}" x2="{x(p):.1f}" y2="{T + ph}" stroke="#ddd"/>')
+        out.append(f'<text x="{x(p):.1f}" y="{T + ph + 18}" text-anchor="middle">p{p:g}</text>')
+    step = 10 ** math.floor(math.log10(ymax / 4))
+    step = next(s * step for s in (1, 2, 5, 10) if ymax / (s * step) <= 6)
+    v = 0.0
+    while v <= ymax:
+        out.append(f'<line x1="{L}" y1="{y(v):.1f}" x2="{L + pw}" y2="{y(v):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+        v = round(v + step, 9)
+    out.append(f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
+    out.append(f'<text x="{L + pw / 2}" y="{H - 15}" text-anchor="middle">percentile</text>')
+    out.append(f'<text transform="translate(18 {T + ph / 2}) rotate(-90)" text-anchor="middle">latency (ms)</text>')
+    for r in runs:
+        pts = sorted((float(k), v / 1e3) for k, v in r["latency_quantiles_us"].items() if float(k) <= 99.9)
+        d = " ".join(f"{x(p):.1f},{y(min(ms, ymax)):.1f}" for p, ms in pts)
+        out.append(f'<polyline points="{d}" fill="none" stroke="{colors[r["impl"]]}" stroke-width="1.5" '
+                   f'stroke-opacity="0.8"><title>{r["impl"]} round {r["round"] + 1}</title></polyline>')
+    for i, (impl, color) in enumerate(colors.items()):
+        yy = T + 10 + 22 * i
+        out.append(f'<line x1="{L + pw + 15}" y1="{yy}" x2="{L + pw + 40}" y2="{yy}" stroke="{color}" stroke-width="3"/>')
+        out.append(f'<text x="{L + pw + 46}" y="{yy + 4}">{impl}</text>')
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def tool_versions(peers: Peers) -> dict:
+    def first_line(argv: list) -> str:
+        try:
+            return run(argv, timeout=30).strip().splitlines()[0]
+        except (BenchError, IndexError):
+            return "?"
+    return {"go": first_line([find_go(), "version"]), "h2load": first_line(["h2load", "--version"]),
+            "ghz": GHZ_VERSION, "grpc-go": "see bench/go/go.mod",
+            "rustc": first_line(["rustc", "--version"]), "kernel": os.uname().release}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--quick", action="store_true", help="1 round, short windows: for working on the harness")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; --quick 1)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per throughput window (default 5; quick 1)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up load (default 1; quick 0.5)")
+    p.add_argument("--rps", type=int, default=5000, help="offered rate of the latency measurement (default 5000)")
+    p.add_argument("--fixed-duration", type=float, default=None,
+                   help="measured seconds at the fixed rate (default 8; quick 2)")
+    p.add_argument("--window", type=int, default=64, help="requests in flight per bidi stream (default 64)")
+    p.add_argument("--stream-calls", type=int, default=None,
+                   help="100,000-name server-streaming calls per measurement (default 3; quick 1)")
+    p.add_argument("--only", default="", help="comma-separated subset of: " +
+                   ",".join(n for n, _ in measurement_plan(argparse.Namespace(only=""))))
+    p.add_argument("--go-greet-server", type=Path, default=None,
+                   help="grpc-go GreetService server binary (default: built by tests/interop/run_matrix.py)")
+    p.add_argument("--server", type=Path, default=None, help="our server binary (default: cargo build --release)")
+    p.add_argument("--bin-dir", type=Path, default=Path(os.environ.get(
+        "BENCH_BIN_DIR", Path.home() / ".cache" / "greet" / "bench-bin")), help="cache of the Go peers")
+    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go (default bench/results)")
+    p.add_argument("--wait-quiet", type=float, default=0,
+                   help="wait up to this many seconds for the 1-minute load average to drop below 0.5")
+    p.add_argument("--keep-logs", action="store_true", help="keep server logs (their directory is printed)")
+    a = p.parse_args(argv)
+    a.only = [s for s in a.only.split(",") if s]
+    quick = a.quick
+    a.rounds = a.rounds or (1 if quick else 3)
+    a.duration = a.duration or (1.0 if quick else 5.0)
+    a.warmup = a.warmup or (0.5 if quick else 1.0)
+    a.fixed_duration = a.fixed_duration or (2.0 if quick else 8.0)
+    a.stream_calls = a.stream_calls or (1 if quick else 3)
+    return a
+
+
+def _interrupt(signum, frame) -> None:
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so every server and generator is stopped.
+    raise KeyboardInterrupt()
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    try:
+        if (os.cpu_count() or 1) < 2:
+            raise BenchError("needs 2 cores: servers on core 0, load generators on core 1")
+        ensure_apt({"h2load": "nghttp2-client", "protoc": "protobuf-compiler", "taskset": "util-linux"})
+        ours = args.server or build_ours()
+        go_bin = build_go_peers(args.bin_dir)
+        go_greet = args.go_greet_server or build_go_greet_server()
+        deadline = time.monotonic() + args.wait_quiet
+        while loadavg()[0] >= 0.5 and time.monotonic() < deadline:
+            log(f"load average {loadavg()[0]:.2f}: waiting for < 0.5 (--wait-quiet {args.wait_quiet:g}s)")
+            time.sleep(10)
+        load = loadavg()
+        if load[0] >= 0.5:
+            log(f"WARNING: load average {load[0]:.2f} >= 0.5: something else is running; numbers may be noisy")
+        log_dir = Path(tempfile.mkdtemp(prefix="greet-bench-"))
+        tmp = Path(tempfile.mkdtemp(prefix="greet-bench-tmp-"))
+        peers = Peers(args, ours, go_bin, go_greet, log_dir)
+        run_started = time.monotonic()
+        try:
+            records = run_rounds(peers, args, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if args.keep_logs:
+                log(f"server logs in {log_dir}")
+            else:
+                shutil.rmtree(log_dir, ignore_errors=True)
+        table, rows = summarize(records, args)
+        now = dt.datetime.now(dt.timezone.utc)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        raw = {
+            "date": now.isoformat(timespec="seconds"), "quick": args.quick, "rounds": args.rounds,
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "placement": {"server_core": SERVER_CORE, "generator_core": CLIENT_CORE,
+                          "ours": "--threads 1", "grpc-go": "GOMAXPROCS=1"},
+            "loadavg_before": load, "loadavg_after": loadavg(), "tools": tool_versions(peers),
+            "run_seconds": time.monotonic() - run_started, "records": records,
+        }
+        json_path = args.out_dir / f"{now.strftime('%Y-%m-%dT%H%M%SZ')}{'-quick' if args.quick else ''}.json"
+        json_path.write_text(json.dumps(raw, indent=1) + "\n")
+        header = (f"# Benchmark: ours vs grpc-go\n\n{now:%Y-%m-%d %H:%M} UTC, {args.rounds} alternating round(s)"
+                  f"{' (--quick)' if args.quick else ''}; each figure is the median (min–max) over rounds; the ratio "
+                  f"is of the medians, its range over same-round pairs. Servers on core 0 (ours `--threads 1`, "
+                  f"grpc-go GOMAXPROCS=1), load generators on core 1. Load average before/after: "
+                  f"{load[0]:.2f} / {loadavg()[0]:.2f}. Raw: `{json_path.name}`. Generator CPU is % of its one core: "
+                  f"near 100 means the generator, not the server, set the rate; server CPU is % of core 0 over the same window (near 100: the server was the bottleneck; well below 100 for both: something waited).\n\n")
+        (args.out_dir / "latest.md").write_text(header + table)
+        svg_plot(records, args.out_dir / "latency.svg", args.rps)
+        print(table, end="")
+        log(f"wrote {json_path}, {args.out_dir / 'latest.md'}, {args.out_dir / 'latency.svg'}; "
+            f"measurements took {raw['run_seconds']:.0f}s, everything {time.monotonic() - started:.0f}s")
+        return 0
+    except BenchError as e:
+        log(f"error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
