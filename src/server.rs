@@ -1,6 +1,7 @@
 //! Builds, starts and stops the server. [`start`] is the one way in: the
 //! `server` binary, the tests and the benchmarks all use it.
 
+use std::ffi::CString;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Also serve `grpc.testing.TestService`, the interop suite's service.
     pub interop: bool,
+    /// Extra integer channel arguments for the C core (`grpc.…` keys), for
+    /// tuning without a rebuild; applied after ours, so they win.
+    pub core_args: Vec<(String, i32)>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             route_db: None,
             tls: None,
             interop: false,
+            core_args: Vec::new(),
         }
     }
 }
@@ -66,6 +71,8 @@ pub enum StartError {
     BadAddress(String),
     /// The address is taken, or not ours to bind.
     Bind(String),
+    /// A `--core-arg` key that cannot be passed to the core.
+    BadCoreArg(String),
     /// The core refused to build the server.
     Build(grpcio::Error),
     /// The route guide's feature database cannot be read or parsed.
@@ -77,6 +84,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::BadAddress(addr) => write!(f, "invalid address {addr:?}: expected host:port, like [::]:8080"),
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
+            StartError::BadCoreArg(key) => write!(f, "invalid channel argument key {key:?}"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
             StartError::RouteDb(why) => f.write_str(why),
         }
@@ -143,8 +151,12 @@ fn build(
         None => route_guide::default_features(),
     };
     // 4 MiB also covers the interop suite's largest message (314,159 bytes).
-    let args =
-        ChannelBuilder::new(env.clone()).max_receive_message_len(limits::MAX_RECEIVE_MESSAGE_BYTES as i32).build_args();
+    let mut args = ChannelBuilder::new(env.clone()).max_receive_message_len(limits::MAX_RECEIVE_MESSAGE_BYTES as i32);
+    for (key, value) in &config.core_args {
+        let key = CString::new(key.as_str()).map_err(|_| StartError::BadCoreArg(key.clone()))?;
+        args = args.raw_cfg_int(key, *value);
+    }
+    let args = args.build_args();
     let mut builder = ServerBuilder::new(env)
         .channel_args(args)
         .register_service(greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker)))

@@ -37,6 +37,19 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// An integer channel argument for the gRPC C core, KEY=VALUE (e.g.
+    /// grpc.max_concurrent_streams=100); repeatable. For tuning.
+    #[arg(long = "core-arg", value_parser = parse_core_arg)]
+    core_args: Vec<(String, i32)>,
+}
+
+fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("expected KEY=VALUE, got {text:?}"))?;
+    let value = value.parse().map_err(|_| format!("{key}: {value:?} is not a 32-bit integer"))?;
+    if !key.starts_with("grpc.") {
+        return Err(format!("{key:?} is not a gRPC core channel argument (they start with \"grpc.\")"));
+    }
+    Ok((key.to_string(), value))
 }
 
 fn main() -> ExitCode {
@@ -45,6 +58,7 @@ fn main() -> ExitCode {
 
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
+    config.core_args = args.core_args;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match ServerTls::from_files(cert, key) {
             Ok(tls) => config.tls = Some(tls),
