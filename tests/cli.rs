@@ -133,3 +133,18 @@ fn server_finishes_an_in_flight_stream_on_sigterm_and_exits_zero() {
     let out = Command::new(CLIENT).args(["--addr", &addr, "--timeout", "2s", "unary"]).output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn server_rejects_a_core_arg_that_is_not_a_grpc_integer_argument() {
+    for (arg, expected) in [
+        ("foo=1", "is not a gRPC core channel argument"),
+        ("grpc.max_concurrent_streams=many", "is not a 32-bit integer"),
+        ("grpc.minimal_stack", "expected KEY=VALUE"),
+    ] {
+        let out = Command::new(SERVER).args(["--addr", "127.0.0.1:0", "--core-arg", arg]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{arg}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{arg}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
+    }
+}
