@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the system packages the build needs, if they are missing, and says
-# what it installs: cmake, a C++ compiler, pkg-config and OpenSSL headers
-# (grpcio-sys builds the gRPC C core from source and links OpenSSL).
+# Installs the system packages the build and tests need, if they are missing,
+# and says what it installs: cmake, a C++ compiler, pkg-config and OpenSSL
+# headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
+# and the openssl CLI (tests make throwaway TLS certificates).
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,8 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
+# The TLS tests and the interop matrix make throwaway certificates with it.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if [ "$#" -gt 0 ]; then

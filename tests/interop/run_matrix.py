@@ -32,6 +32,7 @@ servers listen on all interfaces and take no address flag.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -281,18 +282,36 @@ class Resolved:
     def resolve(cls, bin_root: Path) -> "Resolved":
         go_bin = ensure_go_peers(bin_root)
         examples = module_dir("google.golang.org/grpc/examples")
-        testdata = module_dir("google.golang.org/grpc") / "testdata"
-        resolved = cls(
-            go_bin=str(go_bin),
-            route_db=str(examples / "route_guide" / "testdata" / "route_guide_db.json"),
-            ca=str(testdata / "ca.pem"),
-            server_cert=str(testdata / "server1.pem"),
-            server_key=str(testdata / "server1.key"),
-        )
+        certs = make_test_certs(Path(tempfile.mkdtemp(prefix="greet-interop-certs-")))
+        resolved = cls(go_bin=str(go_bin),
+                       route_db=str(examples / "route_guide" / "testdata" / "route_guide_db.json"),
+                       **certs)
         for path in (resolved.route_db, resolved.ca, resolved.server_cert, resolved.server_key):
             if not Path(path).is_file():
                 raise HarnessError(f"missing {path}")
         return resolved
+
+
+def make_test_certs(directory: Path) -> dict[str, str]:
+    """A throwaway test CA and a server certificate for the names the interop cases
+    use (*.test.google.fr, through --server_host_override), made with the openssl CLI;
+    valid for one day, deleted when the run ends."""
+    atexit.register(shutil.rmtree, directory, True)
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (directory / "ext.cnf").write_text(
+        f"subjectAltName=DNS:*.test.google.fr,DNS:{TLS_HOST_OVERRIDE},DNS:localhost,IP:127.0.0.1\n"
+        "extendedKeyUsage=serverAuth\n")
+    steps = [
+        ["req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+         "-subj", "/CN=greet interop test CA"],
+        ["req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=*.test.google.fr"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "server.pem", "-days", "1", "-extfile", "ext.cnf"],
+    ]
+    for step in steps:
+        run_checked(["openssl", *step], directory, dict(os.environ), 60)
+    return {"ca": str(directory / "ca.pem"), "server_cert": str(directory / "server.pem"),
+            "server_key": str(directory / "server.key")}
 
 
 # --------------------------------------------------------------------------- processes
