@@ -11,7 +11,9 @@
 //! - [`services`]: one file a service: [`services::greet`] (the demo's four
 //!   call patterns), [`services::helloworld`] (grpc-go's greeter example),
 //!   [`services::route_guide`] (grpc-go's route guide example),
-//!   [`services::interop`] (`grpc.testing.TestService` of the interop suite).
+//!   [`services::interop`] (`grpc.testing.TestService` of the interop suite),
+//!   [`services::health`] (`grpc.health.v1.Health`); [`services::CallTracker`]
+//!   counts running calls so shutdown and tests wait on events, not sleeps.
 //! - [`server`]: builds, starts and gracefully stops the server; the binary,
 //!   the tests and the benchmarks all start it through [`server::start`].
 //! - [`client`]: one function per call pattern, each with a deadline.
