@@ -45,7 +45,7 @@ impl GreetService for Greeter {
         ctx.spawn(reply("SayHello", sink, Ok(response("Hello".to_string()))));
     }
 
-    /// Sends "Hello <name>" for each name in order, waiting the stream
+    /// Sends `"Hello <name>"` for each name in order, waiting the stream
     /// interval after each send like the demo does. The wait is a timer
     /// future: the completion-queue thread serves other calls meanwhile.
     fn say_hello_server_streaming(
@@ -81,7 +81,7 @@ impl GreetService for Greeter {
         });
     }
 
-    /// Collects "Hello <name>" for every request in arrival order and answers
+    /// Collects `"Hello <name>"` for every request in arrival order and answers
     /// with the whole list once the client closes its side.
     fn say_hello_client_streaming(
         &mut self,
@@ -109,7 +109,7 @@ impl GreetService for Greeter {
         });
     }
 
-    /// Answers each request with "Hello <name>" as soon as it arrives; ends
+    /// Answers each request with `"Hello <name>"` as soon as it arrives; ends
     /// when the client closes its side.
     fn say_hello_bidirectional_streaming(
         &mut self,
