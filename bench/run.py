@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -54,12 +53,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import gopeers  # noqa: E402  (scripts/gopeers.py, shared with tests/interop/run_matrix.py)
 GO_DIR = HERE / "go"
 RESULTS = HERE / "results"
 PROTOS = REPO / "protos"
 GREET_PROTO = PROTOS / "greet.proto"
 HELLOWORLD_PROTO = PROTOS / "helloworld.proto"
-GREETPB_DIR = GO_DIR / "internal" / "greetpb"
 GO_MODULE = "greet.local/bench"
 
 GHZ_VERSION = "v0.121.0"
@@ -117,18 +117,6 @@ def ensure_apt(packages: dict[str, str]) -> None:
     run(sudo + ["apt-get", "install", "-y", "-qq", *missing], env=env)
 
 
-def find_go() -> str:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not os.access(go, os.X_OK):
-        raise BenchError("go not found on PATH nor at /usr/local/go/bin/go (Go 1.26 is needed)")
-    return go
-
-
-def go_env() -> dict:
-    # Never fetch another toolchain: bench/go/go.mod says go 1.26.0.
-    return dict(os.environ, GOTOOLCHAIN=os.environ.get("GOTOOLCHAIN", "local"), GOFLAGS="-buildvcs=false")
-
-
 def cargo_target() -> Path:
     return Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "greet" / "target"))
 
@@ -146,62 +134,22 @@ def build_ours() -> Path:
     return server
 
 
-def bench_key(go: str, protoc: str) -> str:
-    h = hashlib.sha256()
-    sources = [GO_DIR / "go.mod", GO_DIR / "go.sum", GREET_PROTO, *sorted((GO_DIR / "loadgen").rglob("*.go"))]
-    for path in sources:
-        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    h.update(GHZ_VERSION.encode())
-    h.update(run([go, "version"], env=go_env(), timeout=60).encode())
-    h.update(run([protoc, "--version"], timeout=60).encode())
-    return h.hexdigest()[:16]
-
-
-def generate_greetpb(protoc: str, plugin_dir: Path) -> None:
-    shutil.rmtree(GREETPB_DIR, ignore_errors=True)
-    mapping = f"M{GREET_PROTO.name}={GO_MODULE}/internal/greetpb"
-    run([protoc, f"-I{PROTOS}",
-         f"--plugin=protoc-gen-go={plugin_dir / 'protoc-gen-go'}",
-         f"--plugin=protoc-gen-go-grpc={plugin_dir / 'protoc-gen-go-grpc'}",
-         f"--go_out={GO_DIR}", f"--go_opt=module={GO_MODULE}", f"--go_opt={mapping}",
-         f"--go-grpc_out={GO_DIR}", f"--go-grpc_opt=module={GO_MODULE}", f"--go-grpc_opt={mapping}",
-         GREET_PROTO.name], cwd=GO_DIR, env=go_env())
-
-
 def build_go_peers(bin_root: Path) -> Path:
     """ghz, grpc-go's greeter_server and our loadgen, cached under bin_root/<hash of the pins>."""
-    go, protoc = find_go(), shutil.which("protoc")
-    assert protoc is not None  # ensure_apt installed it
-    key = bench_key(go, protoc)
-    out = bin_root / key
-    wanted = ["ghz", "greeter_server", "loadgen"]
-    if (out / "STAMP").is_file() and all((out / b).is_file() for b in wanted):
-        log(f"go peers: cached in {out}")
-        return out
-    log(f"go peers: building ghz {GHZ_VERSION}, greeter_server and loadgen into {out} "
-        "(a minute or two cold, seconds with a warm Go cache)")
-    started = time.monotonic()
-    bin_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_root))
-    try:
-        env = go_env()
+    go, protoc = gopeers.find_go(), gopeers.find_protoc()
+    sources = [GO_DIR / "go.mod", GO_DIR / "go.sum", GREET_PROTO, *sorted((GO_DIR / "loadgen").rglob("*.go"))]
+    key = gopeers.source_key(REPO, sources, go, protoc, extra=GHZ_VERSION)
+
+    def build(tmp: Path) -> None:
         for name, pkg in PROTOC_PLUGINS.items():
-            run([go, "build", "-o", tmp / name, pkg], cwd=GO_DIR, env=env)
-        generate_greetpb(protoc, tmp)
-        run([go, "build", "-o", tmp / "loadgen", "./loadgen"], cwd=GO_DIR, env=env)
-        run([go, "build", "-o", tmp / "greeter_server", GREETER_SERVER_PKG], cwd=GO_DIR, env=env)
+            gopeers.go_build(go, GO_DIR, tmp / name, pkg)
+        gopeers.generate_greetpb(protoc, tmp, GREET_PROTO, GO_DIR, GO_MODULE)
+        gopeers.go_build(go, GO_DIR, tmp / "loadgen", "./loadgen")
+        gopeers.go_build(go, GO_DIR, tmp / "greeter_server", GREETER_SERVER_PKG)
         # ghz is built from its own module, as published (go install honours its go.mod).
-        run([go, "install", f"{GHZ_PKG}@{GHZ_VERSION}"], cwd=tmp, env=dict(env, GOBIN=str(tmp)))
-        (tmp / "STAMP").write_text(f"built in {time.monotonic() - started:.0f}s\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in bin_root.iterdir():
-        if old != out and old.is_dir() and re.fullmatch(r"[0-9a-f]{16}", old.name):
-            shutil.rmtree(old, ignore_errors=True)
-    log(f"go peers: built in {time.monotonic() - started:.0f}s")
-    return out
+        gopeers.run([go, "install", f"{GHZ_PKG}@{GHZ_VERSION}"], tmp, dict(gopeers.go_env(), GOBIN=str(tmp)))
+
+    return gopeers.cached_build(bin_root, key, ["ghz", "greeter_server", "loadgen"], build)
 
 
 def build_go_greet_server() -> Path:
@@ -683,7 +631,7 @@ def tool_versions(peers: Peers) -> dict:
             return run(argv, timeout=30).strip().splitlines()[0]
         except (BenchError, IndexError):
             return "?"
-    return {"go": first_line([find_go(), "version"]), "h2load": first_line(["h2load", "--version"]),
+    return {"go": first_line([gopeers.find_go(), "version"]), "h2load": first_line(["h2load", "--version"]),
             "ghz": GHZ_VERSION, "grpc-go": "see bench/go/go.mod",
             "rustc": first_line(["rustc", "--version"]), "kernel": os.uname().release}
 
@@ -783,7 +731,7 @@ def main(argv: list[str]) -> int:
         log(f"wrote {json_path}, {args.out_dir / 'latest.md'}, {args.out_dir / 'latency.svg'}; "
             f"measurements took {raw['run_seconds']:.0f}s, everything {time.monotonic() - started:.0f}s")
         return 0
-    except BenchError as e:
+    except (BenchError, gopeers.GoBuildError) as e:
         log(f"error: {e}")
         return 2
     except KeyboardInterrupt:

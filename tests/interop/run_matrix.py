@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -50,6 +49,8 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+import gopeers  # noqa: E402  (scripts/gopeers.py, shared with bench/run.py)
 GO_MODULE_DIR = HERE / "go"
 PROTO = REPO / "protos" / "greet.proto"
 GREETPB_IMPORT = "greet.local/interop/internal/greetpb"
@@ -154,111 +155,45 @@ class ServerStartError(HarnessError):
 # --------------------------------------------------------------------------- building
 
 
-def find_go() -> str:
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    if not os.access(go, os.X_OK):
-        raise HarnessError("go not found on PATH nor at /usr/local/go/bin/go")
-    return go
-
-
-def go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Never fetch a different toolchain: go.mod says go 1.26.0 and the machine has 1.26.x.
-    env.setdefault("GOTOOLCHAIN", "local")
-    return env
-
-
 def run_checked(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> str:
     try:
-        proc = subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise HarnessError(f"{' '.join(argv)}: timed out after {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        raise HarnessError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr.strip()}")
-    return proc.stdout
-
-
-def build_key(go: str, protoc: str) -> str:
-    """Hash of everything the Go binaries are built from."""
-    h = hashlib.sha256()
-    sources = [GO_MODULE_DIR / "go.mod", GO_MODULE_DIR / "go.sum", PROTO]
-    sources += sorted((GO_MODULE_DIR / "greet").rglob("*.go"))
-    for path in sources:
-        h.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
-    env = go_env()
-    h.update(run_checked([go, "version"], GO_MODULE_DIR, env, 30).encode())
-    h.update(run_checked([protoc, "--version"], GO_MODULE_DIR, env, 30).encode())
-    return h.hexdigest()[:16]
+        return gopeers.run(argv, cwd, env, timeout)
+    except gopeers.GoBuildError as e:
+        raise HarnessError(str(e)) from None
 
 
 GREETPB_DIR = GO_MODULE_DIR / "internal" / "greetpb"
 
 
 def generate_greetpb(protoc: str, plugin_dir: Path) -> None:
-    """Generates go/internal/greetpb from protos/greet.proto (git-ignored, never committed).
-
-    The M option maps greet.proto to our package, so the proto's go_package needs no change.
-    """
-    shutil.rmtree(GREETPB_DIR, ignore_errors=True)
-    mapping = f"M{PROTO.name}={GREETPB_IMPORT}"
-    run_checked([
-        protoc, f"-I{PROTO.parent}",
-        f"--plugin=protoc-gen-go={plugin_dir / 'protoc-gen-go'}",
-        f"--plugin=protoc-gen-go-grpc={plugin_dir / 'protoc-gen-go-grpc'}",
-        f"--go_out={GO_MODULE_DIR}", f"--go_opt=module={MODULE_PATH}", f"--go_opt={mapping}",
-        f"--go-grpc_out={GO_MODULE_DIR}", f"--go-grpc_opt=module={MODULE_PATH}", f"--go-grpc_opt={mapping}",
-        PROTO.name,
-    ], GO_MODULE_DIR, go_env(), 120)
-
-
-def go_build(go: str, out: Path, pkg: str) -> None:
-    # -buildvcs=false: our packages sit in the project's git tree, whose state is not theirs to stamp.
-    run_checked([go, "build", "-buildvcs=false", "-o", str(out), pkg], GO_MODULE_DIR, go_env(), 900)
+    gopeers.generate_greetpb(protoc, plugin_dir, PROTO, GO_MODULE_DIR, MODULE_PATH)
 
 
 def ensure_go_peers(bin_root: Path) -> Path:
     """Returns the directory holding every Go binary, building them if the cache misses."""
-    go = find_go()
-    protoc = shutil.which("protoc")
-    if protoc is None:
-        raise HarnessError("protoc not found: apt-get install -y protobuf-compiler")
-    key = build_key(go, protoc)
-    out = bin_root / key
-    wanted = list(OFFICIAL_PROGRAMS) + list(OWN_PROGRAMS) + list(PROTOC_PLUGINS)
-    if (out / "STAMP").is_file() and all((out / b).is_file() for b in wanted):
-        log(f"go peers: cached in {out}")
-        if not GREETPB_DIR.is_dir():  # a fresh clone: generate it for editors and go vet
-            generate_greetpb(protoc, out)
-        return out
+    go, protoc = gopeers.find_go(), gopeers.find_protoc()
+    sources = [GO_MODULE_DIR / "go.mod", GO_MODULE_DIR / "go.sum", PROTO,
+               *sorted((GO_MODULE_DIR / "greet").rglob("*.go"))]
+    key = gopeers.source_key(REPO, sources, go, protoc)
 
-    started = time.monotonic()
-    log(f"go peers: building into {out} (about 80 s cold on 2 cores, seconds with a warm Go build cache)")
-    bin_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=bin_root))
-    try:
+    def build(tmp: Path) -> None:
         for name, pkg in PROTOC_PLUGINS.items():
-            go_build(go, tmp / name, pkg)
+            gopeers.go_build(go, GO_MODULE_DIR, tmp / name, pkg)
         generate_greetpb(protoc, tmp)
         for name, pkg in {**OFFICIAL_PROGRAMS, **OWN_PROGRAMS}.items():
             log(f"go peers: go build {pkg}")
-            go_build(go, tmp / name, pkg)
-        (tmp / "STAMP").write_text(f"built in {time.monotonic() - started:.0f}s\n")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    # Older keys are stale builds; keep the cache to one build.
-    for old in bin_root.iterdir():
-        if old != out and old.is_dir() and re.fullmatch(r"[0-9a-f]{16}", old.name):
-            shutil.rmtree(old, ignore_errors=True)
-    log(f"go peers: built in {time.monotonic() - started:.0f}s")
+            gopeers.go_build(go, GO_MODULE_DIR, tmp / name, pkg)
+
+    wanted = list(OFFICIAL_PROGRAMS) + list(OWN_PROGRAMS) + list(PROTOC_PLUGINS)
+    out = gopeers.cached_build(bin_root, key, wanted, build)
+    if not GREETPB_DIR.is_dir():  # a fresh clone with cached binaries: generate it for editors and go vet
+        generate_greetpb(protoc, out)
     return out
 
 
 def module_dir(module: str) -> Path:
     """Directory of a required module in the Go module cache, downloading it if needed."""
-    go, env = find_go(), go_env()
+    go, env = gopeers.find_go(), gopeers.go_env()
     query = [go, "list", "-m", "-f", "{{.Dir}}", module]
     directory = run_checked(query, GO_MODULE_DIR, env, 300).strip()
     if not directory:
@@ -988,7 +923,7 @@ def main(argv: list[str]) -> int:
             log("no private network namespace: the official greeter and interop servers "
                 "will listen on all interfaces")
         return run_matrix(args, resolved, rust)
-    except HarnessError as e:
+    except (HarnessError, gopeers.GoBuildError) as e:
         log(f"error: {e}")
         return 2
     except KeyboardInterrupt:
