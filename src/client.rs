@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::executor::block_on;
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{CallOption, Channel, ChannelBuilder, EnvBuilder, Environment, WriteFlags};
+use grpcio::{CallOption, Channel, ChannelBuilder, EnvBuilder, Environment, StreamingCallSink, WriteFlags};
 
 use crate::proto::greet::{HelloRequest, NamesList, NoParam};
 use crate::proto::greet_grpc::GreetServiceClient;
@@ -106,6 +106,17 @@ pub fn settle<T>(sent: grpcio::Result<()>, received: grpcio::Result<T>) -> grpci
         (_, Err(e)) => Err(e),
         (Ok(()), Ok(value)) | (Err(grpcio::Error::RpcFinished(_)), Ok(value)) => Ok(value),
         (Err(e), Ok(_)) => Err(e),
+    }
+}
+
+/// Closes the sending side of a client or bidi stream. The server may finish
+/// the call with OK before the close itself completes; grpcio reports that race
+/// as `RpcFinished(None)`, which is no error. The call's real outcome is what
+/// its receiving half reports.
+pub async fn half_close<T>(sink: &mut StreamingCallSink<T>) -> grpcio::Result<()> {
+    match sink.close().await {
+        Err(grpcio::Error::RpcFinished(None)) => Ok(()),
+        other => other,
     }
 }
 

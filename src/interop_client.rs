@@ -21,6 +21,7 @@ use futures::executor::block_on;
 use futures::prelude::*;
 use grpcio::{CallOption, Channel, ChannelBuilder, Environment, Metadata, MetadataBuilder, RpcStatusCode, WriteFlags};
 
+use crate::client::half_close;
 use crate::proto::empty::Empty;
 use crate::proto::messages::{
     BoolValue, EchoStatus, Payload, PayloadType, ResponseParameters, SimpleRequest, SimpleResponse,
@@ -346,7 +347,7 @@ impl InteropClient {
                     None => return Err(format!("{round}: the stream ended without a response")),
                 }
             }
-            sink.close().await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
+            half_close(&mut sink).await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
             expect_end(WHAT, receiver.try_next().await)
         })
     }
@@ -356,7 +357,7 @@ impl InteropClient {
         const WHAT: &str = "FullDuplexCall";
         let (mut sink, mut receiver) = self.test.full_duplex_call_opt(self.option()).map_err(|e| failed(WHAT, &e))?;
         block_on(async {
-            sink.close().await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
+            half_close(&mut sink).await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
             expect_end(WHAT, receiver.try_next().await)
         })
     }
@@ -471,7 +472,7 @@ impl InteropClient {
                 Some(reply) => check_payload(DUPLEX, &reply.payload, LARGE_RESPONSE)?,
                 None => return Err(format!("{DUPLEX}: the stream ended without a response")),
             }
-            sink.close().await.map_err(|e| failed(&format!("{DUPLEX} close"), &e))?;
+            half_close(&mut sink).await.map_err(|e| failed(&format!("{DUPLEX} close"), &e))?;
             expect_end(DUPLEX, receiver.try_next().await)
         })
     }

@@ -17,15 +17,6 @@ fn opt() -> CallOption {
     CallOption::default().timeout(Duration::from_secs(10))
 }
 
-/// Half-closes a client stream; the server may finish the call with OK
-/// before the close itself completes, which grpcio reports as `RpcFinished(None)`.
-async fn close_client_side<T>(sink: &mut grpcio::StreamingCallSink<T>) {
-    match sink.close().await {
-        Ok(()) | Err(grpcio::Error::RpcFinished(None)) => {}
-        Err(e) => panic!("closing the client side failed: {e:?}"),
-    }
-}
-
 fn raw_ser(msg: &Vec<u8>, buf: &mut grpcio::GrpcSlice) -> grpcio::Result<()> {
     *buf = grpcio::GrpcSlice::from(msg.as_slice());
     Ok(())
@@ -152,7 +143,7 @@ fn a_failing_call_does_not_disturb_a_concurrent_stream() {
         let req = HelloRequest { name: "second".into(), ..Default::default() };
         sink.send((req, WriteFlags::default())).await.unwrap();
         assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello second");
-        close_client_side(&mut sink).await;
+        greet::client::half_close(&mut sink).await.unwrap();
         assert!(receiver.try_next().await.unwrap().is_none());
     });
 }

@@ -166,7 +166,7 @@ fn half_duplex_answers_after_the_client_closes() {
             };
             sink.send((req, WriteFlags::default())).await.unwrap();
         }
-        sink.close().await.unwrap();
+        greet::client::half_close(&mut sink).await.unwrap();
         receiver.map_ok(|r| r.payload.body.len()).try_collect().await.unwrap()
     });
     assert_eq!(sizes, [3, 5]);
