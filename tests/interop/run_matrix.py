@@ -107,7 +107,12 @@ GRPCIO_SERVER_GAPS = {
 # The same cases without the probe, which only our client has; they show that
 # compressed requests themselves work against our server.
 NOPROBE_CASES = ("client_compressed_unary_noprobe", "client_compressed_streaming_noprobe")
-SOAK_FLAGS = ("soak_iterations=5", "soak_overall_timeout_seconds=30")
+# The spec's 1 s bound per iteration, over 10 iterations with one allowed to miss it:
+# a fresh connection has no RTT sample yet, so a loopback segment dropped while the
+# machine is loaded costs the kernel's 1 s initial retransmission timeout (seen in
+# about 1 of 25 loaded channel_soak runs, with the client's TCP retransmit counter
+# moving), which is no fault of either peer. Two slow iterations still fail the cell.
+SOAK_FLAGS = ("soak_iterations=10", "soak_max_failures=1", "soak_overall_timeout_seconds=60")
 TLS_HOST_OVERRIDE = "foo.test.google.fr"
 
 GREET_NAMES = ("Akhil", "Alice", "Bob")
