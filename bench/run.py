@@ -93,13 +93,9 @@ def log(msg: str) -> None:
 
 def run(argv: list, cwd: Path = REPO, env: dict | None = None, timeout: float = 1800) -> str:
     try:
-        proc = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{' '.join(map(str, argv))}: timed out after {timeout:.0f}s") from None
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(map(str, argv))} failed ({proc.returncode}):\n{proc.stderr.strip()[-3000:]}")
-    return proc.stdout
+        return gopeers.run(argv, cwd, env, timeout)
+    except gopeers.GoBuildError as e:
+        raise BenchError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- set-up
