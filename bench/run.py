@@ -293,7 +293,8 @@ def h2load(peers: Peers, server: Server, path: str, frame: bytes, reply_bytes: i
     text = out_path.read_text()
     if code != 0:
         raise BenchError(f"h2load failed ({code}):\n{text[-2000:]}")
-    m_rate = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", text)
+    # h2load prints the run time in the unit that suits it: "999.97ms", "3.00s".
+    m_rate = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", text)
     m_req = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                       r"(\d+) errored, (\d+) timeout", text)
     m_status = re.search(r"status codes: (\d+) 2xx", text)
@@ -309,7 +310,8 @@ def h2load(peers: Peers, server: Server, path: str, frame: bytes, reply_bytes: i
         raise BenchError(f"{server.impl}: h2load saw failures or wrong replies ({ok} ok, {failed} failed, "
                          f"{errored} errored, {per_reply:.2f} DATA bytes per reply, want {reply_bytes}):\n{text[-1500:]}")
     return {
-        "req_per_s": float(m_rate[2]), "calls": done, "seconds": float(m_rate[1]),
+        "req_per_s": float(m_rate[3]), "calls": done,
+        "seconds": float(m_rate[1]) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[m_rate[2]],
         "server_cpu_s": server_cpu, "server_cpu_us_per_call": server_cpu / done * 1e6,
         "server_core_pct": 100 * server_cpu / wall,
         "generator_cpu_s": gen_cpu, "generator_core_pct": 100 * gen_cpu / wall,
