@@ -165,12 +165,6 @@ def build_go_greet_server() -> Path:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def proc_cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -221,13 +215,8 @@ class Server:
         return proc_rss_kib(self.pid)
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            gopeers.stop_process(self.proc, grace=5)
         self.log_file.close()
 
 
@@ -238,7 +227,7 @@ class Peers:
 
     def server(self, impl: str, service: str) -> Server:
         """A fresh server: impl 'ours' or 'grpc-go'; service 'helloworld' or 'greet'."""
-        port = free_port()
+        port = gopeers.free_port()
         log_path = self.log_dir / f"{impl}-{service}.log"
         if impl == "ours":
             env = dict(os.environ, RUST_LOG="warn")

@@ -2,7 +2,8 @@
 and the benchmarks (bench/run.py) run against ours, the same way for both: from a
 Go module of ours that pins them, into a cache directory named by a hash of
 everything they are built from, so a changed pin, proto or source rebuilds them
-and nothing else does. Python standard library only."""
+and nothing else does. Also the two process helpers both harnesses need: a free
+loopback port and a bounded stop. Python standard library only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +59,25 @@ def run(argv: list, cwd: Path, env: dict[str, str] | None = None, timeout: float
     if proc.returncode != 0:
         raise GoBuildError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stderr.strip()[-3000:]}")
     return proc.stdout
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the caller retries if it is taken)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM, up to `grace` seconds to exit, then SIGKILL; always reaps."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def go_build(go: str, module_dir: Path, out: Path, pkg: str) -> None:

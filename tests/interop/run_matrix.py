@@ -257,12 +257,6 @@ def make_test_certs(directory: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def tail(path: Path, lines: int = 3) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -292,7 +286,7 @@ class Server:
     def start(self) -> None:
         last_error = ""
         for _ in range(PORT_ATTEMPTS):
-            self.port = free_port()
+            self.port = gopeers.free_port()
             # One log file per process, so a failure message shows only that process's output.
             self.log_path = self.log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', self.name)}.{self.port}.log"
             with open(self.log_path, "wb") as logf:
@@ -331,14 +325,8 @@ class Server:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=STOP_TIMEOUT)
+        if proc is not None:
+            gopeers.stop_process(proc, STOP_TIMEOUT)
 
 
 @dataclasses.dataclass
@@ -917,13 +905,7 @@ def main(argv: list[str]) -> int:
             try:
                 return child.wait()
             finally:
-                if child.poll() is None:
-                    child.terminate()
-                    try:
-                        child.wait(timeout=30)
-                    except subprocess.TimeoutExpired:
-                        child.kill()
-                        child.wait()
+                gopeers.stop_process(child, grace=30)
         if not args.no_netns:
             log("no private network namespace: the official greeter and interop servers "
                 "will listen on all interfaces")
