@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo test lint interop bench
+.PHONY: deps build run-server run-client demo chat-demo test lint interop bench
 
 deps:
 	@scripts/ensure-deps.sh
@@ -25,6 +25,11 @@ run-client: build
 ## Server + client through the four patterns, then stop; exits with the client's status.
 demo: build
 	scripts/demo.sh $(BIN)
+
+## Redis, two replicas and three scripted users in one chat room; replica A is
+## killed halfway and its users resume on B. Fails if anyone missed a message.
+chat-demo: build
+	scripts/chat-demo.sh $(BIN)
 
 test: deps
 	$(CARGO) test --release

@@ -2,7 +2,8 @@
 # Installs the system packages the build and tests need, if they are missing,
 # and says what it installs: cmake, a C++ compiler, pkg-config and OpenSSL
 # headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
-# and the openssl CLI (tests make throwaway TLS certificates).
+# the openssl CLI (tests make throwaway TLS certificates) and redis-server
+# (the chat tests and `make chat-demo` start their own).
 set -euo pipefail
 
 missing=()
@@ -12,6 +13,8 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 # The TLS tests and the interop matrix make throwaway certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The chat's broker mode: its tests and `make chat-demo` start their own redis-server.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if [ "$#" -gt 0 ]; then

@@ -14,6 +14,12 @@
 //!   [`services::interop`] (`grpc.testing.TestService` of the interop suite),
 //!   [`services::health`] (`grpc.health.v1.Health`); [`services::CallTracker`]
 //!   counts running calls so shutdown and tests wait on events, not sleeps.
+//! - [`chat`]: the rooms behind `chat.v1.Chat` ([`services::chat`]): the
+//!   hub thread, the SQLite store, the Redis broker, the history cache.
+//! - [`fanout`]: one bounded queue per subscriber; used by the chat rooms
+//!   and by the health service's Watch.
+//! - [`chat_client`]: `client chat`: a room on stdin/stdout that reconnects
+//!   and resumes by itself.
 //! - [`server`]: builds, starts and gracefully stops the server; the binary,
 //!   the tests and the benchmarks all start it through [`server::start`].
 //! - [`client`]: one function per call pattern, each with a deadline.
@@ -26,8 +32,11 @@
 //! - `src/bin/`: thin binaries (`server`, `client`, `interop-server`,
 //!   `interop-client`) that parse flags and call into this library.
 
+pub mod chat;
+pub mod chat_client;
 pub mod client;
 pub mod duration;
+pub mod fanout;
 pub mod interop_client;
 pub mod limits;
 pub mod route_guide_client;

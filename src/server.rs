@@ -13,9 +13,11 @@ use futures_timer::Delay;
 use grpcio::{ChannelBuilder, EnvBuilder, Environment, Server, ServerBuilder, ServerCredentials};
 use log::{info, warn};
 
+use crate::chat::{Chat, ChatConfig};
 use crate::limits;
 use crate::proto::health::health_check_response::ServingStatus;
-use crate::proto::{greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
+use crate::proto::{chat_grpc, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
+use crate::services::chat::ChatService;
 use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
 use crate::services::helloworld::HelloWorld;
@@ -25,7 +27,8 @@ use crate::services::CallTracker;
 use crate::tls::ServerTls;
 
 /// Full names of the services a server hosts, as the health service reports them.
-pub const SERVICE_NAMES: &[&str] = &["greet_service.GreetService", "helloworld.Greeter", "routeguide.RouteGuide"];
+pub const SERVICE_NAMES: &[&str] =
+    &["greet_service.GreetService", "helloworld.Greeter", "routeguide.RouteGuide", "chat.v1.Chat"];
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
 pub const INTEROP_SERVICE_NAME: &str = "grpc.testing.TestService";
 
@@ -48,6 +51,8 @@ pub struct ServerConfig {
     /// Extra integer channel arguments for the C core (`grpc.…` keys), for
     /// tuning without a rebuild; applied after ours, so they win.
     pub core_args: Vec<(String, i32)>,
+    /// `chat.v1.Chat`: where history lives, the broker, heartbeats.
+    pub chat: ChatConfig,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +65,7 @@ impl Default for ServerConfig {
             tls: None,
             interop: false,
             core_args: Vec::new(),
+            chat: ChatConfig::default(),
         }
     }
 }
@@ -77,6 +83,8 @@ pub enum StartError {
     Build(grpcio::Error),
     /// The route guide's feature database cannot be read or parsed.
     RouteDb(String),
+    /// The chat's store or broker cannot be used.
+    Chat(String),
 }
 
 impl fmt::Display for StartError {
@@ -86,7 +94,7 @@ impl fmt::Display for StartError {
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
             StartError::BadCoreArg(key) => write!(f, "invalid channel argument key {key:?}"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
-            StartError::RouteDb(why) => f.write_str(why),
+            StartError::RouteDb(why) | StartError::Chat(why) => f.write_str(why),
         }
     }
 }
@@ -100,6 +108,7 @@ pub struct RunningServer {
     addr: String,
     tracker: Arc<CallTracker>,
     health: HealthService,
+    chat: Chat,
 }
 
 /// How a graceful shutdown ended.
@@ -127,7 +136,8 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let env = Arc::new(EnvBuilder::new().cq_count(config.completion_queues.max(1)).name_prefix("grpc-server").build());
     let tracker = CallTracker::new();
     let health = HealthService::default();
-    let mut server = build(env, config, tracker.clone(), health.clone())?;
+    let chat = Chat::start(&config.chat).map_err(StartError::Chat)?;
+    let mut server = build(env, config, tracker.clone(), health.clone(), chat.clone())?;
     let credentials = config.tls.as_ref().map_or_else(ServerCredentials::insecure, ServerTls::credentials);
     let port = server
         .add_listening_port(config.addr.clone(), credentials)
@@ -137,7 +147,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     for name in SERVICE_NAMES.iter().chain(interop).chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
-    Ok(RunningServer { server, addr: format!("{host}:{port}"), tracker, health })
+    Ok(RunningServer { server, addr: format!("{host}:{port}"), tracker, health, chat })
 }
 
 fn build(
@@ -145,6 +155,7 @@ fn build(
     config: &ServerConfig,
     tracker: Arc<CallTracker>,
     health: HealthService,
+    chat: Chat,
 ) -> Result<Server, StartError> {
     let features = match &config.route_db {
         Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
@@ -159,10 +170,11 @@ fn build(
     let args = args.build_args();
     let mut builder = ServerBuilder::new(env)
         .channel_args(args)
-        .register_service(greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker)))
+        .register_service(greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker.clone())))
         .register_service(helloworld_grpc::create_greeter(HelloWorld))
         .register_service(route_guide_grpc::create_route_guide(RouteGuideService::new(features)))
-        .register_service(health_grpc::create_health(health));
+        .register_service(health_grpc::create_health(health))
+        .register_service(chat_grpc::create_chat(ChatService::new(chat, tracker.clone())));
     if config.interop {
         builder = builder.register_service(test_grpc::create_test_service(InteropService::default()));
     }
@@ -191,10 +203,17 @@ impl RunningServer {
         &self.health
     }
 
-    /// Stops accepting calls, reports NOT_SERVING, lets the calls in flight
+    /// The chat's rooms, for their counters ([`Chat::stats`]).
+    pub fn chat(&self) -> &Chat {
+        &self.chat
+    }
+
+    /// Stops accepting calls, reports NOT_SERVING, ends the chat streams
+    /// (their clients resume elsewhere), lets the calls in flight
     /// finish for up to `grace`, then cancels whatever is left.
     pub fn shutdown(mut self, grace: Duration) -> Shutdown {
         self.health.shutdown();
+        self.chat.shutdown();
         let drained = self.server.shutdown();
         let outcome = block_on(future::select(drained, Delay::new(grace)));
         match outcome {
@@ -221,6 +240,7 @@ impl Drop for RunningServer {
     /// not on the core, so they are ended here or the core would wait for them.
     fn drop(&mut self) {
         self.health.shutdown();
+        self.chat.shutdown();
     }
 }
 

@@ -31,6 +31,17 @@ impl From<RpcStatus> for CallError {
     }
 }
 
+impl From<crate::chat::ChatError> for CallError {
+    fn from(e: crate::chat::ChatError) -> Self {
+        use crate::chat::ChatError;
+        let code = match e {
+            ChatError::Unavailable(_) | ChatError::ShuttingDown => RpcStatusCode::UNAVAILABLE,
+            ChatError::OutOfRange(_) => RpcStatusCode::OUT_OF_RANGE,
+        };
+        CallError::Status(RpcStatus::with_message(code, e.to_string()))
+    }
+}
+
 /// INVALID_ARGUMENT with a message a person can act on.
 pub fn invalid_argument(message: impl Into<String>) -> RpcStatus {
     RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, message.into())

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use greet::chat_client::{self, ChatOptions, Output};
 use greet::client::{self, Client};
 use greet::duration;
 use greet::route_guide_client;
@@ -58,6 +59,20 @@ enum Command {
         #[arg(long, default_value = "world")]
         name: String,
     },
+    /// chat.v1.Chat: says each line of stdin in the room and prints the
+    /// room's messages; Ctrl-D leaves. --addr may list several servers
+    /// (a,b): when one goes away the client resumes on the next.
+    Chat {
+        /// Room to join.
+        #[arg(long)]
+        room: String,
+        /// Name to chat as.
+        #[arg(long)]
+        user: String,
+        /// Recent messages to show on joining; default: the server's choice.
+        #[arg(long)]
+        history: Option<u32>,
+    },
     /// routeguide.RouteGuide: GetFeature, ListFeatures, RecordRoute and
     /// RouteChat, like grpc-go's route_guide client.
     RouteGuide,
@@ -102,9 +117,48 @@ fn run(args: &Args, channel: Channel) -> Result<(), CliError> {
             bidi()?;
         }
         Command::Greet { name } => print(client.greet(name)?),
+        Command::Chat { room, user, history } => chat(args, room, user, *history)?,
         Command::RouteGuide => route_guide_client::Client::new(channel, args.timeout).run_demo(print)?,
     }
     Ok(())
+}
+
+/// `chat`: stdin lines in, room events out; reconnects over the --addr list.
+fn chat(args: &Args, room: &str, user: &str, history: Option<u32>) -> Result<(), CliError> {
+    let options = ChatOptions {
+        addrs: args.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect(),
+        room: room.to_string(),
+        user: user.to_string(),
+        history,
+        give_up_after: args.timeout,
+    };
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(ClientTls::from_file(ca, args.tls_server_name.clone()).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?),
+        None => None,
+    };
+    let plaintext = chat_client::plaintext();
+    let connect = move |addr: &str| match &tls {
+        Some(tls) => tls::channel(addr, Some(tls)),
+        None => plaintext(addr),
+    };
+    let (lines, input) = async_channel::bounded(64);
+    // Stdin blocks, so it gets its own thread; dropping `lines` at EOF is the Ctrl-D.
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if !line.trim().is_empty() && lines.send_blocking(line).is_err() {
+                break;
+            }
+        }
+    });
+    chat_client::run(&options, connect, input, |output| match chat_client::format_output(&output) {
+        Some(line) => print(line),
+        None => {
+            if let Output::Notice(notice) = output {
+                eprintln!("chat: {notice}");
+            }
+        }
+    })
 }
 
 fn main() -> ExitCode {

@@ -41,6 +41,24 @@ struct Args {
     /// grpc.max_concurrent_streams=100); repeatable. For tuning.
     #[arg(long = "core-arg", value_parser = parse_core_arg)]
     core_args: Vec<(String, i32)>,
+    /// chat.v1.Chat: directory of the SQLite chat history (chat.sqlite3);
+    /// default: $XDG_DATA_HOME/greet or ~/.local/share/greet (in memory,
+    /// with a warning, if another server holds it).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// chat.v1.Chat: share rooms and history with every replica using this
+    /// Redis, e.g. redis://127.0.0.1:6379 or redis+unix:///run/redis.sock.
+    #[arg(long)]
+    broker: Option<String>,
+    /// chat.v1.Chat: send a heartbeat on a chat stream idle this long.
+    #[arg(long, default_value = "15s", value_parser = parse_heartbeat)]
+    heartbeat: Duration,
+    /// chat.v1.Chat: recent messages a join replays when the client does not say.
+    #[arg(long, default_value_t = 20)]
+    join_history: u32,
+    /// chat.v1.Chat: events a chat stream may have waiting before it is cut off.
+    #[arg(long, default_value_t = 1024)]
+    subscriber_queue: usize,
 }
 
 fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
@@ -52,6 +70,14 @@ fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
     Ok((key.to_string(), value))
 }
 
+fn parse_heartbeat(text: &str) -> Result<Duration, String> {
+    let heartbeat = duration::parse(text)?;
+    if heartbeat < Duration::from_millis(10) {
+        return Err(format!("a heartbeat every {heartbeat:?} is too often; at least 10ms"));
+    }
+    Ok(heartbeat)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -59,6 +85,12 @@ fn main() -> ExitCode {
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
     config.core_args = args.core_args;
+    config.chat.data_dir_is_default = args.data_dir.is_none();
+    config.chat.data_dir = Some(args.data_dir.unwrap_or_else(greet::chat::default_data_dir));
+    config.chat.broker = args.broker;
+    config.chat.heartbeat = args.heartbeat;
+    config.chat.join_history = args.join_history.min(greet::chat::limits::MAX_HISTORY as u32);
+    config.chat.subscriber_queue = args.subscriber_queue.max(1);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match ServerTls::from_files(cert, key) {
             Ok(tls) => config.tls = Some(tls),

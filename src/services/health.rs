@@ -13,27 +13,24 @@ use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySin
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::health_grpc::Health;
+use crate::fanout::{Fanout, WhenFull};
 use crate::status::{log_transport_error, reply, CallError};
-
-/// One Watch call: the status to send next, and a wake-up.
-struct Watcher {
-    service: String,
-    latest: Arc<Mutex<ServingStatus>>,
-    wake: async_channel::Sender<()>,
-}
 
 #[derive(Default)]
 struct State {
     statuses: HashMap<String, ServingStatus>,
-    watchers: Vec<Watcher>,
+    /// Per service, its Watch calls. Their events are wake-ups: a watcher
+    /// reads the status table when woken, so one queued wake-up is enough
+    /// and a full queue skips the event ([`WhenFull::Skip`]).
+    watchers: HashMap<String, Fanout<()>>,
     shut_down: bool,
 }
 
 /// Serves `grpc.health.v1.Health`; clones share one status table.
 #[derive(Clone, Default)]
 pub struct HealthService {
-    /// Protects the status table and the list of watchers; never held
-    /// across an await or a send.
+    /// Protects the status table and the watchers; never held across an
+    /// await (publishing to watchers only `try_send`s).
     state: Arc<Mutex<State>>,
 }
 
@@ -52,11 +49,11 @@ impl HealthService {
     pub fn set_status(&self, service: &str, status: ServingStatus) {
         let mut state = self.lock();
         state.statuses.insert(service.to_string(), status);
-        state.watchers.retain(|w| !w.wake.is_closed());
-        for watcher in state.watchers.iter().filter(|w| w.service == service) {
-            *watcher.latest.lock().unwrap_or_else(|e| e.into_inner()) = status;
-            // A full channel already holds a wake-up that will read `latest`.
-            let _ = watcher.wake.try_send(());
+        if let Some(watchers) = state.watchers.get_mut(service) {
+            watchers.publish(&());
+            if watchers.is_empty() {
+                state.watchers.remove(service);
+            }
         }
     }
 
@@ -69,9 +66,14 @@ impl HealthService {
         }
         let mut state = self.lock();
         state.shut_down = true;
-        for watcher in state.watchers.drain(..) {
-            watcher.wake.close();
+        for (_, mut watchers) in state.watchers.drain() {
+            watchers.close();
         }
+    }
+
+    /// Watch calls running now.
+    pub fn watchers(&self) -> usize {
+        self.lock().watchers.values().map(Fanout::len).sum()
     }
 
     /// The status of a service, if the server knows it.
@@ -96,32 +98,35 @@ impl Health for HealthService {
     /// Sends the status now (SERVICE_UNKNOWN for an unknown service), then
     /// each change, until the client leaves or the server shuts down.
     fn watch(&mut self, ctx: RpcContext, req: HealthCheckRequest, mut sink: ServerStreamingSink<HealthCheckResponse>) {
-        let (wake, woken) = async_channel::bounded(1);
-        let latest;
-        {
+        let service = req.service;
+        let subscription = {
             let mut state = self.lock();
-            let now = state.statuses.get(&req.service).copied().unwrap_or(ServingStatus::SERVICE_UNKNOWN);
-            latest = Arc::new(Mutex::new(now));
-            if !state.shut_down {
-                state.watchers.retain(|w| !w.wake.is_closed());
-                state.watchers.push(Watcher { service: req.service.clone(), latest: latest.clone(), wake });
-            }
-        }
+            // Calls that ended while no status changed are still listed; drop them here.
+            state.watchers.retain(|_, watchers| {
+                watchers.remove_gone();
+                !watchers.is_empty()
+            });
+            // After shutdown: send the status once and end.
+            (!state.shut_down).then(|| {
+                state.watchers.entry(service.clone()).or_insert_with(|| Fanout::new(1, WhenFull::Skip)).subscribe()
+            })
+        };
+        let health = self.clone();
         ctx.spawn(async move {
             let result = async {
                 let mut sent = None;
                 loop {
-                    let now = *latest.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = health.status(&service).unwrap_or(ServingStatus::SERVICE_UNKNOWN);
                     if sent != Some(now) {
                         sink.send((response(now), WriteFlags::default())).await?;
                         sent = Some(now);
                     }
-                    // Closed: the server is shutting down (or never registered us).
-                    if woken.recv().await.is_err() {
-                        let last = *latest.lock().unwrap_or_else(|e| e.into_inner());
-                        if sent != Some(last) {
-                            sink.send((response(last), WriteFlags::default())).await?;
-                        }
+                    let woken = match &subscription {
+                        Some(subscription) => subscription.events.recv().await.is_ok(),
+                        None => false,
+                    };
+                    // Not woken: the server is shutting down; its last word was sent above.
+                    if !woken {
                         break;
                     }
                 }

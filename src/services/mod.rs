@@ -1,5 +1,6 @@
 //! gRPC services, one file a service.
 
+pub mod chat;
 pub mod greet;
 pub mod health;
 pub mod helloworld;

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# `make chat-demo`: a Redis, two server replicas sharing it, and three
+# scripted users talking in one room: alice on replica A, bob on replica B,
+# carol on A with B as her fallback. Halfway through, replica A is killed
+# (SIGKILL); alice and carol resume on B by themselves. Prints what each
+# user saw and exits non-zero if any of them missed or repeated a message.
+set -euo pipefail
+bin="${1:?usage: chat-demo.sh <dir with the server and client binaries>}"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Waits (up to 10 s) for a line of log $1 matching sed regex $2 (with one
+# \(group\)) while process $3 lives; prints the group.
+wait_for() {
+  local log=$1 extract=$2 pid=$3 found=""
+  for _ in $(seq 200); do
+    found=$(sed -n "s/$extract/\\1/p" "$log" | head -n1)
+    [ -n "$found" ] && { echo "$found"; return 0; }
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "chat-demo: gave up waiting for $extract in $log" >&2
+  cat "$log" >&2
+  return 1
+}
+
+redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_for "$work/redis.log" '.*\(Ready to accept connections\).*' "${pids[-1]}" >/dev/null
+broker="redis+unix://$work/redis.sock"
+echo "chat-demo: redis-server on $work/redis.sock" >&2
+
+start_replica() {
+  "$bin/server" --addr 127.0.0.1:0 --broker "$broker" --data-dir "$work/data-$1" --grace 1s \
+    >/dev/null 2>"$work/server-$1.log" &
+  pids+=($!)
+}
+start_replica A; pid_a=${pids[-1]}
+addr_a=$(wait_for "$work/server-A.log" '.*Server started at \(.*\)$' "$pid_a")
+start_replica B; pid_b=${pids[-1]}
+addr_b=$(wait_for "$work/server-B.log" '.*Server started at \(.*\)$' "$pid_b")
+echo "chat-demo: replica A on $addr_a, replica B on $addr_b" >&2
+
+# One user: says each "delay line" pair after its delay, then leaves (EOF).
+user() {
+  local name=$1 addrs=$2; shift 2
+  {
+    while [ "$#" -gt 0 ]; do sleep "$1"; echo "$2"; shift 2; done
+    sleep 2
+  } | "$bin/client" --addr "$addrs" --timeout 20s chat --room demo --user "$name" --history 0 \
+      >"$work/$name.out" 2>"$work/$name.err" &
+  pids+=($!)
+}
+
+user alice "$addr_a,$addr_b" 0.5 "hi all, alice here (replica A)" 1.5 "anyone seen the build?" \
+  2.5 "still here after A went down" 1.0 "bye"
+user bob "$addr_b" 1.0 "bob on replica B" 1.5 "build is green" \
+  2.0 "A is gone? I did not notice" 1.5 "bye from bob"
+user carol "$addr_a,$addr_b" 1.5 "carol, on A with B as fallback" 1.5 "nice" \
+  2.0 "resumed on B, nothing missed" 1.0 "bye from carol"
+
+sleep 3.5
+echo "chat-demo: killing replica A (SIGKILL) mid-conversation" >&2
+kill -KILL "$pid_a"
+
+status=0
+for pid in "${pids[@]: -3}"; do wait "$pid" || status=$?; done
+
+for name in alice bob carol; do
+  echo "--- $name saw"
+  cat "$work/$name.out"
+  sed 's/^/    (stderr) /' "$work/$name.err"
+done
+
+# Each user sees the 8 lines of the two others: nothing lost, nothing twice.
+for name in alice bob carol; do
+  lines=$(grep -c '^\[' "$work/$name.out" || true)
+  unique=$(grep '^\[' "$work/$name.out" | cut -d' ' -f2- | sort -u | wc -l)
+  if [ "$lines" -ne 8 ] || [ "$unique" -ne 8 ]; then
+    echo "chat-demo: $name saw $lines messages ($unique distinct), expected 8" >&2
+    status=1
+  fi
+done
+echo "--- replica B log (tail)"
+tail -n 5 "$work/server-B.log"
+exit "$status"

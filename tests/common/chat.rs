@@ -1,0 +1,214 @@
+//! Chat test helpers: servers with a chat config, members of a room, and a
+//! throwaway redis-server. Included by the `chat_*` tests with
+//! `#[path = "common/chat.rs"] mod chat;`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::executor::block_on;
+use futures::prelude::*;
+use greet::chat::ChatConfig;
+use greet::proto::chat::{
+    client_frame, server_event, ClientFrame, HistoryRequest, Join, Message, RoomsRequest, Say, ServerEvent, Welcome,
+};
+use greet::proto::chat_grpc::ChatClient;
+use greet::server::{self, RunningServer, ServerConfig};
+use grpcio::{CallOption, ClientDuplexReceiver, ClientDuplexSender, WriteFlags};
+
+/// Every chat call in a test gets this deadline, so a hang fails the test.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// A server on 127.0.0.1:0 with this chat config.
+pub fn start_chat_server(chat: ChatConfig) -> RunningServer {
+    let config = ServerConfig { addr: "127.0.0.1:0".to_string(), completion_queues: 2, chat, ..Default::default() };
+    server::start(&config).expect("a server starts on a free loopback port")
+}
+
+pub fn client(addr: &str) -> ChatClient {
+    ChatClient::new(greet::client::connect(addr))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "greet-{what}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A redis-server of our own on a unix socket in a temp dir, without
+/// persistence; killed and reaped on drop.
+pub struct Redis {
+    child: Child,
+    pub url: String,
+    _dir: TempDir,
+}
+
+impl Redis {
+    /// Starts it and returns once it accepts connections.
+    pub fn start() -> Redis {
+        let dir = TempDir::new("redis");
+        let socket = dir.path().join("redis.sock");
+        let mut child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "notice"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server is installed (scripts/ensure-deps.sh installs it)");
+        let stdout = child.stdout.take().expect("piped above");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = lines.by_ref().map_while(Result::ok).any(|line| line.contains("Ready to accept connections"));
+        let url = format!("redis+unix://{}", socket.display());
+        let redis = Redis { child, url, _dir: dir };
+        assert!(ready, "redis-server exited before it was ready");
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_connection().expect("redis answers");
+        let pong: String = redis::cmd("PING").query(&mut conn).unwrap();
+        assert_eq!(pong, "PONG");
+        redis
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn join_frame(room: &str, user: &str, resume_after: Option<u64>, history: Option<u32>) -> ClientFrame {
+    let join =
+        Join { room: room.to_string(), user: user.to_string(), resume_after, history, ..Default::default() };
+    ClientFrame { frame: Some(client_frame::Frame::Join(join)), ..Default::default() }
+}
+
+pub fn say_frame(text: &str) -> ClientFrame {
+    let say = Say { text: text.to_string(), client_id: String::new(), ..Default::default() };
+    ClientFrame { frame: Some(client_frame::Frame::Say(say)), ..Default::default() }
+}
+
+/// One Connect call, joined to a room.
+pub struct Member {
+    pub sink: ClientDuplexSender<ClientFrame>,
+    pub events: ClientDuplexReceiver<ServerEvent>,
+    pub welcome: Welcome,
+}
+
+impl Member {
+    /// Joins and waits for the welcome.
+    pub async fn join(
+        client: &ChatClient,
+        room: &str,
+        user: &str,
+        resume_after: Option<u64>,
+        history: Option<u32>,
+    ) -> grpcio::Result<Member> {
+        let (mut sink, mut events) = client.connect_opt(CallOption::default().timeout(DEADLINE))?;
+        sink.send((join_frame(room, user, resume_after, history), WriteFlags::default())).await?;
+        match events.try_next().await? {
+            Some(ServerEvent { event: Some(server_event::Event::Welcome(welcome)), .. }) => {
+                Ok(Member { sink, events, welcome })
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    pub fn join_blocking(client: &ChatClient, room: &str, user: &str) -> Member {
+        block_on(Member::join(client, room, user, None, None)).expect("join")
+    }
+
+    pub async fn say(&mut self, text: &str) -> grpcio::Result<()> {
+        self.sink.send((say_frame(text), WriteFlags::default())).await
+    }
+
+    /// The next event, or the call's end.
+    pub async fn next(&mut self) -> grpcio::Result<Option<ServerEvent>> {
+        self.events.try_next().await
+    }
+
+    /// Messages until `count` of them have arrived, skipping other events.
+    pub async fn messages(&mut self, count: usize) -> grpcio::Result<Vec<Message>> {
+        let mut messages = Vec::with_capacity(count);
+        while messages.len() < count {
+            match self.next().await? {
+                Some(ServerEvent { event: Some(server_event::Event::Message(m)), .. }) => messages.push(m),
+                Some(_) => {}
+                None => panic!("the call ended after {} of {count} messages", messages.len()),
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Leaves cleanly: closes its side and waits for the server's OK.
+    pub async fn leave(mut self) -> grpcio::Result<Vec<ServerEvent>> {
+        greet::client::half_close(&mut self.sink).await?;
+        let mut rest = Vec::new();
+        while let Some(event) = self.events.try_next().await? {
+            rest.push(event);
+        }
+        Ok(rest)
+    }
+}
+
+pub fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+pub fn texts(messages: &[Message]) -> Vec<String> {
+    messages.iter().map(|m| m.text.clone()).collect()
+}
+
+pub fn history(client: &ChatClient, room: &str, limit: u32, before_seq: Option<u64>) -> grpcio::Result<Vec<Message>> {
+    let req = HistoryRequest { room: room.to_string(), limit, before_seq, ..Default::default() };
+    let mut stream = client.history_opt(&req, CallOption::default().timeout(DEADLINE))?;
+    block_on(async {
+        let mut messages = Vec::new();
+        while let Some(event) = stream.try_next().await? {
+            match event.event {
+                Some(server_event::Event::Message(m)) => messages.push(m),
+                other => panic!("History sends only messages, got {other:?}"),
+            }
+        }
+        Ok(messages)
+    })
+}
+
+/// `(room, members)` of every room, sorted.
+pub fn rooms(client: &ChatClient) -> Vec<(String, u32)> {
+    let resp = client.rooms_opt(&RoomsRequest::default(), CallOption::default().timeout(DEADLINE)).expect("Rooms");
+    resp.rooms.iter().map(|r| (r.room.clone(), r.members)).collect()
+}
+
+/// The status code and message of a failed call.
+pub fn status_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
+    match error {
+        grpcio::Error::RpcFailure(status) => (status.code(), status.message().to_string()),
+        other => panic!("expected a status from the server, got {other:?}"),
+    }
+}
