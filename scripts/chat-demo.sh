@@ -33,7 +33,7 @@ wait_for() {
 
 redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no >"$work/redis.log" 2>&1 &
 pids+=($!)
-wait_for "$work/redis.log" '.*\(Ready to accept connections\).*' "${pids[-1]}" >/dev/null
+wait_for "$work/redis.log" '.*\([Rr]eady to accept connections\).*' "${pids[-1]}" >/dev/null
 broker="redis+unix://$work/redis.sock"
 echo "chat-demo: redis-server on $work/redis.sock" >&2
 

@@ -31,7 +31,8 @@ fn history_survives_a_restart_and_a_join_after_it_gets_the_last_messages() {
     let dir = TempDir::new("chat-history");
     {
         let server = start_chat_server(in_dir(&dir));
-        let mut ann = Member::join_blocking(&client(server.addr()), "book", "ann");
+        let client = client(server.addr());
+        let mut ann = Member::join_blocking(&client, "book", "ann");
         say_all(&mut ann, (1..=30).map(|i| format!("line {i}")));
         block_on(ann.leave()).unwrap();
         server.shutdown(Duration::from_secs(5));
@@ -60,7 +61,8 @@ fn repeated_joins_to_a_room_read_the_store_once_then_the_cache() {
     let dir = TempDir::new("chat-cache");
     {
         let server = start_chat_server(in_dir(&dir));
-        let mut ann = Member::join_blocking(&client(server.addr()), "cached", "ann");
+        let client = client(server.addr());
+        let mut ann = Member::join_blocking(&client, "cached", "ann");
         say_all(&mut ann, (1..=5).map(|i| format!("m{i}")));
     }
     // A fresh server: nothing cached yet.

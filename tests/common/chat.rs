@@ -82,7 +82,7 @@ impl Redis {
             .expect("redis-server is installed (scripts/ensure-deps.sh installs it)");
         let stdout = child.stdout.take().expect("piped above");
         let mut lines = BufReader::new(stdout).lines();
-        let ready = lines.by_ref().map_while(Result::ok).any(|line| line.contains("Ready to accept connections"));
+        let ready = lines.by_ref().map_while(Result::ok).any(|line| line.to_lowercase().contains("ready to accept connections"));
         let url = format!("redis+unix://{}", socket.display());
         let redis = Redis { child, url, _dir: dir };
         assert!(ready, "redis-server exited before it was ready");
