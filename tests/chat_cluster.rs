@@ -38,7 +38,9 @@ fn members_on_two_replicas_see_each_others_messages_in_one_global_order() {
 
     let runs = members.iter_mut().enumerate().map(|(i, member)| async move {
         for n in 0..EACH {
-            member.sink.send((say_frame(&format!("user{i} {n}")), WriteFlags::default().buffer_hint(n + 1 < EACH)))
+            member
+                .sink
+                .send((say_frame(&format!("user{i} {n}")), WriteFlags::default().buffer_hint(n + 1 < EACH)))
                 .await
                 .unwrap();
         }
@@ -49,7 +51,12 @@ fn members_on_two_replicas_see_each_others_messages_in_one_global_order() {
     let order = texts(&received[0]);
     for (i, messages) in received.iter().enumerate() {
         assert_eq!(seqs(messages), (1..=total as u64).collect::<Vec<_>>(), "user{i}: one gap-free global sequence");
-        assert_eq!(texts(messages), order, "user{i} (replica {}) sees the same order", if i % 2 == 0 { "A" } else { "B" });
+        assert_eq!(
+            texts(messages),
+            order,
+            "user{i} (replica {}) sees the same order",
+            if i % 2 == 0 { "A" } else { "B" }
+        );
         let mut next_of: HashMap<&str, usize> = HashMap::new();
         for m in messages {
             let (sender, n) = m.text.split_once(' ').unwrap();
@@ -111,11 +118,7 @@ impl Drop for ServerProcess {
 }
 
 /// Takes a chat client's outputs until `done` says so.
-fn outputs_until(
-    outputs: &mpsc::Receiver<Output>,
-    seen: &mut Vec<Output>,
-    mut done: impl FnMut(&[Output]) -> bool,
-) {
+fn outputs_until(outputs: &mpsc::Receiver<Output>, seen: &mut Vec<Output>, mut done: impl FnMut(&[Output]) -> bool) {
     while !done(seen) {
         seen.push(outputs.recv_timeout(DEADLINE).expect("the chat client keeps reporting"));
     }

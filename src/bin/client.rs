@@ -133,7 +133,9 @@ fn chat(args: &Args, room: &str, user: &str, history: Option<u32>) -> Result<(),
         give_up_after: args.timeout,
     };
     let tls = match &args.tls_ca {
-        Some(ca) => Some(ClientTls::from_file(ca, args.tls_server_name.clone()).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?),
+        Some(ca) => Some(
+            ClientTls::from_file(ca, args.tls_server_name.clone()).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?,
+        ),
         None => None,
     };
     let plaintext = chat_client::plaintext();

@@ -161,7 +161,8 @@ impl Broker {
     /// Runs `f` on the connection, reconnecting first if the last call broke it.
     fn with<T>(&mut self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, String> {
         if self.conn.is_none() {
-            self.conn = Some(connect(&self.url).map_err(|e| format!("the broker at {} is unreachable: {e}", self.url))?);
+            self.conn =
+                Some(connect(&self.url).map_err(|e| format!("the broker at {} is unreachable: {e}", self.url))?);
         }
         let conn = self.conn.as_mut().expect("set just above");
         f(conn).map_err(|e| {

@@ -29,13 +29,35 @@ type Reply<T> = oneshot::Sender<Result<T, ChatError>>;
 pub(super) type JoinAnswer = (u64, Vec<Message>, Subscription<Event>);
 
 pub(super) enum Command {
-    Join { room: String, user: String, resume_after: Option<u64>, history: usize, reply: Reply<JoinAnswer> },
-    Say { message: Message, reply: Reply<u64> },
-    Leave { room: String, id: SubscriberId },
-    History { room: String, limit: usize, before_seq: Option<u64>, reply: Reply<Vec<Message>> },
-    Rooms { reply: Reply<Vec<RoomInfo>> },
+    Join {
+        room: String,
+        user: String,
+        resume_after: Option<u64>,
+        history: usize,
+        reply: Reply<JoinAnswer>,
+    },
+    Say {
+        message: Message,
+        reply: Reply<u64>,
+    },
+    Leave {
+        room: String,
+        id: SubscriberId,
+    },
+    History {
+        room: String,
+        limit: usize,
+        before_seq: Option<u64>,
+        reply: Reply<Vec<Message>>,
+    },
+    Rooms {
+        reply: Reply<Vec<RoomInfo>>,
+    },
     /// New entries of a followed room's stream, from the broker reader.
-    Delivered { room: String, entries: Vec<(StreamId, Entry)> },
+    Delivered {
+        room: String,
+        entries: Vec<(StreamId, Entry)>,
+    },
     Stop,
 }
 
@@ -278,8 +300,7 @@ impl Hub {
             Backend::Broker(_) => last_seq,
         };
         let fanout = Fanout::new(self.subscriber_queue, WhenFull::Disconnect);
-        let room_state =
-            Room { fanout, members: HashMap::new(), subscribers: HashMap::new(), last_seq, position };
+        let room_state = Room { fanout, members: HashMap::new(), subscribers: HashMap::new(), last_seq, position };
         self.rooms.insert(room.to_string(), room_state);
         Ok(())
     }
@@ -446,7 +467,8 @@ impl Hub {
         if self.pending.is_empty() {
             return;
         }
-        let (messages, replies): (Vec<Message>, Vec<Reply<u64>>) = std::mem::take(&mut self.pending).into_iter().unzip();
+        let (messages, replies): (Vec<Message>, Vec<Reply<u64>>) =
+            std::mem::take(&mut self.pending).into_iter().unzip();
         let stored = match &mut self.backend {
             Backend::Local(store) => store.append(&messages).map(|()| messages.iter().map(|m| m.seq).collect()),
             Backend::Broker(broker) => broker.say(&messages),
@@ -555,8 +577,7 @@ mod tests {
 
     #[test]
     fn the_contiguous_tail_ends_at_the_last_sequence_number() {
-        let messages =
-            |seqs: &[u64]| seqs.iter().map(|&seq| Message { seq, ..Default::default() }).collect::<Vec<_>>();
+        let messages = |seqs: &[u64]| seqs.iter().map(|&seq| Message { seq, ..Default::default() }).collect::<Vec<_>>();
         let seqs = |ms: Vec<Message>| ms.into_iter().map(|m| m.seq).collect::<Vec<_>>();
         assert_eq!(seqs(contiguous_tail(5, messages(&[1, 2, 4, 5]))), vec![4, 5]);
         assert_eq!(seqs(contiguous_tail(5, messages(&[3, 4, 5]))), vec![3, 4, 5]);

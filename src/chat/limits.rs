@@ -88,7 +88,10 @@ mod tests {
         );
         let status = check_name("user", "a\u{7}b").unwrap_err();
         assert_eq!(status.code(), RpcStatusCode::INVALID_ARGUMENT);
-        assert_eq!(status.message(), "user name \"a\\u{7}b\" contains the control character '\\u{7}'; use printable characters");
+        assert_eq!(
+            status.message(),
+            "user name \"a\\u{7}b\" contains the control character '\\u{7}'; use printable characters"
+        );
     }
 
     #[test]

@@ -215,7 +215,10 @@ impl Chat {
         self.stats.snapshot()
     }
 
-    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<Result<T, ChatError>>) -> hub::Command) -> Result<T, ChatError> {
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, ChatError>>) -> hub::Command,
+    ) -> Result<T, ChatError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(command(reply)).await.map_err(|_| ChatError::ShuttingDown)?;
         answer.await.unwrap_or(Err(ChatError::ShuttingDown))

@@ -38,7 +38,10 @@ impl Store {
         .map_err(|e| format!("cannot open {}: {e}", describe(path.as_deref())))?;
         let store = Store { conn, path };
         store.init().map_err(|e| {
-            format!("cannot use {}: {e} (is another server using the same --data-dir?)", describe(store.path.as_deref()))
+            format!(
+                "cannot use {}: {e} (is another server using the same --data-dir?)",
+                describe(store.path.as_deref())
+            )
         })?;
         Ok(store)
     }

@@ -227,11 +227,8 @@ impl chat_grpc::Chat for ChatService {
     fn rooms(&mut self, ctx: RpcContext, _req: RoomsRequest, sink: UnarySink<RoomsResponse>) {
         let chat = self.chat.clone();
         ctx.spawn(async move {
-            let answer = chat
-                .rooms()
-                .await
-                .map(|rooms| RoomsResponse { rooms, ..Default::default() })
-                .map_err(CallError::from);
+            let answer =
+                chat.rooms().await.map(|rooms| RoomsResponse { rooms, ..Default::default() }).map_err(CallError::from);
             reply("Chat/Rooms", sink, answer).await;
         });
     }

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use futures::prelude::*;
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySink, WriteFlags};
 
+use crate::fanout::{Fanout, WhenFull};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::health::{HealthCheckRequest, HealthCheckResponse};
 use crate::proto::health_grpc::Health;
-use crate::fanout::{Fanout, WhenFull};
 use crate::status::{log_transport_error, reply, CallError};
 
 #[derive(Default)]

@@ -82,7 +82,10 @@ impl Redis {
             .expect("redis-server is installed (scripts/ensure-deps.sh installs it)");
         let stdout = child.stdout.take().expect("piped above");
         let mut lines = BufReader::new(stdout).lines();
-        let ready = lines.by_ref().map_while(Result::ok).any(|line| line.to_lowercase().contains("ready to accept connections"));
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.to_lowercase().contains("ready to accept connections"));
         let url = format!("redis+unix://{}", socket.display());
         let redis = Redis { child, url, _dir: dir };
         assert!(ready, "redis-server exited before it was ready");
@@ -103,8 +106,7 @@ impl Drop for Redis {
 }
 
 pub fn join_frame(room: &str, user: &str, resume_after: Option<u64>, history: Option<u32>) -> ClientFrame {
-    let join =
-        Join { room: room.to_string(), user: user.to_string(), resume_after, history, ..Default::default() };
+    let join = Join { room: room.to_string(), user: user.to_string(), resume_after, history, ..Default::default() };
     ClientFrame { frame: Some(client_frame::Frame::Join(join)), ..Default::default() }
 }
 
