@@ -69,6 +69,7 @@ user carol "$addr_a,$addr_b" 1.5 "carol, on A with B as fallback" 1.5 "nice" \
 sleep 3.5
 echo "chat-demo: killing replica A (SIGKILL) mid-conversation" >&2
 kill -KILL "$pid_a"
+wait "$pid_a" 2>/dev/null || true
 
 status=0
 for pid in "${pids[@]: -3}"; do wait "$pid" || status=$?; done

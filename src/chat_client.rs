@@ -163,7 +163,8 @@ pub fn run(
                     failures_in_a_row += 1;
                     index += 1;
                     let next = &options.addrs[index % options.addrs.len()];
-                    output(Output::Notice(format!("lost {addr} ({e}); reconnecting to {next}")));
+                    let why = format!("{}: {}", e.code, e.message);
+                    output(Output::Notice(format!("lost {addr} ({why}); reconnecting to {next}")));
                     // Try every address at once, then back off, up to 2 s.
                     if failures_in_a_row >= options.addrs.len() {
                         let rounds = (failures_in_a_row / options.addrs.len()) as u32;
