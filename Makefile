@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo chat-demo test lint interop bench
+.PHONY: deps build run-server run-client demo chat-demo test lint interop bench cluster cluster-stop
 
 deps:
 	@scripts/ensure-deps.sh
@@ -30,6 +30,15 @@ demo: build
 ## killed halfway and its users resume on B. Fails if anyone missed a message.
 chat-demo: build
 	scripts/chat-demo.sh $(BIN)
+
+## N replicas on loopback ports behind HAProxy (deploy/haproxy/haproxy.cfg) on PORT.
+N ?= 3
+PORT ?= 8080
+cluster: build
+	scripts/cluster.sh start $(BIN) $(N) $(PORT)
+
+cluster-stop:
+	scripts/cluster.sh stop
 
 test: deps
 	$(CARGO) test --release

@@ -2,8 +2,9 @@
 # Installs the system packages the build and tests need, if they are missing,
 # and says what it installs: cmake, a C++ compiler, pkg-config and OpenSSL
 # headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
-# the openssl CLI (tests make throwaway TLS certificates) and redis-server
-# (the chat tests and `make chat-demo` start their own).
+# the openssl CLI (tests make throwaway TLS certificates), HAProxy (the
+# proxy in front of replicas: `make cluster` and the proxy tests) and
+# redis-server (the chat tests and `make chat-demo` start their own).
 set -euo pipefail
 
 missing=()
@@ -13,6 +14,8 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 # The TLS tests and the interop matrix make throwaway certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The supported deployment puts replicas behind it; tests start their own.
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # The chat's broker mode: its tests and `make chat-demo` start their own redis-server.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }

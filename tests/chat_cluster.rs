@@ -16,7 +16,7 @@ use futures::executor::block_on;
 use futures::future::join_all;
 use futures::prelude::*;
 use greet::chat::ChatConfig;
-use greet::chat_client::{self, ChatOptions, Output};
+use greet::client::chat::{self as chat_client, ChatOptions, Output};
 use greet::proto::chat::Message;
 use grpcio::WriteFlags;
 
@@ -154,7 +154,7 @@ fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversa
     let (lines, input) = async_channel::unbounded::<String>();
     let (output_tx, outputs) = mpsc::channel();
     let ann = std::thread::spawn(move || {
-        chat_client::run(&options, chat_client::plaintext(), input, |o| output_tx.send(o).unwrap())
+        chat_client::run(&options, chat_client::plaintext, input, |o| output_tx.send(o).unwrap())
     });
     let mut ann_seen = Vec::new();
     outputs_until(&outputs, &mut ann_seen, |seen| {

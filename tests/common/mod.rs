@@ -42,3 +42,4 @@ pub fn code_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
         other => panic!("expected a status from the server, got {other:?}"),
     }
 }
+pub mod process;

@@ -8,13 +8,14 @@
 
 use std::collections::VecDeque;
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{CallOption, Channel, ChannelBuilder, EnvBuilder, Environment, RpcStatusCode, WriteFlags};
+use grpcio::{CallOption, Channel, RpcStatusCode, WriteFlags};
+
+use super::channel::{Connector, Keepalive};
 
 use crate::proto::chat::{client_frame, server_event, ClientFrame, Join, Message, Say, ServerEvent};
 use crate::proto::chat_grpc::ChatClient;
@@ -60,16 +61,20 @@ pub fn format_output(output: &Output) -> Option<String> {
     }
 }
 
-/// A plaintext channel maker sharing one environment, with keepalive
-/// pings so that a silent peer is noticed even between heartbeats.
-pub fn plaintext() -> impl Fn(&str) -> Channel {
-    let env: Arc<Environment> = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("grpc-chat").build());
-    move |addr| {
-        ChannelBuilder::new(env.clone())
-            .keepalive_time(Duration::from_secs(10))
-            .keepalive_timeout(Duration::from_secs(5))
-            .connect(addr)
-    }
+/// Keepalive of chat channels unless the caller sets its own: a peer that
+/// went silent is noticed even between heartbeats.
+pub const KEEPALIVE: Keepalive = Keepalive { time: Duration::from_secs(10), timeout: Duration::from_secs(5) };
+
+/// The connector for one address of the list: the caller's settings (TLS,
+/// keepalive...) with retries off, since the chat client moves on to the
+/// next address itself instead of waiting for the core to retry a dead one.
+pub fn connector(addr: &str, configure: impl Fn(Connector) -> Connector) -> Result<Connector, String> {
+    Ok(configure(Connector::new(addr)?.keepalive(Some(KEEPALIVE))).retries(0))
+}
+
+/// Plaintext channels, one address each.
+pub fn plaintext(addr: &str) -> Result<Channel, String> {
+    connector(addr, |c| c).map(|c| c.channel())
 }
 
 /// A message said but not yet seen stored.
@@ -124,10 +129,11 @@ fn frame(frame: client_frame::Frame) -> ClientFrame {
 /// Chats until `lines` ends and every line said is stored; then leaves.
 /// Errors: a status that reconnecting cannot fix, or no server reachable
 /// for `give_up_after`.
-/// `connect` makes the channel to one address (e.g. [`plaintext`], or a TLS channel).
+/// `connect` makes the channel to one address (e.g. [`plaintext`], or
+/// through [`connector`] with the caller's settings).
 pub fn run(
     options: &ChatOptions,
-    connect: impl Fn(&str) -> Channel,
+    connect: impl Fn(&str) -> Result<Channel, String>,
     lines: async_channel::Receiver<String>,
     mut output: impl FnMut(Output),
 ) -> Result<(), CliError> {
@@ -147,7 +153,7 @@ pub fn run(
     futures::executor::block_on(async {
         loop {
             let addr = &options.addrs[index % options.addrs.len()];
-            let client = ChatClient::new(connect(addr));
+            let client = ChatClient::new(connect(addr).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?);
             let mut connected = false;
             match session(&client, addr, options, &mut state, &lines, &mut output, &mut connected).await {
                 Ok(Ended::Left) => return Ok(()),
@@ -239,7 +245,7 @@ async fn session(
                 p.sent = true;
             }
             if state.input_done && state.pending.is_empty() && !closed {
-                if let Err(e) = crate::client::half_close(&mut sink).await {
+                if let Err(e) = super::half_close(&mut sink).await {
                     return lost(e);
                 }
                 closed = true;
