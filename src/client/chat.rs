@@ -107,7 +107,7 @@ enum Ended {
 
 fn retryable(e: &grpcio::Error) -> bool {
     match e {
-        grpcio::Error::RpcFailure(s) => matches!(
+        grpcio::Error::RpcFailure(s) | grpcio::Error::RpcFinished(Some(s)) => matches!(
             s.code(),
             RpcStatusCode::UNAVAILABLE
                 | RpcStatusCode::RESOURCE_EXHAUSTED
@@ -117,7 +117,7 @@ fn retryable(e: &grpcio::Error) -> bool {
                 | RpcStatusCode::UNKNOWN
                 | RpcStatusCode::INTERNAL
         ),
-        grpcio::Error::RemoteStopped | grpcio::Error::RpcFinished(_) => true,
+        grpcio::Error::RemoteStopped | grpcio::Error::RpcFinished(None) => true,
         _ => false,
     }
 }
@@ -207,7 +207,8 @@ async fn session(
         ..Default::default()
     };
     if let Err(e) = sink.send((frame(client_frame::Frame::Join(join)), WriteFlags::default())).await {
-        return lost(e);
+        // A send fails when the call has ended; the receiving half has its status.
+        return lost(events.try_next().await.err().unwrap_or(e));
     }
     let welcome = match events.try_next().await {
         Ok(Some(ServerEvent { event: Some(server_event::Event::Welcome(welcome)), .. })) => welcome,
@@ -240,7 +241,7 @@ async fn session(
             for p in state.pending.iter_mut().filter(|p| !p.sent) {
                 let say = Say { text: p.text.clone(), client_id: p.client_id.clone(), ..Default::default() };
                 if let Err(e) = sink.send((frame(client_frame::Frame::Say(say)), WriteFlags::default())).await {
-                    return lost(e);
+                    return lost(events.try_next().await.err().unwrap_or(e));
                 }
                 p.sent = true;
             }
