@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo chat-demo test lint interop bench cluster cluster-stop
+.PHONY: deps build run-server run-client demo chat-demo test lint interop bench chat-bench cluster cluster-stop
 
 deps:
 	@scripts/ensure-deps.sh
@@ -52,6 +52,12 @@ interop: build
 ## BENCH_ARGS=--quick for a one-round check; see bench/README.md.
 bench: deps
 	python3 bench/run.py $(BENCH_ARGS)
+	$(MAKE) chat-bench
+
+## chat.v1.Chat fan-out: deliveries/s to 100 subscribers of a room and latency,
+## one replica and two over Redis (about 10 s); CHAT_BENCH_ARGS go to chat-bench.
+chat-bench: build
+	scripts/chat-bench.sh $(BIN) $(CHAT_BENCH_ARGS)
 
 lint: deps
 	$(CARGO) fmt --check

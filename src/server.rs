@@ -342,6 +342,7 @@ impl RunningServer {
         // Chat streams never end by themselves: end them now, so that their
         // clients resume on another replica instead of waiting out the grace.
         self.chat.shutdown();
+        info!("chat at shutdown: {:?}", self.chat.stats());
         let drained = self.server.shutdown();
         let outcome = block_on(future::select(drained, Delay::new(grace)));
         match outcome {

@@ -213,7 +213,7 @@ impl Hub {
             broker.shutdown();
         }
         self.update_counts();
-        info!("chat: stopped ({:?})", self.stats.snapshot());
+        debug!("chat: stopped ({:?})", self.stats.snapshot());
     }
 
     fn handle(&mut self, command: Command) {
