@@ -79,6 +79,21 @@ fn members_on_two_replicas_see_each_others_messages_in_one_global_order() {
     assert_eq!((seen_on_b[0].seq, seen_on_b[0].text.as_str()), (total as u64 + 1, "hello from late"));
 }
 
+trait CallEnd {
+    /// True while the call delivers events; false once it failed; panics on a clean end.
+    fn expect_err_or_event(self) -> bool;
+}
+
+impl<T> CallEnd for grpcio::Result<Option<T>> {
+    fn expect_err_or_event(self) -> bool {
+        match self {
+            Ok(Some(_)) => true,
+            Ok(None) => panic!("the call ended with OK"),
+            Err(_) => false,
+        }
+    }
+}
+
 /// A `server` process, killed and reaped on drop.
 struct ServerProcess {
     child: Child,
@@ -153,8 +168,14 @@ fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversa
     };
     let (lines, input) = async_channel::unbounded::<String>();
     let (output_tx, outputs) = mpsc::channel();
+    let (resumed_tx, resumed_at) = mpsc::channel();
     let ann = std::thread::spawn(move || {
-        chat_client::run(&options, chat_client::plaintext, input, |o| output_tx.send(o).unwrap())
+        chat_client::run(&options, chat_client::plaintext, input, |o| {
+            if matches!(&o, Output::Notice(n) if n.starts_with("resumed ")) {
+                resumed_tx.send(Instant::now()).unwrap();
+            }
+            output_tx.send(o).unwrap()
+        })
     });
     let mut ann_seen = Vec::new();
     outputs_until(&outputs, &mut ann_seen, |seen| {
@@ -162,6 +183,9 @@ fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversa
     });
     let mut bob = block_on(Member::join(&on_b, "ops", "bob", None, Some(0))).unwrap();
     let mut cat = block_on(Member::join(&on_b, "ops", "cat", None, Some(0))).unwrap();
+    // dan, also on A, shows what happens without resuming: he rejoins afresh.
+    let on_a = client(&a.addr);
+    let mut dan = block_on(Member::join(&on_a, "ops", "dan", None, Some(0))).unwrap();
 
     let talk = |bob: &mut Member, cat: &mut Member, from: usize| {
         for i in from..from + 5 {
@@ -176,16 +200,23 @@ fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversa
 
     // Mid-conversation, ann's replica dies; the others go on talking, and
     // so does ann, whose lines wait for the client to resume on B.
+    let dan_before = block_on(dan.messages(15)).unwrap();
     let killed = Instant::now();
     a.kill();
     talk(&mut bob, &mut cat, 5);
     bob_got.extend(block_on(bob.messages(15)).unwrap());
+    // dan's call died with replica A.
+    while block_on(dan.next()).expect_err_or_event() {}
+    let dan_again = block_on(Member::join(&on_b, "ops", "dan", None, Some(0))).unwrap();
+    assert_eq!((dan_again.welcome.last_seq, dan_again.welcome.backlog), (30, 0));
+    assert_eq!(seqs(&dan_before), (1..=15).collect::<Vec<_>>(), "without resume_after, 16..=30 are lost to dan");
     outputs_until(&outputs, &mut ann_seen, |seen| messages_in(seen).len() >= 30);
     let resumed_after = ann_seen
         .iter()
         .position(|o| matches!(o, Output::Notice(n) if n.starts_with("resumed ops on")))
         .expect("ann's client resumed");
-    eprintln!("failover: ann had all 30 messages {:?} after her replica was killed", killed.elapsed());
+    let resumed = resumed_at.recv().unwrap().duration_since(killed);
+    eprintln!("failover: ann resumed on the other replica {resumed:?} after hers was killed");
     lines.close();
     ann.join().unwrap().expect("ann leaves cleanly");
 
