@@ -175,7 +175,7 @@ fn a_thousand_join_and_leave_cycles_leave_no_room_or_subscriber_behind() {
                 }
                 // Says something, then the deadline ends the call.
                 _ => {
-                    let opt = CallOption::default().timeout(Duration::from_millis(200));
+                    let opt = CallOption::default().timeout(Duration::from_millis(100));
                     let (mut sink, mut events) = client.connect_opt(opt).unwrap();
                     sink.send((join_frame(&room, &format!("u{i}"), None, Some(0)), WriteFlags::default()))
                         .await
@@ -186,10 +186,10 @@ fn a_thousand_join_and_leave_cycles_leave_no_room_or_subscriber_behind() {
             }
         }
     });
-    // Ten at a time.
+    // Twenty at a time.
     let mut cycles = cycles.collect::<Vec<_>>();
     while !cycles.is_empty() {
-        let batch: Vec<_> = cycles.drain(..cycles.len().min(10)).collect();
+        let batch: Vec<_> = cycles.drain(..cycles.len().min(20)).collect();
         block_on(join_all(batch));
     }
     assert!(server.tracker().wait_idle(Duration::from_secs(60)), "every Connect call ended");
