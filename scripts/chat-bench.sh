@@ -9,44 +9,17 @@ set -euo pipefail
 bin="${1:?usage: chat-bench.sh <dir with the server and chat-bench binaries> [chat-bench args]}"
 shift
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/chat-common.sh"
 
-# Prints the sed group of the first line of log $1 matching $2, waiting up to 10 s.
-wait_for() {
-  local found=""
-  for _ in $(seq 200); do
-    found=$(sed -n "s/$2/\\1/p" "$1" | head -n1)
-    [ -n "$found" ] && { echo "$found"; return 0; }
-    sleep 0.05
-  done
-  echo "chat-bench: gave up waiting for $2 in $1" >&2
-  cat "$1" >&2
-  return 1
-}
-
-redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no >"$work/redis.log" 2>&1 &
-pids+=($!)
-wait_for "$work/redis.log" '.*\([Rr]eady to accept connections\).*' >/dev/null
-
-replica() {
-  local name=$1; shift
-  "$bin/server" --addr 127.0.0.1:0 --data-dir "$work/data-$name" "$@" >/dev/null 2>"$work/$name.log" &
-  pids+=($!)
-  wait_for "$work/$name.log" '.*Server started at \(.*\)$'
-}
-
-one=$(replica one)
+start_replica one
+one=$(replica_addr one "${pids[-1]}")
 one_json=$("$bin/chat-bench" --addr "$one" "$@")
 echo "one replica: $one_json" >&2
-a=$(replica a --broker "redis+unix://$work/redis.sock")
-b=$(replica b --broker "redis+unix://$work/redis.sock")
+start_redis
+start_replica a --broker "$broker"
+a=$(replica_addr a "${pids[-1]}")
+start_replica b --broker "$broker"
+b=$(replica_addr b "${pids[-1]}")
 two_json=$("$bin/chat-bench" --addr "$a,$b" "$@")
 echo "two replicas + Redis: $two_json" >&2
 

@@ -7,45 +7,14 @@
 set -euo pipefail
 bin="${1:?usage: chat-demo.sh <dir with the server and client binaries>}"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. "$(dirname "$0")/chat-common.sh"
 
-# Waits (up to 10 s) for a line of log $1 matching sed regex $2 (with one
-# \(group\)) while process $3 lives; prints the group.
-wait_for() {
-  local log=$1 extract=$2 pid=$3 found=""
-  for _ in $(seq 200); do
-    found=$(sed -n "s/$extract/\\1/p" "$log" | head -n1)
-    [ -n "$found" ] && { echo "$found"; return 0; }
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "chat-demo: gave up waiting for $extract in $log" >&2
-  cat "$log" >&2
-  return 1
-}
-
-redis-server --port 0 --unixsocket "$work/redis.sock" --save '' --appendonly no >"$work/redis.log" 2>&1 &
-pids+=($!)
-wait_for "$work/redis.log" '.*\([Rr]eady to accept connections\).*' "${pids[-1]}" >/dev/null
-broker="redis+unix://$work/redis.sock"
+start_redis
 echo "chat-demo: redis-server on $work/redis.sock" >&2
-
-start_replica() {
-  "$bin/server" --addr 127.0.0.1:0 --broker "$broker" --data-dir "$work/data-$1" --grace 1s \
-    >/dev/null 2>"$work/server-$1.log" &
-  pids+=($!)
-}
-start_replica A; pid_a=${pids[-1]}
-addr_a=$(wait_for "$work/server-A.log" '.*Server started at \(.*\)$' "$pid_a")
-start_replica B; pid_b=${pids[-1]}
-addr_b=$(wait_for "$work/server-B.log" '.*Server started at \(.*\)$' "$pid_b")
+start_replica A --broker "$broker"; pid_a=${pids[-1]}
+addr_a=$(replica_addr A "$pid_a")
+start_replica B --broker "$broker"
+addr_b=$(replica_addr B "${pids[-1]}")
 echo "chat-demo: replica A on $addr_a, replica B on $addr_b" >&2
 
 # One user: says each "delay line" pair after its delay, then leaves (EOF).

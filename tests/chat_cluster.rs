@@ -79,21 +79,6 @@ fn members_on_two_replicas_see_each_others_messages_in_one_global_order() {
     assert_eq!((seen_on_b[0].seq, seen_on_b[0].text.as_str()), (total as u64 + 1, "hello from late"));
 }
 
-trait CallEnd {
-    /// True while the call delivers events; false once it failed; panics on a clean end.
-    fn expect_err_or_event(self) -> bool;
-}
-
-impl<T> CallEnd for grpcio::Result<Option<T>> {
-    fn expect_err_or_event(self) -> bool {
-        match self {
-            Ok(Some(_)) => true,
-            Ok(None) => panic!("the call ended with OK"),
-            Err(_) => false,
-        }
-    }
-}
-
 /// A `server` process, killed and reaped on drop.
 struct ServerProcess {
     child: Child,
@@ -206,7 +191,7 @@ fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversa
     talk(&mut bob, &mut cat, 5);
     bob_got.extend(block_on(bob.messages(15)).unwrap());
     // dan's call died with replica A.
-    while block_on(dan.next()).expect_err_or_event() {}
+    block_on(dan.failure());
     let dan_again = block_on(Member::join(&on_b, "ops", "dan", None, Some(0))).unwrap();
     assert_eq!((dan_again.welcome.last_seq, dan_again.welcome.backlog), (30, 0));
     assert_eq!(seqs(&dan_before), (1..=15).collect::<Vec<_>>(), "without resume_after, 16..=30 are lost to dan");

@@ -124,14 +124,7 @@ fn a_stalled_reader_is_cut_off_with_resource_exhausted_while_the_others_keep_rec
     assert_eq!(server.chat().stats().cut_off, 1);
 
     // When it reads again it gets what was queued before the cut, then the status.
-    let error = loop {
-        match block_on(stalled.next()) {
-            Ok(Some(_)) => {}
-            Ok(None) => panic!("the stalled member's call ended with OK"),
-            Err(e) => break e,
-        }
-    };
-    let (code, message) = status_of(error);
+    let (code, message) = status_of(block_on(stalled.failure()));
     assert_eq!(code, RpcStatusCode::RESOURCE_EXHAUSTED);
     assert_eq!(
         message,
@@ -164,14 +157,7 @@ fn a_thousand_join_and_leave_cycles_leave_no_room_or_subscriber_behind() {
                 2 => {
                     let mut member = Member::join(&client, &room, &format!("u{i}"), None, None).await.unwrap();
                     member.sink.send((join_frame(&room, "again", None, None), WriteFlags::default())).await.unwrap();
-                    let error = loop {
-                        match member.next().await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => panic!("a second join must fail the call"),
-                            Err(e) => break e,
-                        }
-                    };
-                    assert_eq!(status_of(error).0, RpcStatusCode::INVALID_ARGUMENT);
+                    assert_eq!(status_of(member.failure().await).0, RpcStatusCode::INVALID_ARGUMENT);
                 }
                 // Says something, then the deadline ends the call.
                 _ => {
@@ -269,13 +255,7 @@ fn first_status(client: &greet::proto::chat_grpc::ChatClient, frames: Vec<Client
                 break;
             }
         }
-        loop {
-            match events.try_next().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("expected the call to fail"),
-                Err(e) => return status_of(e),
-            }
-        }
+        status_of(failure(&mut events).await)
     })
 }
 

@@ -115,6 +115,18 @@ pub fn say_frame(text: &str) -> ClientFrame {
     ClientFrame { frame: Some(client_frame::Frame::Say(say)), ..Default::default() }
 }
 
+/// The status a call's event stream ends with, skipping the events before
+/// it; panics if it ends with OK.
+pub async fn failure(events: &mut ClientDuplexReceiver<ServerEvent>) -> grpcio::Error {
+    loop {
+        match events.try_next().await {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("expected the call to fail; it ended with OK"),
+            Err(e) => return e,
+        }
+    }
+}
+
 /// One Connect call, joined to a room.
 pub struct Member {
     pub sink: ClientDuplexSender<ClientFrame>,
@@ -165,6 +177,11 @@ impl Member {
             }
         }
         Ok(messages)
+    }
+
+    /// The status the call ends with (see [`failure`]).
+    pub async fn failure(&mut self) -> grpcio::Error {
+        failure(&mut self.events).await
     }
 
     /// Leaves cleanly: closes its side and waits for the server's OK.
