@@ -67,13 +67,23 @@ impl Process {
         self.lines.try_iter().collect()
     }
 
-    /// Sends `signal` (e.g. "TERM", "KILL") unless the process has been reaped.
+    /// Sends `signal` (e.g. "TERM", "KILL", "HUP") unless the process has been
+    /// reaped. A direct syscall: a test that kills mid-load must not stall its
+    /// load (as spawning `kill` would) while in-flight calls drain.
     pub fn signal(&mut self, signal: &str) {
         if self.has_exited() {
             return;
         }
+        let number = match signal {
+            "TERM" => libc::SIGTERM,
+            "KILL" => libc::SIGKILL,
+            "HUP" => libc::SIGHUP,
+            "INT" => libc::SIGINT,
+            other => panic!("no signal {other} in this helper"),
+        };
         // The waiter thread has not reaped it, so the pid is still this process's.
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid.to_string()).status();
+        let pid = libc::pid_t::try_from(self.pid).expect("a pid fits pid_t");
+        unsafe { libc::kill(pid, number) };
     }
 
     /// SIGKILL, now.
