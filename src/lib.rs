@@ -26,10 +26,12 @@
 //! - `src/bin/`: thin binaries (`server`, `client`, `interop-server`,
 //!   `interop-client`) that parse flags and call into this library.
 
+pub mod call;
 pub mod client;
 pub mod duration;
 pub mod interop_client;
 pub mod limits;
+pub mod metrics;
 pub mod route_guide_client;
 pub mod server;
 pub mod services;

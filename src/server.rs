@@ -13,13 +13,19 @@ use futures_timer::Delay;
 use grpcio::{ChannelBuilder, EnvBuilder, Environment, Server, ServerBuilder, ServerCredentials};
 use log::{info, warn};
 
+use protobuf::reflect::FileDescriptor;
+
 use crate::limits;
+use crate::metrics::ServerMetrics;
 use crate::proto::health::health_check_response::ServingStatus;
-use crate::proto::{greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
+use crate::proto::{greet, health, helloworld, route_guide as route_guide_proto, test};
+use crate::proto::{greet_grpc, health_grpc, helloworld_grpc, reflection_v1_grpc, reflection_v1alpha_grpc};
+use crate::proto::{route_guide_grpc, test_grpc};
 use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
 use crate::services::helloworld::HelloWorld;
 use crate::services::interop::InteropService;
+use crate::services::reflection::{self, ReflectionIndex, ReflectionService};
 use crate::services::route_guide::{self, RouteGuideService};
 use crate::services::CallTracker;
 use crate::tls::ServerTls;
@@ -45,6 +51,8 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Also serve `grpc.testing.TestService`, the interop suite's service.
     pub interop: bool,
+    /// Serve gRPC server reflection (v1 and v1alpha) for every hosted service.
+    pub reflection: bool,
     /// Extra integer channel arguments for the C core (`grpc.…` keys), for
     /// tuning without a rebuild; applied after ours, so they win.
     pub core_args: Vec<(String, i32)>,
@@ -59,6 +67,7 @@ impl Default for ServerConfig {
             route_db: None,
             tls: None,
             interop: false,
+            reflection: true,
             core_args: Vec::new(),
         }
     }
@@ -77,6 +86,8 @@ pub enum StartError {
     Build(grpcio::Error),
     /// The route guide's feature database cannot be read or parsed.
     RouteDb(String),
+    /// The descriptors of the hosted services cannot be indexed.
+    Reflection(String),
 }
 
 impl fmt::Display for StartError {
@@ -86,7 +97,7 @@ impl fmt::Display for StartError {
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
             StartError::BadCoreArg(key) => write!(f, "invalid channel argument key {key:?}"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
-            StartError::RouteDb(why) => f.write_str(why),
+            StartError::RouteDb(why) | StartError::Reflection(why) => f.write_str(why),
         }
     }
 }
@@ -100,6 +111,7 @@ pub struct RunningServer {
     addr: String,
     tracker: Arc<CallTracker>,
     health: HealthService,
+    metrics: Arc<ServerMetrics>,
 }
 
 /// How a graceful shutdown ended.
@@ -127,7 +139,8 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let env = Arc::new(EnvBuilder::new().cq_count(config.completion_queues.max(1)).name_prefix("grpc-server").build());
     let tracker = CallTracker::new();
     let health = HealthService::default();
-    let mut server = build(env, config, tracker.clone(), health.clone())?;
+    let metrics = ServerMetrics::new();
+    let mut server = build(env, config, tracker.clone(), health.clone(), &metrics)?;
     let credentials = config.tls.as_ref().map_or_else(ServerCredentials::insecure, ServerTls::credentials);
     let port = server
         .add_listening_port(config.addr.clone(), credentials)
@@ -137,7 +150,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     for name in SERVICE_NAMES.iter().chain(interop).chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
-    Ok(RunningServer { server, addr: format!("{host}:{port}"), tracker, health })
+    Ok(RunningServer { server, addr: format!("{host}:{port}"), tracker, health, metrics })
 }
 
 fn build(
@@ -145,6 +158,7 @@ fn build(
     config: &ServerConfig,
     tracker: Arc<CallTracker>,
     health: HealthService,
+    metrics: &Arc<ServerMetrics>,
 ) -> Result<Server, StartError> {
     let features = match &config.route_db {
         Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
@@ -157,14 +171,36 @@ fn build(
         args = args.raw_cfg_int(key, *value);
     }
     let args = args.build_args();
-    let mut builder = ServerBuilder::new(env)
-        .channel_args(args)
-        .register_service(greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker)))
-        .register_service(helloworld_grpc::create_greeter(HelloWorld))
-        .register_service(route_guide_grpc::create_route_guide(RouteGuideService::new(features)))
-        .register_service(health_grpc::create_health(health));
+    // Each hosted service: its full name, the file that defines it, the service.
+    let mut hosted: Vec<(&'static str, &'static FileDescriptor, grpcio::Service)> = vec![
+        (
+            SERVICE_NAMES[0],
+            greet::file_descriptor(),
+            greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker), metrics),
+        ),
+        (SERVICE_NAMES[1], helloworld::file_descriptor(), helloworld_grpc::create_greeter(HelloWorld, metrics)),
+        (
+            SERVICE_NAMES[2],
+            route_guide_proto::file_descriptor(),
+            route_guide_grpc::create_route_guide(RouteGuideService::new(features), metrics),
+        ),
+        ("grpc.health.v1.Health", health::file_descriptor(), health_grpc::create_health(health, metrics)),
+    ];
     if config.interop {
-        builder = builder.register_service(test_grpc::create_test_service(InteropService::default()));
+        let service = test_grpc::create_test_service(InteropService::default(), metrics);
+        hosted.push((INTEROP_SERVICE_NAME, test::file_descriptor(), service));
+    }
+    let mut builder = ServerBuilder::new(env).channel_args(args);
+    if config.reflection {
+        let mut reflected: Vec<(&str, &FileDescriptor)> = hosted.iter().map(|(name, file, _)| (*name, *file)).collect();
+        reflected.extend(reflection::own_services());
+        let service = ReflectionService::new(ReflectionIndex::new(&reflected).map_err(StartError::Reflection)?);
+        builder = builder
+            .register_service(reflection_v1_grpc::create_server_reflection(service.clone(), metrics))
+            .register_service(reflection_v1alpha_grpc::create_server_reflection(service, metrics));
+    }
+    for (_, _, service) in hosted {
+        builder = builder.register_service(service);
     }
     builder.build().map_err(StartError::Build)
 }
@@ -189,6 +225,11 @@ impl RunningServer {
     /// The health service, to mark services (not) serving.
     pub fn health(&self) -> &HealthService {
         &self.health
+    }
+
+    /// The server's metrics, for `/metrics`.
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
     }
 
     /// Stops accepting calls, reports NOT_SERVING, lets the calls in flight

@@ -4,6 +4,7 @@ pub mod greet;
 pub mod health;
 pub mod helloworld;
 pub mod interop;
+pub mod reflection;
 pub mod route_guide;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -42,3 +42,15 @@ pub fn code_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
         other => panic!("expected a status from the server, got {other:?}"),
     }
 }
+
+mod certs;
+mod gotools;
+mod process;
+
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use certs::*;
+#[allow(unused_imports)]
+pub use gotools::*;
+#[allow(unused_imports)]
+pub use process::*;
