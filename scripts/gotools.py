@@ -43,13 +43,9 @@ def ensure_tools(bin_root: Path) -> Path:
     key = h.hexdigest()[:16]
 
     def build(tmp: Path) -> None:
-        env = gopeers.go_env()
-        env["GOBIN"] = str(tmp)
-        # Resolve the tool's own go.mod through the module proxy, whatever GOFLAGS the caller has.
-        env["GOFLAGS"] = "-mod=mod"
-        for name, pin in TOOLS.items():
+        for pin in TOOLS.values():
             gopeers.log(f"go install {pin}")
-            gopeers.run([go, "install", pin], tmp, env, timeout=600)
+            gopeers.go_install(go, pin, tmp, timeout=600)
 
     return gopeers.cached_build(bin_root, key, list(TOOLS), build)
 
