@@ -6,9 +6,11 @@
 //! rust-protobuf 2, which carries RUSTSEC-2024-0437, so the stubs are written
 //! here from the descriptors the same parser already produced: per service a
 //! `Method` constant per RPC, a typed client, a server trait whose methods
-//! default to UNIMPLEMENTED and a `create_<service>` function. The server
-//! side hands handlers the sinks and request streams of `crate::call`, which
-//! count every call in the server's metrics (`crate::metrics`).
+//! default to UNIMPLEMENTED, a `<SERVICE>_FULL_NAME` constant and
+//! `create_<service>` / `create_<service>_with`: the latter runs the server's
+//! one per-call hook (`crate::services::CallHooks`) before every handler, and
+//! hands handlers the sinks and request streams of `crate::call`, which count
+//! every call in the hooks' metrics (`crate::metrics`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -227,6 +229,13 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
         })
         .collect();
 
+    writeln!(
+        out,
+        "/// The full name of `{full_name}`, as health checking and reflection name it.\n\
+         pub const {}_FULL_NAME: &str = \"{full_name}\";\n",
+        service_snake.to_uppercase()
+    )
+    .unwrap();
     for rpc in &rpcs {
         writeln!(
             out,
@@ -331,9 +340,13 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
 
     writeln!(
         out,
-        "/// Wraps a `{name}` implementation into a service to register on a\n\
-         /// `ServerBuilder`; every call is counted in `metrics`.\n\
-         pub fn create_{service_snake}<S: {name} + Send + Clone + 'static>(s: S, metrics: &::std::sync::Arc<crate::metrics::ServerMetrics>) -> ::grpcio::Service {{\n    \
+        "/// Wraps a `{name}` implementation into a service to register on a `ServerBuilder`.\n\
+         pub fn create_{service_snake}<S: {name} + Send + Clone + 'static>(s: S) -> ::grpcio::Service {{\n    \
+             create_{service_snake}_with(s, crate::services::CallHooks::default())\n\
+         }}\n\n\
+         /// Like `create_{service_snake}`, with `hooks` run before every handler\n\
+         /// and every call counted in the hooks' metrics.\n\
+         pub fn create_{service_snake}_with<S: {name} + Send + Clone + 'static>(s: S, hooks: crate::services::CallHooks) -> ::grpcio::Service {{\n    \
              let mut builder = ::grpcio::ServiceBuilder::new();"
     )
     .unwrap();
@@ -350,23 +363,27 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
             Pattern::ClientStreaming => (
                 "add_client_streaming_handler",
                 format!(
-                    "{{\n        let (req, sink) = crate::call::client_streaming(req, sink, &method);\n        \
-                     instance.{f}(ctx, req, sink)\n    }}"
+                    "let (req, sink) = crate::call::client_streaming(req, sink, &method);\n        \
+                     instance.{f}(ctx, req, sink)"
                 ),
             ),
             Pattern::Duplex => (
                 "add_duplex_streaming_handler",
                 format!(
-                    "{{\n        let (req, sink) = crate::call::duplex(req, sink, &method);\n        \
-                     instance.{f}(ctx, req, sink)\n    }}"
+                    "let (req, sink) = crate::call::duplex(req, sink, &method);\n        \
+                     instance.{f}(ctx, req, sink)"
                 ),
             ),
         };
         writeln!(
             out,
             "    let mut instance = s.clone();\n    \
-             let method = metrics.method(&{c});\n    \
-             builder = builder.{add}(&{c}, move |ctx, req, sink| {invoke});",
+             let call_hooks = hooks.clone();\n    \
+             let method = hooks.metrics().method(&{c});\n    \
+             builder = builder.{add}(&{c}, move |ctx, req, mut sink| {{\n        \
+                 call_hooks.on_call(&ctx, &mut sink);\n        \
+                 {invoke}\n    \
+             }});",
             c = rpc.constant,
         )
         .unwrap();

@@ -1,6 +1,6 @@
 //! Prometheus metrics of a server, with the names dashboards already know
 //! from go-grpc-prometheus, rendered in the text exposition format for the
-//! admin port's `/metrics`.
+//! admin port's `/metrics` ([`admin_handler`]).
 //!
 //! Every call is measured in one place: the generated `create_<service>`
 //! functions (build.rs) hand handlers the sinks and request streams of
@@ -17,6 +17,8 @@ use std::time::Instant;
 
 use grpcio::{MethodType, RpcStatusCode};
 use log::warn;
+
+use crate::admin::{Handler, Reply};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
@@ -38,6 +40,43 @@ impl ServerMetrics {
     /// A fresh registry with the gRPC server metrics and, on Linux, the
     /// process metrics (`process_resident_memory_bytes`, `process_open_fds`, ...).
     pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The metrics of one method, resolved once per service so that a call
+    /// costs no label lookup until it ends.
+    pub fn method<Req, Resp>(&self, method: &grpcio::Method<Req, Resp>) -> MethodMetrics {
+        let labels = MethodLabels::of(method.ty, method.name);
+        let values = [labels.grpc_type, labels.service.as_str(), labels.method.as_str()];
+        MethodMetrics(Arc::new(MethodState {
+            started: self.started.with_label_values(&values),
+            received: self.received.with_label_values(&values),
+            sent: self.sent.with_label_values(&values),
+            handling: self.handling.with_label_values(&values),
+            handled: self.handled.clone(),
+            labels,
+        }))
+    }
+
+    /// Everything registered, in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            warn!("metrics: cannot encode: {e}");
+        }
+        // The text encoder writes UTF-8 only.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// The registry, to add more metrics (chat, cache) to the same page.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+impl Default for ServerMetrics {
+    /// See [`ServerMetrics::new`].
+    fn default() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let counter = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name and labels");
@@ -67,38 +106,14 @@ impl ServerMetrics {
         .expect("valid metric name and labels");
         registry.register(Box::new(handling.clone())).expect("registered once");
         register_process_metrics(&registry);
-        Arc::new(ServerMetrics { registry, started, handled, received, sent, handling })
+        ServerMetrics { registry, started, handled, received, sent, handling }
     }
+}
 
-    /// The metrics of one method, resolved once per service so that a call
-    /// costs no label lookup until it ends.
-    pub fn method<Req, Resp>(self: &Arc<Self>, method: &grpcio::Method<Req, Resp>) -> MethodMetrics {
-        let labels = MethodLabels::of(method.ty, method.name);
-        let values = [labels.grpc_type, labels.service.as_str(), labels.method.as_str()];
-        MethodMetrics(Arc::new(MethodState {
-            started: self.started.with_label_values(&values),
-            received: self.received.with_label_values(&values),
-            sent: self.sent.with_label_values(&values),
-            handling: self.handling.with_label_values(&values),
-            handled: self.handled.clone(),
-            labels,
-        }))
-    }
-
-    /// Everything registered, in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            warn!("metrics: cannot encode: {e}");
-        }
-        // The text encoder writes UTF-8 only.
-        String::from_utf8(out).unwrap_or_default()
-    }
-
-    /// The registry, to add more metrics (chat, cache) to the same page.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
+/// The admin port's `/metrics`: `metrics` in the text format, rendered on
+/// the admin thread at each scrape.
+pub fn admin_handler(metrics: Arc<ServerMetrics>) -> Handler {
+    Arc::new(move || Reply { status: 200, content_type: prometheus::TEXT_FORMAT, body: metrics.render() })
 }
 
 #[cfg(target_os = "linux")]

@@ -13,27 +13,22 @@ use futures_timer::Delay;
 use grpcio::{ChannelBuilder, EnvBuilder, Environment, Server, ServerBuilder, ServerCredentials};
 use log::{info, warn};
 
-use protobuf::reflect::FileDescriptor;
-
+use crate::admin::Admin;
 use crate::limits;
-use crate::metrics::ServerMetrics;
+use crate::metrics::{self, ServerMetrics};
 use crate::proto::health::health_check_response::ServingStatus;
-use crate::proto::{greet, health, helloworld, route_guide as route_guide_proto, test};
-use crate::proto::{greet_grpc, health_grpc, helloworld_grpc, reflection_v1_grpc, reflection_v1alpha_grpc};
-use crate::proto::{route_guide_grpc, test_grpc};
+use crate::proto::{self, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
 use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
 use crate::services::helloworld::HelloWorld;
 use crate::services::interop::InteropService;
-use crate::services::reflection::{self, ReflectionIndex, ReflectionService};
+use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
-use crate::services::CallTracker;
+use crate::services::{CallHooks, CallTracker, Hosted};
 use crate::tls::ServerTls;
 
-/// Full names of the services a server hosts, as the health service reports them.
-pub const SERVICE_NAMES: &[&str] = &["greet_service.GreetService", "helloworld.Greeter", "routeguide.RouteGuide"];
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
-pub const INTEROP_SERVICE_NAME: &str = "grpc.testing.TestService";
+pub const INTEROP_SERVICE_NAME: &str = test_grpc::TEST_SERVICE_FULL_NAME;
 
 /// How to build a server.
 #[derive(Debug, Clone)]
@@ -53,9 +48,44 @@ pub struct ServerConfig {
     pub interop: bool,
     /// Serve gRPC server reflection (v1 and v1alpha) for every hosted service.
     pub reflection: bool,
+    /// Sent as `x-served-by` on every response; `None`: the bound `host:port`.
+    pub instance_id: Option<String>,
+    /// Where the admin HTTP port (`/healthz`) listens; `None`: no admin port.
+    pub admin_addr: Option<String>,
+    /// Limits a peer runs into, passed to the core as channel arguments.
+    pub limits: ServerLimits,
     /// Extra integer channel arguments for the C core (`grpc.…` keys), for
     /// tuning without a rebuild; applied after ours, so they win.
     pub core_args: Vec<(String, i32)>,
+}
+
+/// What one peer may use of a server; each is a C-core channel argument.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Streams one connection may have open at once (`grpc.max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// Largest message the server accepts, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_receive_bytes: usize,
+    /// Keepalive enforcement: a client may ping no more often than this when it
+    /// has no call running; one that does is sent GOAWAY (`too_many_pings`).
+    pub min_ping_interval: Duration,
+    /// Connections are closed gracefully (GOAWAY) after this long, so that
+    /// long-lived clients reconnect and rebalance onto new replicas; `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may run on a connection after its age GOAWAY.
+    pub max_connection_age_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_concurrent_streams: 1000,
+            max_receive_bytes: limits::MAX_RECEIVE_MESSAGE_BYTES,
+            min_ping_interval: Duration::from_secs(10),
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -68,6 +98,9 @@ impl Default for ServerConfig {
             tls: None,
             interop: false,
             reflection: true,
+            instance_id: None,
+            admin_addr: None,
+            limits: ServerLimits::default(),
             core_args: Vec::new(),
         }
     }
@@ -86,6 +119,10 @@ pub enum StartError {
     Build(grpcio::Error),
     /// The route guide's feature database cannot be read or parsed.
     RouteDb(String),
+    /// The instance id cannot be sent as a header value.
+    InstanceId(String),
+    /// The admin HTTP port cannot listen.
+    Admin(String),
     /// The descriptors of the hosted services cannot be indexed.
     Reflection(String),
 }
@@ -97,7 +134,10 @@ impl fmt::Display for StartError {
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
             StartError::BadCoreArg(key) => write!(f, "invalid channel argument key {key:?}"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
-            StartError::RouteDb(why) | StartError::Reflection(why) => f.write_str(why),
+            StartError::RouteDb(why)
+            | StartError::InstanceId(why)
+            | StartError::Admin(why)
+            | StartError::Reflection(why) => f.write_str(why),
         }
     }
 }
@@ -112,6 +152,8 @@ pub struct RunningServer {
     tracker: Arc<CallTracker>,
     health: HealthService,
     metrics: Arc<ServerMetrics>,
+    /// Stops with the server (dropped after it).
+    admin: Option<Admin>,
 }
 
 /// How a graceful shutdown ended.
@@ -139,68 +181,108 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let env = Arc::new(EnvBuilder::new().cq_count(config.completion_queues.max(1)).name_prefix("grpc-server").build());
     let tracker = CallTracker::new();
     let health = HealthService::default();
-    let metrics = ServerMetrics::new();
-    let mut server = build(env, config, tracker.clone(), health.clone(), &metrics)?;
+    let hooks = CallHooks::default();
+    let hosted = hosted_services(config, tracker.clone(), health.clone(), hooks.clone())?;
+    let names: Vec<&'static str> = hosted.iter().map(|h| h.name).collect();
+    let mut server = build(env, config, hosted)?;
     let credentials = config.tls.as_ref().map_or_else(ServerCredentials::insecure, ServerTls::credentials);
     let port = server
         .add_listening_port(config.addr.clone(), credentials)
         .map_err(|_| StartError::Bind(config.addr.clone()))?;
+    let addr = format!("{host}:{port}");
+    hooks.set_served_by(config.instance_id.as_deref().unwrap_or(&addr)).map_err(StartError::InstanceId)?;
     server.start();
-    let interop: &[&str] = if config.interop { &[INTEROP_SERVICE_NAME] } else { &[] };
-    for name in SERVICE_NAMES.iter().chain(interop).chain(&[""]) {
+    for name in names.iter().chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
-    Ok(RunningServer { server, addr: format!("{host}:{port}"), tracker, health, metrics })
+    let metrics = hooks.metrics().clone();
+    let admin = match &config.admin_addr {
+        Some(admin_addr) => {
+            let admin = Admin::start(admin_addr, health.clone()).map_err(StartError::Admin)?;
+            admin.route("/metrics", metrics::admin_handler(metrics.clone()));
+            Some(admin)
+        }
+        None => None,
+    };
+    Ok(RunningServer { server, addr, tracker, health, metrics, admin })
 }
 
-fn build(
-    env: Arc<Environment>,
+/// Every service the server hosts: the one list that registration, health
+/// and reflection read. Adding a service is one entry here.
+fn hosted_services(
     config: &ServerConfig,
     tracker: Arc<CallTracker>,
     health: HealthService,
-    metrics: &Arc<ServerMetrics>,
-) -> Result<Server, StartError> {
+    hooks: CallHooks,
+) -> Result<Vec<Hosted>, StartError> {
     let features = match &config.route_db {
         Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
         None => route_guide::default_features(),
     };
-    // 4 MiB also covers the interop suite's largest message (314,159 bytes).
-    let mut args = ChannelBuilder::new(env.clone()).max_receive_message_len(limits::MAX_RECEIVE_MESSAGE_BYTES as i32);
+    let mut hosted = vec![
+        Hosted {
+            name: greet_grpc::GREET_SERVICE_FULL_NAME,
+            file: proto::greet::file_descriptor(),
+            service: greet_grpc::create_greet_service_with(
+                Greeter::new(config.stream_interval, tracker),
+                hooks.clone(),
+            ),
+        },
+        Hosted {
+            name: helloworld_grpc::GREETER_FULL_NAME,
+            file: proto::helloworld::file_descriptor(),
+            service: helloworld_grpc::create_greeter_with(HelloWorld, hooks.clone()),
+        },
+        Hosted {
+            name: route_guide_grpc::ROUTE_GUIDE_FULL_NAME,
+            file: proto::route_guide::file_descriptor(),
+            service: route_guide_grpc::create_route_guide_with(RouteGuideService::new(features), hooks.clone()),
+        },
+        Hosted {
+            name: health_grpc::HEALTH_FULL_NAME,
+            file: proto::health::file_descriptor(),
+            service: health_grpc::create_health_with(health, hooks.clone()),
+        },
+    ];
+    if config.interop {
+        hosted.push(Hosted {
+            name: test_grpc::TEST_SERVICE_FULL_NAME,
+            file: proto::test::file_descriptor(),
+            service: test_grpc::create_test_service_with(InteropService::default(), hooks.clone()),
+        });
+    }
+    if config.reflection {
+        let services = reflection::hosted(&hosted, &hooks).map_err(StartError::Reflection)?;
+        hosted.extend(services);
+    }
+    Ok(hosted)
+}
+
+/// The core's channel arguments for `config`: our limits, then `--core-arg`s.
+fn channel_args(env: &Arc<Environment>, config: &ServerConfig) -> Result<ChannelBuilder, StartError> {
+    let limits = &config.limits;
+    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    let mut args = ChannelBuilder::new(env.clone())
+        .max_receive_message_len(i32::try_from(limits.max_receive_bytes).unwrap_or(i32::MAX))
+        .max_concurrent_stream(i32::try_from(limits.max_concurrent_streams).unwrap_or(i32::MAX))
+        .http2_min_recv_ping_interval_without_data(limits.min_ping_interval)
+        .keepalive_permit_without_calls(true);
+    if let Some(age) = limits.max_connection_age {
+        args = args
+            .raw_cfg_int(c"grpc.max_connection_age_ms".into(), millis(age))
+            .raw_cfg_int(c"grpc.max_connection_age_grace_ms".into(), millis(limits.max_connection_age_grace));
+    }
     for (key, value) in &config.core_args {
         let key = CString::new(key.as_str()).map_err(|_| StartError::BadCoreArg(key.clone()))?;
         args = args.raw_cfg_int(key, *value);
     }
-    let args = args.build_args();
-    // Each hosted service: its full name, the file that defines it, the service.
-    let mut hosted: Vec<(&'static str, &'static FileDescriptor, grpcio::Service)> = vec![
-        (
-            SERVICE_NAMES[0],
-            greet::file_descriptor(),
-            greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker), metrics),
-        ),
-        (SERVICE_NAMES[1], helloworld::file_descriptor(), helloworld_grpc::create_greeter(HelloWorld, metrics)),
-        (
-            SERVICE_NAMES[2],
-            route_guide_proto::file_descriptor(),
-            route_guide_grpc::create_route_guide(RouteGuideService::new(features), metrics),
-        ),
-        ("grpc.health.v1.Health", health::file_descriptor(), health_grpc::create_health(health, metrics)),
-    ];
-    if config.interop {
-        let service = test_grpc::create_test_service(InteropService::default(), metrics);
-        hosted.push((INTEROP_SERVICE_NAME, test::file_descriptor(), service));
-    }
-    let mut builder = ServerBuilder::new(env).channel_args(args);
-    if config.reflection {
-        let mut reflected: Vec<(&str, &FileDescriptor)> = hosted.iter().map(|(name, file, _)| (*name, *file)).collect();
-        reflected.extend(reflection::own_services());
-        let service = ReflectionService::new(ReflectionIndex::new(&reflected).map_err(StartError::Reflection)?);
-        builder = builder
-            .register_service(reflection_v1_grpc::create_server_reflection(service.clone(), metrics))
-            .register_service(reflection_v1alpha_grpc::create_server_reflection(service, metrics));
-    }
-    for (_, _, service) in hosted {
-        builder = builder.register_service(service);
+    Ok(args)
+}
+
+fn build(env: Arc<Environment>, config: &ServerConfig, hosted: Vec<Hosted>) -> Result<Server, StartError> {
+    let mut builder = ServerBuilder::new(env.clone()).channel_args(channel_args(&env, config)?.build_args());
+    for service in hosted {
+        builder = builder.register_service(service.service);
     }
     builder.build().map_err(StartError::Build)
 }
@@ -227,9 +309,34 @@ impl RunningServer {
         &self.health
     }
 
-    /// The server's metrics, for `/metrics`.
+    /// The server's metrics (what the admin port's `/metrics` serves).
     pub fn metrics(&self) -> &Arc<ServerMetrics> {
         &self.metrics
+    }
+
+    /// Where the admin HTTP port listens, if the server has one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(Admin::addr)
+    }
+
+    /// The first step of a drain: every service (gRPC health and `/healthz`)
+    /// reports NOT_SERVING while calls are still served, so that balancers
+    /// (client-side health checking, HAProxy's checks) take the replica out of
+    /// rotation before it stops accepting calls.
+    pub fn begin_drain(&self) {
+        self.health.set_all(ServingStatus::NOT_SERVING);
+    }
+
+    /// [`begin_drain`](Self::begin_drain), keep serving for `delay` so that
+    /// balancers notice, then [`shutdown`](Self::shutdown) within `grace`.
+    pub fn drain(self, delay: Duration, grace: Duration) -> Shutdown {
+        self.begin_drain();
+        if !delay.is_zero() {
+            info!("draining: NOT_SERVING, still serving for {delay:?} so balancers notice");
+            block_on(Delay::new(delay));
+        }
+        info!("draining: no new calls; in-flight calls have up to {grace:?}");
+        self.shutdown(grace)
     }
 
     /// Stops accepting calls, reports NOT_SERVING, lets the calls in flight
@@ -279,18 +386,29 @@ pub fn termination_signal() -> Result<impl std::future::Future<Output = ()>, Str
     })
 }
 
-/// Runs a server until `signal` resolves, then shuts it down gracefully
-/// within `grace`. The binary passes SIGINT/SIGTERM; tests pass a channel.
+/// How a server leaves when its signal comes: see [`RunningServer::drain`].
+#[derive(Debug, Clone, Copy)]
+pub struct DrainPolicy {
+    /// How long it keeps serving while reporting NOT_SERVING.
+    pub delay: Duration,
+    /// How long in-flight calls then have before they are cancelled.
+    pub grace: Duration,
+}
+
+/// Runs a server until `signal` resolves, then drains it (see
+/// [`RunningServer::drain`]). The binary passes SIGINT/SIGTERM; tests pass a channel.
 pub fn run(
     config: &ServerConfig,
     signal: impl std::future::Future<Output = ()>,
-    grace: Duration,
+    drain: DrainPolicy,
 ) -> Result<Shutdown, StartError> {
     let server = start(config)?;
     info!("Server started at {}", server.addr());
+    if let Some(admin) = server.admin_addr() {
+        info!("Admin HTTP port at {admin}");
+    }
     block_on(signal);
-    info!("shutting down: draining calls for up to {grace:?}");
-    let outcome = server.shutdown(grace);
+    let outcome = server.drain(drain.delay, drain.grace);
     info!("server stopped ({outcome:?})");
     Ok(outcome)
 }

@@ -1,12 +1,13 @@
 //! The health service as grpc-health-probe (pinned, built by
-//! scripts/gotools.py) sees it: SERVING while up, NOT_SERVING once the
-//! server is draining, for the whole server and per service.
+//! scripts/gotools.py) sees it: SERVING while up, NOT_SERVING from the first
+//! SIGTERM on while the server drains, for the whole server and per service.
 
 mod common;
 
 use std::process::Output;
 use std::time::Duration;
 
+use common::process::ServerProcess;
 use common::*;
 use greet::proto::health::health_check_response::ServingStatus;
 
@@ -36,24 +37,38 @@ fn assert_not_serving(out: &Output) {
     assert_eq!(stderr(out), "service unhealthy (responded with \"NOT_SERVING\")");
 }
 
+/// The services the server binary hosts, as health checking names them.
+const SERVICES: [&str; 3] = ["greet_service.GreetService", "helloworld.Greeter", "routeguide.RouteGuide"];
+
 #[test]
 fn the_probe_reports_serving_for_the_server_and_each_service() {
     let server = start_server(Duration::ZERO);
     assert_serving(&probe(server.addr(), &[]));
-    for service in greet::server::SERVICE_NAMES {
+    for service in SERVICES {
         assert_serving(&probe(server.addr(), &[&format!("-service={service}")]));
     }
 }
 
 #[test]
-fn the_probe_reports_not_serving_for_a_draining_server_and_service() {
+fn the_probe_reports_not_serving_from_the_first_signal_while_the_server_drains() {
+    // --drain-delay keeps calls served (the probe's too) for 30 s after SIGTERM.
+    let mut server = ServerProcess::start("probed", &["--drain-delay", "30s"]);
+    assert_serving(&probe(&server.addr, &[]));
+    server.process.signal("TERM");
+    server.process.wait_for_line("draining: NOT_SERVING", Duration::from_secs(10));
+    assert_not_serving(&probe(&server.addr, &[]));
+    for service in SERVICES {
+        assert_not_serving(&probe(&server.addr, &[&format!("-service={service}")]));
+    }
+}
+
+#[test]
+fn the_probe_reports_a_service_marked_not_serving_and_the_others_serving() {
     let server = start_server(Duration::ZERO);
-    // What a drain does first (RunningServer::shutdown): everything NOT_SERVING.
     server.health().set_status("greet_service.GreetService", ServingStatus::NOT_SERVING);
     assert_not_serving(&probe(server.addr(), &["-service=greet_service.GreetService"]));
     assert_serving(&probe(server.addr(), &["-service=helloworld.Greeter"]));
-    server.health().set_status("", ServingStatus::NOT_SERVING);
-    assert_not_serving(&probe(server.addr(), &[]));
+    assert_serving(&probe(server.addr(), &[]));
 }
 
 #[test]

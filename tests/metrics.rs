@@ -6,7 +6,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::process::{http_get, ServerProcess};
 use common::*;
+use futures::executor::block_on;
 use greet::client::Client;
 use greet::proto::empty::Empty;
 use greet::proto::test_grpc::TestServiceClient;
@@ -32,15 +34,26 @@ fn key(name: &str, grpc_type: &str, method: &str, code: Option<&str>) -> String 
     format!("{name}{{{code}grpc_method=\"{method}\",grpc_service=\"{service}\",grpc_type=\"{grpc_type}\"}}")
 }
 
+/// A server with the interop service (for UNIMPLEMENTED) and an admin port;
+/// its metrics are its own, whatever else runs in this process.
 fn start() -> RunningServer {
     greet::server::start(&ServerConfig {
         addr: "127.0.0.1:0".to_string(),
         stream_interval: Duration::ZERO,
         completion_queues: 2,
         interop: true,
+        admin_addr: Some("127.0.0.1:0".to_string()),
         ..Default::default()
     })
     .unwrap()
+}
+
+/// `GET /metrics` on the server's admin port.
+fn scrape(server: &RunningServer) -> String {
+    let admin = server.admin_addr().expect("started with an admin port").to_string();
+    let (status, body) = http_get(&admin, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 fn code(error: grpcio::Error) -> RpcStatusCode {
@@ -53,20 +66,23 @@ fn make_known_calls(server: &RunningServer) {
     let long = "x".repeat(1025);
     let (ok, bad) = (names(&["Akhil", "Alice", "Bob"]), vec!["Akhil".to_string(), long.clone()]);
 
-    client.say_hello().unwrap();
-    client.say_hello().unwrap();
-    assert_eq!(code(client.greet(&long).unwrap_err()), RpcStatusCode::INVALID_ARGUMENT);
+    block_on(client.say_hello()).unwrap();
+    block_on(client.say_hello()).unwrap();
+    assert_eq!(code(block_on(client.greet(&long)).unwrap_err()), RpcStatusCode::INVALID_ARGUMENT);
     let test = TestServiceClient::new(greet::client::connect(server.addr()));
     assert_eq!(code(test.unimplemented_call(&Empty::default()).unwrap_err()), RpcStatusCode::UNIMPLEMENTED);
 
-    client.server_stream(&ok, |_| {}).unwrap();
-    assert_eq!(code(client.server_stream(&bad, |_| {}).unwrap_err()), RpcStatusCode::INVALID_ARGUMENT);
+    block_on(client.server_stream(&ok, |_| {})).unwrap();
+    assert_eq!(code(block_on(client.server_stream(&bad, |_| {})).unwrap_err()), RpcStatusCode::INVALID_ARGUMENT);
 
-    client.client_stream(&ok, Duration::ZERO).unwrap();
-    assert_eq!(code(client.client_stream(&bad, Duration::ZERO).unwrap_err()), RpcStatusCode::INVALID_ARGUMENT);
+    block_on(client.client_stream(&ok, Duration::ZERO)).unwrap();
+    assert_eq!(
+        code(block_on(client.client_stream(&bad, Duration::ZERO)).unwrap_err()),
+        RpcStatusCode::INVALID_ARGUMENT
+    );
 
-    client.bidi(&ok, Duration::ZERO, |_| {}).unwrap();
-    assert_eq!(code(client.bidi(&bad, Duration::ZERO, |_| {}).unwrap_err()), RpcStatusCode::INVALID_ARGUMENT);
+    block_on(client.bidi(&ok, Duration::ZERO, |_| {})).unwrap();
+    assert_eq!(code(block_on(client.bidi(&bad, Duration::ZERO, |_| {})).unwrap_err()), RpcStatusCode::INVALID_ARGUMENT);
 }
 
 /// What the calls above must have counted: (type, method, started,
@@ -129,14 +145,14 @@ fn assert_counts(text: &str) {
 fn calls_of_every_pattern_are_counted_with_their_codes() {
     let server = start();
     make_known_calls(&server);
-    assert_counts(&server.metrics().render());
+    assert_counts(&scrape(&server));
 }
 
 #[test]
 fn every_method_is_listed_at_zero_before_its_first_call() {
     // As go-grpc-prometheus's InitializeMetrics does, so that rate() sees a series from the start.
     let server = start();
-    let samples = samples(&server.metrics().render());
+    let samples = samples(&scrape(&server));
     for (grpc_type, method) in [
         ("unary", "greet_service.GreetService/SayHello"),
         ("bidi_stream", "grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
@@ -151,10 +167,23 @@ fn every_method_is_listed_at_zero_before_its_first_call() {
 #[test]
 fn process_metrics_are_exported() {
     let server = start();
-    let samples = samples(&server.metrics().render());
+    let samples = samples(&scrape(&server));
     for name in ["process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_threads"] {
         assert!(samples.get(name).is_some_and(|v| *v > 0.0), "{name}: {:?}", samples.get(name));
     }
     // Whole seconds of CPU: a young process has 0.
     assert!(samples.contains_key("process_cpu_seconds_total"));
+}
+
+#[test]
+fn the_server_binary_serves_metrics_on_its_admin_port() {
+    let server = ServerProcess::start("metrics", &[]);
+    let client = Client::new(greet::client::connect(&server.addr), Duration::from_secs(10));
+    block_on(client.say_hello()).unwrap();
+    let (status, body) = http_get(&server.admin, "/metrics");
+    assert_eq!(status, 200);
+    let samples = samples(&body);
+    let ok = key("grpc_server_handled_total", "unary", "greet_service.GreetService/SayHello", Some("OK"));
+    assert_eq!(samples.get(&ok), Some(&1.0), "{body}");
+    assert!(samples.get("process_resident_memory_bytes").is_some_and(|rss| *rss > 0.0), "{body}");
 }

@@ -6,8 +6,10 @@
 mod common;
 
 use std::collections::HashSet;
+use std::process::Command;
 use std::time::Duration;
 
+use common::process::ServerProcess;
 use common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
@@ -152,11 +154,11 @@ fn grpcurl_relays_a_status_from_a_call_made_through_reflection() {
 
 #[test]
 fn without_reflection_grpcurl_cannot_list() {
-    let (_server, addr, _log) = spawn_server(&["--no-reflection"]);
-    let error = grpcurl(&Transport::Plaintext, &addr, &[], &["list"]).unwrap_err();
+    let server = ServerProcess::start("no-reflection", &["--no-reflection"]);
+    let error = grpcurl(&Transport::Plaintext, &server.addr, &[], &["list"]).unwrap_err();
     assert!(error.contains("server does not support the reflection API"), "stderr: {error}");
     // The services themselves still answer.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_client")).args(["--addr", &addr, "unary"]).output();
+    let out = Command::new(env!("CARGO_BIN_EXE_client")).args(["--addr", &server.addr, "unary"]).output();
     assert_eq!(String::from_utf8(out.unwrap().stdout).unwrap(), "Hello\n");
 }
 

@@ -9,11 +9,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{start_tls_server, Certs, SERVER_NAME};
-
-use greet::client::{self, Client};
-use greet::interop_client::{InteropClient, SoakConfig, Target};
-use greet::tls::{self, ClientTls, ServerTls};
+use futures::executor::block_on;
+use greet::client::interop::{InteropClient, SoakConfig, Target};
+use greet::client::{self, Client, Connector};
+use greet::tls::{ClientTls, ServerTls};
 use grpcio::RpcStatusCode;
+
+fn tls_channel(addr: &str, tls: ClientTls) -> grpcio::Channel {
+    Connector::new(addr).expect("a host:port").tls(tls).channel()
+}
 
 fn code(result: grpcio::Result<String>) -> RpcStatusCode {
     match result {
@@ -27,8 +31,8 @@ fn a_client_trusting_the_ca_calls_the_tls_server() {
     let certs = Certs::new();
     let server = start_tls_server(&certs);
     for name in [None, Some(SERVER_NAME)] {
-        let channel = tls::channel(server.addr(), Some(&certs.client_tls(name)));
-        assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+        let channel = tls_channel(server.addr(), certs.client_tls(name));
+        assert_eq!(block_on(Client::new(channel, Duration::from_secs(10)).say_hello()).unwrap(), "Hello");
     }
 }
 
@@ -37,23 +41,23 @@ fn a_plaintext_client_to_the_tls_port_fails_unavailable() {
     let certs = Certs::new();
     let server = start_tls_server(&certs);
     let client = Client::new(client::connect(server.addr()), Duration::from_secs(10));
-    assert_eq!(code(client.say_hello()), RpcStatusCode::UNAVAILABLE);
+    assert_eq!(code(block_on(client.say_hello())), RpcStatusCode::UNAVAILABLE);
 }
 
 #[test]
 fn a_client_trusting_another_ca_fails_unavailable() {
     let (certs, other) = (Certs::new(), Certs::new());
     let server = start_tls_server(&certs);
-    let channel = tls::channel(server.addr(), Some(&other.client_tls(None)));
-    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+    let channel = tls_channel(server.addr(), other.client_tls(None));
+    assert_eq!(code(block_on(Client::new(channel, Duration::from_secs(10)).say_hello())), RpcStatusCode::UNAVAILABLE);
 }
 
 #[test]
 fn a_client_expecting_another_server_name_fails_unavailable() {
     let certs = Certs::new();
     let server = start_tls_server(&certs);
-    let channel = tls::channel(server.addr(), Some(&certs.client_tls(Some("not.greet.test"))));
-    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+    let channel = tls_channel(server.addr(), certs.client_tls(Some("not.greet.test")));
+    assert_eq!(code(block_on(Client::new(channel, Duration::from_secs(10)).say_hello())), RpcStatusCode::UNAVAILABLE);
 }
 
 #[test]

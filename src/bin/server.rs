@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use greet::duration;
-use greet::server::{self, ServerConfig};
+use greet::server::{self, DrainPolicy, ServerConfig, ServerLimits};
 use greet::tls::ServerTls;
 
 #[derive(Parser, Debug)]
@@ -24,9 +24,34 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish
-    /// before they are cancelled.
+    /// before they are cancelled (after --drain-delay).
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     grace: Duration,
+    /// On SIGINT/SIGTERM, how long to keep serving while health reports
+    /// NOT_SERVING, so that balancers take this replica out first.
+    #[arg(long, default_value = "0", value_parser = duration::parse)]
+    drain_delay: Duration,
+    /// Sent as the `x-served-by` header on every response; default: the bound host:port.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Serve the admin HTTP port (/healthz) here, host:port; off by default.
+    #[arg(long)]
+    admin_addr: Option<String>,
+    /// Streams one connection may have open at once.
+    #[arg(long, default_value_t = ServerLimits::default().max_concurrent_streams)]
+    max_concurrent_streams: u32,
+    /// Largest message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = ServerLimits::default().max_receive_bytes)]
+    max_recv_bytes: usize,
+    /// Keepalive enforcement: clients may ping no more often than this while idle.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    min_ping_interval: Duration,
+    /// Close connections gracefully after this long so clients rebalance (e.g. 30m); 0: never.
+    #[arg(long, default_value = "0", value_parser = duration::parse)]
+    max_connection_age: Duration,
+    /// Time calls still have on a connection closed for its age.
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    max_connection_age_grace: Duration,
     /// Feature database of routeguide.RouteGuide, in grpc-go's
     /// route_guide_db.json format; default: a few built-in features.
     #[arg(long)]
@@ -63,6 +88,15 @@ fn main() -> ExitCode {
     config.route_db = args.route_db;
     config.core_args = args.core_args;
     config.reflection = !args.no_reflection;
+    config.instance_id = args.instance_id;
+    config.admin_addr = args.admin_addr;
+    config.limits = ServerLimits {
+        max_concurrent_streams: args.max_concurrent_streams,
+        max_receive_bytes: args.max_recv_bytes,
+        min_ping_interval: args.min_ping_interval,
+        max_connection_age: (!args.max_connection_age.is_zero()).then_some(args.max_connection_age),
+        max_connection_age_grace: args.max_connection_age_grace,
+    };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match ServerTls::from_files(cert, key) {
             Ok(tls) => config.tls = Some(tls),
@@ -82,7 +116,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(&config, signal, args.grace) {
+    match server::run(&config, signal, DrainPolicy { delay: args.drain_delay, grace: args.grace }) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

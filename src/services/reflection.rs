@@ -25,16 +25,29 @@ use crate::proto::reflection_v1::{
     ServerReflectionResponse, ServiceResponse,
 };
 use crate::proto::{reflection_v1, reflection_v1_grpc, reflection_v1alpha, reflection_v1alpha_grpc};
+use crate::services::{CallHooks, Hosted};
 use crate::status::{finish_stream, invalid_argument, CallError};
 
-/// Full names of the two reflection services.
-pub const SERVICE_NAMES: [&str; 2] =
-    ["grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
-
-/// The reflection services, each with the descriptor of its file, to add to
-/// the list of hosted services.
-pub fn own_services() -> [(&'static str, &'static FileDescriptor); 2] {
-    [(SERVICE_NAMES[0], reflection_v1::file_descriptor()), (SERVICE_NAMES[1], reflection_v1alpha::file_descriptor())]
+/// The two reflection services, ready to host, answering for `others` and
+/// for themselves; their calls run `hooks` like every other service's.
+pub fn hosted(others: &[Hosted], hooks: &CallHooks) -> Result<[Hosted; 2], String> {
+    let v1 = (reflection_v1_grpc::SERVER_REFLECTION_FULL_NAME, reflection_v1::file_descriptor());
+    let v1alpha = (reflection_v1alpha_grpc::SERVER_REFLECTION_FULL_NAME, reflection_v1alpha::file_descriptor());
+    let mut reflected: Vec<(&str, &FileDescriptor)> = others.iter().map(|h| (h.name, h.file)).collect();
+    reflected.extend([v1, v1alpha]);
+    let service = ReflectionService::new(ReflectionIndex::new(&reflected)?);
+    Ok([
+        Hosted {
+            name: v1.0,
+            file: v1.1,
+            service: reflection_v1_grpc::create_server_reflection_with(service.clone(), hooks.clone()),
+        },
+        Hosted {
+            name: v1alpha.0,
+            file: v1alpha.1,
+            service: reflection_v1alpha_grpc::create_server_reflection_with(service, hooks.clone()),
+        },
+    ])
 }
 
 /// What a file sends: its serialized `FileDescriptorProto` and the names of

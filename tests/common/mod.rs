@@ -45,12 +45,10 @@ pub fn code_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
 
 mod certs;
 mod gotools;
-mod process;
+pub mod process;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
 pub use certs::*;
 #[allow(unused_imports)]
 pub use gotools::*;
-#[allow(unused_imports)]
-pub use process::*;

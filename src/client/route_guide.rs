@@ -8,7 +8,7 @@ use futures::executor::block_on;
 use futures::prelude::*;
 use grpcio::{CallOption, Channel, WriteFlags};
 
-use crate::client::settle;
+use super::settle;
 use crate::proto::route_guide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
 use crate::proto::route_guide_grpc::RouteGuideClient;
 use crate::services::route_guide::point;
