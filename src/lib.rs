@@ -17,8 +17,9 @@
 //!   counts running calls so shutdown and tests wait on events, not sleeps.
 //! - [`server`]: builds, starts and gracefully stops the server; the binary,
 //!   the tests and the benchmarks all start it through
-//!   [`server::start`]; one list of hosted services feeds registration and
-//!   health, and one hook ([`services::CallHooks`]) runs before every call.
+//!   [`server::start`]; one list of hosted services feeds registration,
+//!   health and reflection, and one hook ([`services::CallHooks`]) runs
+//!   before every call.
 //! - [`call`]: the sinks and request streams handlers get: grpcio's, each
 //!   counting its call in the server's [`metrics`] (go-grpc-prometheus's
 //!   names, served on the admin port's `/metrics`).
