@@ -148,3 +148,75 @@ fn server_rejects_a_core_arg_that_is_not_a_grpc_integer_argument() {
         assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
     }
 }
+
+fn instance_server(instance: &str) -> greet::server::RunningServer {
+    let config = greet::server::ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        completion_queues: 1,
+        instance_id: Some(instance.to_string()),
+        ..Default::default()
+    };
+    greet::server::start(&config).expect("a server starts on a free loopback port")
+}
+
+#[test]
+fn client_load_prints_a_json_summary_with_calls_per_instance() {
+    let (a, b) = (instance_server("a"), instance_server("b"));
+    let addrs = format!("{},{}", a.addr(), b.addr());
+    let out = Command::new(CLIENT)
+        .args(["--addr", &addrs, "--lb", "round_robin", "load", "--calls", "200", "--concurrency", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(summary["workload"], "unary");
+    assert_eq!(summary["calls"], 200);
+    assert_eq!(summary["ok"], 200);
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["codes"], serde_json::json!({ "OK": 200 }));
+    let (on_a, on_b) = (summary["instances"]["a"].as_u64().unwrap(), summary["instances"]["b"].as_u64().unwrap());
+    assert_eq!(on_a + on_b, 200, "{summary}");
+    assert!(on_a > 0 && on_b > 0, "round_robin used both: {summary}");
+    for p in ["p50", "p90", "p99", "max"] {
+        assert!(summary["latency_ms"][p].as_f64().unwrap() > 0.0, "{p} in {summary}");
+    }
+}
+
+#[test]
+fn client_load_over_bidi_streams_counts_streams() {
+    let server = instance_server("only");
+    let out = Command::new(CLIENT)
+        .args(["--addr", server.addr(), "load", "--streams", "20", "--messages", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["workload"], "bidi");
+    assert_eq!(summary["codes"], serde_json::json!({ "OK": 20 }));
+    assert_eq!(summary["instances"], serde_json::json!({ "only": 20 }));
+}
+
+#[test]
+fn client_load_against_nothing_reports_failures_and_exits_1() {
+    let out = Command::new(CLIENT)
+        .args(["--addr", &closed_addr(), "--retries", "0", "load", "--calls", "5", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["codes"], serde_json::json!({ "UNAVAILABLE": 5 }));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: LOAD: 5 of 5 calls failed");
+}
+
+#[test]
+fn client_refuses_a_bad_address_list_or_policy_in_one_line() {
+    let out = Command::new(CLIENT).args(["--addr", "127.0.0.1:1,[::1]:2", "unary"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("mixes IPv4 and IPv6"), "{stderr}");
+
+    let out = Command::new(CLIENT).args(["--lb", "random", "unary"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses it");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown load-balancing policy \"random\""));
+}

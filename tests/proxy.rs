@@ -78,9 +78,16 @@ fn the_official_greeter_client_and_our_load_reach_both_replicas_through_haproxy(
 /// 10,000 calls at a fixed 2,000/s through HAProxy to 3 replicas; one is
 /// SIGKILLed 2 s in. Returns (failures, how long after the kill the last one
 /// happened, summary text).
-fn kill_behind_haproxy(retries: u32) -> (u64, Option<Duration>, String) {
+fn kill_behind_haproxy(retries: u32, proxy_retries: bool) -> (u64, Option<Duration>, String) {
     let replicas: Vec<ServerProcess> = ["r1", "r2", "r3"].iter().map(|id| ServerProcess::start(id, &[])).collect();
-    let proxy = Haproxy::start(&backends(&replicas));
+    let proxy = Haproxy::start_edited(&backends(&replicas), |config| {
+        if proxy_retries {
+            return config;
+        }
+        let edited = config.replace("    retries 3\n", "    retries 0\n").replace("    retry-on ", "    # retry-on ");
+        assert_ne!(edited, config, "the shipped config has the retry lines this test turns off");
+        edited
+    });
     let connector = Connector::new(&proxy.addr).unwrap().retries(retries);
     let mut replicas = replicas;
     // The others stay alive (owned here) until the load is over.
@@ -107,14 +114,19 @@ fn kill_behind_haproxy(retries: u32) -> (u64, Option<Duration>, String) {
     let killed_at = killed_at.into_inner().unwrap().expect("the replica was killed");
     let window = last_failure.into_inner().unwrap().map(|t| t.saturating_duration_since(killed_at));
     let text = summary.to_text();
-    println!("through HAProxy, retries {retries}, replica killed after {} calls: {text}; last failure {window:?} after the kill", calls / 5);
+    println!(
+        "through HAProxy (its retries {}), client retries {retries}, replica killed after {} calls: {text}; \
+         last failure {window:?} after the kill",
+        if proxy_retries { "on" } else { "off" },
+        calls / 5
+    );
     assert_eq!(summary.ok() + summary.failed(), calls as u64);
     (summary.failed(), window, text)
 }
 
 #[test]
 fn a_replica_killed_behind_haproxy_costs_no_call_with_client_retries() {
-    let (failed, window, text) = kill_behind_haproxy(3);
+    let (failed, window, text) = kill_behind_haproxy(3, true);
     assert_eq!(
         failed, 0,
         "with client retries, HAProxy's failover loses no call: {text}; last failure {window:?} after the kill"
@@ -123,7 +135,7 @@ fn a_replica_killed_behind_haproxy_costs_no_call_with_client_retries() {
 
 #[test]
 fn behind_haproxy_without_client_retries_failures_stay_inside_the_failover_window() {
-    let (_failed, window, text) = kill_behind_haproxy(0);
+    let (_failed, window, text) = kill_behind_haproxy(0, true);
     // HAProxy retries connection failures itself (retry-on conn-failure
     // empty-response); calls in flight on the killed replica may still fail,
     // but only until its checks mark the replica down (fall 2 × inter 500 ms).
@@ -133,4 +145,10 @@ fn behind_haproxy_without_client_retries_failures_stay_inside_the_failover_windo
             "a call failed {window:?} after the kill, past the failover window: {text}"
         );
     }
+}
+
+#[test]
+fn with_haproxy_and_client_retries_off_the_same_kill_fails_calls() {
+    let (failed, _window, text) = kill_behind_haproxy(0, false);
+    assert!(failed > 0, "without HAProxy's retry-on and client retries, calls are lost: {text}");
 }

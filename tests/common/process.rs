@@ -213,11 +213,17 @@ impl Haproxy {
     /// Starts HAProxy for `backends` and waits until it accepts connections
     /// and its checks have found every non-backup replica up.
     pub fn start(backends: &[Backend]) -> Haproxy {
+        Self::start_edited(backends, |config| config)
+    }
+
+    /// Like [`start`](Self::start), with the rendered config passed through `edit`
+    /// (a test that turns a feature off to show what it does).
+    pub fn start_edited(backends: &[Backend], edit: impl FnOnce(String) -> String) -> Haproxy {
         let dir = tempfile::Builder::new().prefix("greet-haproxy").tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, render_haproxy_config(&addr, backends)).unwrap();
+        std::fs::write(&config, edit(render_haproxy_config(&addr, backends))).unwrap();
         let socket = dir.path().join("admin.sock");
         let mut full = std::fs::read_to_string(&config).unwrap();
         // A stats socket, so the test can ask which servers are up.
