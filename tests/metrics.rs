@@ -149,6 +149,20 @@ fn calls_of_every_pattern_are_counted_with_their_codes() {
 }
 
 #[test]
+fn a_method_the_server_does_not_have_is_not_counted() {
+    // The core answers it UNIMPLEMENTED before any handler (go-grpc-prometheus
+    // does not see such calls either).
+    let server = start();
+    let raw = raw_method("/greet_service.GreetService/NoSuchMethod");
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    let error = client.unary_call(&raw, &vec![], grpcio::CallOption::default()).unwrap_err();
+    assert_eq!(code(error), RpcStatusCode::UNIMPLEMENTED);
+    let text = scrape(&server);
+    assert!(!text.contains("NoSuchMethod"), "{text}");
+    assert!(!text.contains("grpc_server_handled_total{"), "{text}");
+}
+
+#[test]
 fn every_method_is_listed_at_zero_before_its_first_call() {
     // As go-grpc-prometheus's InitializeMetrics does, so that rate() sees a series from the start.
     let server = start();

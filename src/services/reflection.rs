@@ -387,6 +387,30 @@ mod tests {
     }
 
     #[test]
+    fn extensions_none_defined_a_known_message_has_none_and_asking_for_one_is_not_found() {
+        let index = index();
+        match ask(&index, &mut HashSet::new(), Request::AllExtensionNumbersOfType("greet_service.NamesList".into())) {
+            Response::AllExtensionNumbersResponse(numbers) => {
+                assert_eq!(numbers.base_type_name, "greet_service.NamesList");
+                assert!(numbers.extension_number.is_empty());
+            }
+            other => panic!("want an empty list, got {other:?}"),
+        }
+        let extension = crate::proto::reflection_v1::ExtensionRequest {
+            containing_type: "greet_service.NamesList".into(),
+            extension_number: 100,
+            ..Default::default()
+        };
+        match ask(&index, &mut HashSet::new(), Request::FileContainingExtension(extension)) {
+            Response::ErrorResponse(e) => assert_eq!(
+                (e.error_code, e.error_message.as_str()),
+                (5, "extension 100 of \"greet_service.NamesList\": this server defines no extensions")
+            ),
+            other => panic!("want NOT_FOUND, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn list_services_names_every_hosted_service_sorted() {
         match ask(&index(), &mut HashSet::new(), Request::ListServices(String::new())) {
             Response::ListServicesResponse(list) => {
