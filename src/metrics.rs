@@ -12,7 +12,7 @@
 //! the tests do) never mix their counts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use grpcio::{MethodType, RpcStatusCode};
@@ -53,7 +53,8 @@ impl ServerMetrics {
             received: self.received.with_label_values(&values),
             sent: self.sent.with_label_values(&values),
             handling: self.handling.with_label_values(&values),
-            handled: self.handled.clone(),
+            handled: Default::default(),
+            handled_vec: self.handled.clone(),
             labels,
         }))
     }
@@ -153,29 +154,36 @@ impl MethodLabels {
     }
 }
 
-/// The name grpc-go gives a status code (`codes.Code.String()`), which is
-/// what go-grpc-prometheus puts in `grpc_code`: `OK`, `InvalidArgument`, ...
+/// The names grpc-go gives status codes 0 to 16 (`codes.Code.String()`),
+/// which is what go-grpc-prometheus puts in `grpc_code`.
+const GO_CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+/// The index of `code` in [`GO_CODE_NAMES`]; a code outside 0 to 16 is Unknown (2).
+fn code_index(code: RpcStatusCode) -> usize {
+    usize::try_from(i32::from(code)).ok().filter(|i| *i < GO_CODE_NAMES.len()).unwrap_or(2)
+}
+
+/// The name grpc-go gives a status code: `OK`, `InvalidArgument`, ...
 pub fn go_code_name(code: RpcStatusCode) -> &'static str {
-    match code {
-        RpcStatusCode::OK => "OK",
-        RpcStatusCode::CANCELLED => "Canceled",
-        RpcStatusCode::UNKNOWN => "Unknown",
-        RpcStatusCode::INVALID_ARGUMENT => "InvalidArgument",
-        RpcStatusCode::DEADLINE_EXCEEDED => "DeadlineExceeded",
-        RpcStatusCode::NOT_FOUND => "NotFound",
-        RpcStatusCode::ALREADY_EXISTS => "AlreadyExists",
-        RpcStatusCode::PERMISSION_DENIED => "PermissionDenied",
-        RpcStatusCode::RESOURCE_EXHAUSTED => "ResourceExhausted",
-        RpcStatusCode::FAILED_PRECONDITION => "FailedPrecondition",
-        RpcStatusCode::ABORTED => "Aborted",
-        RpcStatusCode::OUT_OF_RANGE => "OutOfRange",
-        RpcStatusCode::UNIMPLEMENTED => "Unimplemented",
-        RpcStatusCode::INTERNAL => "Internal",
-        RpcStatusCode::UNAVAILABLE => "Unavailable",
-        RpcStatusCode::DATA_LOSS => "DataLoss",
-        RpcStatusCode::UNAUTHENTICATED => "Unauthenticated",
-        _ => "Unknown",
-    }
+    GO_CODE_NAMES[code_index(code)]
 }
 
 struct MethodState {
@@ -183,8 +191,11 @@ struct MethodState {
     received: IntCounter,
     sent: IntCounter,
     handling: Histogram,
-    /// Resolved per call at its end: the code is known only then.
-    handled: IntCounterVec,
+    /// `grpc_server_handled_total` of this method by code index, each
+    /// resolved at the first call that ends with it (so that only codes seen
+    /// are exported) and lock-free after that.
+    handled: [OnceLock<IntCounter>; GO_CODE_NAMES.len()],
+    handled_vec: IntCounterVec,
     labels: MethodLabels,
 }
 
@@ -225,7 +236,13 @@ impl CallRecord {
         }
         let state = &self.method.0;
         let labels = &state.labels;
-        state.handled.with_label_values(&[labels.grpc_type, &labels.service, &labels.method, go_code_name(code)]).inc();
+        let index = code_index(code);
+        state.handled[index]
+            .get_or_init(|| {
+                let values = [labels.grpc_type, &labels.service, &labels.method, GO_CODE_NAMES[index]];
+                state.handled_vec.with_label_values(&values)
+            })
+            .inc();
         state.handling.observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -249,6 +266,14 @@ mod tests {
         assert_eq!(labels.grpc_type, "bidi_stream");
         assert_eq!(labels.service, "greet_service.GreetService");
         assert_eq!(labels.method, "SayHelloBidirectionalStreaming");
+    }
+
+    #[test]
+    fn codes_have_grpc_go_names() {
+        assert_eq!(go_code_name(RpcStatusCode::OK), "OK");
+        assert_eq!(go_code_name(RpcStatusCode::CANCELLED), "Canceled");
+        assert_eq!(go_code_name(RpcStatusCode::UNAUTHENTICATED), "Unauthenticated");
+        assert_eq!(go_code_name(RpcStatusCode::from(99)), "Unknown");
     }
 
     #[test]
