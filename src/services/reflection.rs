@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use futures::prelude::*;
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
-use protobuf::descriptor::{DescriptorProto, EnumDescriptorProto};
+use protobuf::descriptor::{DescriptorProto, FileDescriptorProto};
 use protobuf::reflect::FileDescriptor;
 use protobuf::Message;
 
@@ -90,7 +90,7 @@ impl ReflectionIndex {
             let proto = file.proto();
             let encoded =
                 proto.write_to_bytes().map_err(|e| format!("reflection: cannot encode {}: {e}", file.name()))?;
-            index.add_symbols(file.name(), proto.package(), proto);
+            index.add_symbols(file.name(), proto);
             index.files.insert(file.name().to_string(), File { encoded, imports: proto.dependency.clone() });
             pending.extend(file.deps().iter().cloned());
         }
@@ -102,8 +102,11 @@ impl ReflectionIndex {
         Ok(index)
     }
 
-    fn add_symbols(&mut self, file: &str, package: &str, proto: &protobuf::descriptor::FileDescriptorProto) {
-        let scope = |name: &str| if package.is_empty() { name.to_string() } else { format!("{package}.{name}") };
+    fn add_symbols(&mut self, file: &str, proto: &FileDescriptorProto) {
+        let scope = |name: &str| match proto.package() {
+            "" => name.to_string(),
+            package => format!("{package}.{name}"),
+        };
         for service in &proto.service {
             let service_name = scope(service.name());
             for method in &service.method {
@@ -115,7 +118,7 @@ impl ReflectionIndex {
             self.add_message(file, &scope(message.name()), message);
         }
         for enumeration in &proto.enum_type {
-            self.add_enum(file, &scope(enumeration.name()), enumeration);
+            self.define(scope(enumeration.name()), file);
         }
     }
 
@@ -127,13 +130,9 @@ impl ReflectionIndex {
             self.add_message(file, &format!("{name}.{}", nested.name()), nested);
         }
         for enumeration in &message.enum_type {
-            self.add_enum(file, &format!("{name}.{}", enumeration.name()), enumeration);
+            self.define(format!("{name}.{}", enumeration.name()), file);
         }
         self.messages.insert(name.to_string());
-        self.define(name.to_string(), file);
-    }
-
-    fn add_enum(&mut self, file: &str, name: &str, _enumeration: &EnumDescriptorProto) {
         self.define(name.to_string(), file);
     }
 
