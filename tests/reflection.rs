@@ -93,6 +93,17 @@ fn grpcurl_uses_everything_through_reflection(transport: Transport, addr: &str, 
         ["greet_service.NamesList is a message:", "message NamesList {", "  repeated string names = 1;", "}"]
     );
 
+    let method = grpcurl(&transport, addr, &[], &["describe", "greet_service.GreetService.SayHelloClientStreaming"]);
+    assert_eq!(
+        lines(&method.unwrap()),
+        [
+            "greet_service.GreetService.SayHelloClientStreaming is a method:",
+            "rpc SayHelloClientStreaming ( stream .greet_service.HelloRequest ) returns ( .greet_service.MessagesList );",
+        ]
+    );
+    let nested_enum = grpcurl(&transport, addr, &[], &["describe", "grpc.health.v1.HealthCheckResponse.ServingStatus"]);
+    assert_eq!(lines(&nested_enum.unwrap())[0], "grpc.health.v1.HealthCheckResponse.ServingStatus is an enum:");
+
     let unary = grpcurl(&transport, addr, &["-d", "{}"], &["greet_service.GreetService/SayHello"]).unwrap();
     assert_eq!(messages(&unary), [json!({"message": "Hello"})]);
 
