@@ -151,13 +151,21 @@ impl ServerProcess {
 
 /// One GET on the admin port: the status code.
 pub fn http_get_status(addr: &str, path: &str) -> u16 {
+    http_get(addr, path).0
+}
+
+/// One GET on the admin port: the status code and the body. HTTP/1.0, so
+/// that the body comes whole (not chunked) and ends with the connection.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("the admin port accepts");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    let code = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (code, body.to_string())
 }
 
 /// The repository's root (where Cargo.toml is).
