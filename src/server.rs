@@ -16,6 +16,7 @@ use log::{info, warn};
 use crate::admin::Admin;
 use crate::chat::{Chat, ChatConfig};
 use crate::limits;
+use crate::metrics::{self, ServerMetrics};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::{self, chat_grpc, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
 use crate::services::chat::ChatService;
@@ -23,6 +24,7 @@ use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
 use crate::services::helloworld::HelloWorld;
 use crate::services::interop::InteropService;
+use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
 use crate::services::{CallHooks, CallTracker, Hosted};
 use crate::tls::ServerTls;
@@ -46,6 +48,8 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Also serve `grpc.testing.TestService`, the interop suite's service.
     pub interop: bool,
+    /// Serve gRPC server reflection (v1 and v1alpha) for every hosted service.
+    pub reflection: bool,
     /// Sent as `x-served-by` on every response; `None`: the bound `host:port`.
     pub instance_id: Option<String>,
     /// Where the admin HTTP port (`/healthz`) listens; `None`: no admin port.
@@ -97,6 +101,7 @@ impl Default for ServerConfig {
             route_db: None,
             tls: None,
             interop: false,
+            reflection: true,
             instance_id: None,
             admin_addr: None,
             limits: ServerLimits::default(),
@@ -125,6 +130,8 @@ pub enum StartError {
     Admin(String),
     /// The chat's store or broker cannot be used.
     Chat(String),
+    /// The descriptors of the hosted services cannot be indexed.
+    Reflection(String),
 }
 
 impl fmt::Display for StartError {
@@ -134,9 +141,11 @@ impl fmt::Display for StartError {
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
             StartError::BadCoreArg(key) => write!(f, "invalid channel argument key {key:?}"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
-            StartError::RouteDb(why) | StartError::InstanceId(why) | StartError::Admin(why) | StartError::Chat(why) => {
-                f.write_str(why)
-            }
+            StartError::RouteDb(why)
+            | StartError::InstanceId(why)
+            | StartError::Admin(why)
+            | StartError::Reflection(why)
+            | StartError::Chat(why) => f.write_str(why),
         }
     }
 }
@@ -151,6 +160,7 @@ pub struct RunningServer {
     tracker: Arc<CallTracker>,
     health: HealthService,
     chat: Chat,
+    metrics: Arc<ServerMetrics>,
     /// Stops with the server (dropped after it).
     admin: Option<Admin>,
 }
@@ -182,6 +192,7 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let health = HealthService::default();
     let hooks = CallHooks::default();
     let chat = Chat::start(&config.chat).map_err(StartError::Chat)?;
+    chat.register_metrics(hooks.metrics().registry()).map_err(StartError::Chat)?;
     let hosted = hosted_services(config, tracker.clone(), health.clone(), chat.clone(), hooks.clone())?;
     let names: Vec<&'static str> = hosted.iter().map(|h| h.name).collect();
     let mut server = build(env, config, hosted)?;
@@ -195,12 +206,18 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     for name in names.iter().chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
+    let metrics = hooks.metrics().clone();
     let admin = match &config.admin_addr {
-        Some(admin_addr) => Some(Admin::start(admin_addr, health.clone()).map_err(StartError::Admin)?),
+        Some(admin_addr) => {
+            let admin = Admin::start(admin_addr, health.clone()).map_err(StartError::Admin)?;
+            admin.route("/metrics", metrics::admin_handler(metrics.clone()));
+            Some(admin)
+        }
         None => None,
     };
-    Ok(RunningServer { server, addr, tracker, health, chat, admin })
+    Ok(RunningServer { server, addr, tracker, health, chat, metrics, admin })
 }
+
 /// Every service the server hosts: the one list that registration, health
 /// and reflection read. Adding a service is one entry here.
 fn hosted_services(
@@ -248,8 +265,12 @@ fn hosted_services(
         hosted.push(Hosted {
             name: test_grpc::TEST_SERVICE_FULL_NAME,
             file: proto::test::file_descriptor(),
-            service: test_grpc::create_test_service_with(InteropService::default(), hooks),
+            service: test_grpc::create_test_service_with(InteropService::default(), hooks.clone()),
         });
+    }
+    if config.reflection {
+        let services = reflection::hosted(&hosted, &hooks).map_err(StartError::Reflection)?;
+        hosted.extend(services);
     }
     Ok(hosted)
 }
@@ -308,6 +329,11 @@ impl RunningServer {
     /// The chat's rooms, for their counters ([`Chat::stats`]).
     pub fn chat(&self) -> &Chat {
         &self.chat
+    }
+
+    /// The server's metrics (what the admin port's `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
     }
 
     /// Where the admin HTTP port listens, if the server has one.

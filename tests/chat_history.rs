@@ -3,6 +3,7 @@
 
 #[path = "common/chat.rs"]
 mod chat;
+mod common;
 
 use std::time::Duration;
 
@@ -90,6 +91,28 @@ fn repeated_joins_to_a_room_read_the_store_once_then_the_cache() {
     assert_eq!(seqs(&history(&client, "cached", 4, None).unwrap()), vec![2, 3, 4, 5]);
     let ChatStats { cache_hits, cache_misses, store_reads, .. } = server.chat().stats();
     assert_eq!((cache_misses, cache_hits, store_reads), (2, 0, 2), "the window holds 2 messages; 4 needs the store");
+}
+
+#[test]
+fn the_chat_counters_are_on_the_admin_ports_metrics_page() {
+    let config = greet::server::ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        admin_addr: Some("127.0.0.1:0".to_string()),
+        ..Default::default()
+    };
+    let server = greet::server::start(&config).unwrap();
+    let client = client(server.addr());
+    for user in ["ann", "bob", "cat"] {
+        let member = Member::join_blocking(&client, "metered", user);
+        block_on(member.leave()).unwrap();
+    }
+    let _stays = Member::join_blocking(&client, "metered", "dan");
+    let admin = server.admin_addr().unwrap().to_string();
+    let (status, body) = common::process::http_get(&admin, "/metrics");
+    assert_eq!(status, 200);
+    for line in ["chat_cache_misses_total 1", "chat_cache_hits_total 3", "chat_rooms 1", "chat_subscribers 1"] {
+        assert!(body.lines().any(|l| l == line), "{line:?} is not on the page:\n{body}");
+    }
 }
 
 #[test]

@@ -84,6 +84,9 @@ struct Args {
     /// chat.v1.Chat: events a chat stream may have waiting before it is cut off.
     #[arg(long, default_value_t = 1024)]
     subscriber_queue: usize,
+    /// Do not serve gRPC server reflection (grpc.reflection.v1 and v1alpha).
+    #[arg(long)]
+    no_reflection: bool,
 }
 
 fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
     config.core_args = args.core_args;
+    config.reflection = !args.no_reflection;
     config.instance_id = args.instance_id;
     config.admin_addr = args.admin_addr;
     config.limits = ServerLimits {

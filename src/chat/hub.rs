@@ -7,7 +7,6 @@
 //! cut: its backlog ends exactly where its subscription starts.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
 
@@ -248,18 +247,18 @@ impl Hub {
     }
 
     fn update_counts(&self) {
-        self.stats.rooms.store(self.rooms.len(), Ordering::SeqCst);
-        let subscribers = self.rooms.values().map(|r| r.fanout.len()).sum();
-        self.stats.subscribers.store(subscribers, Ordering::SeqCst);
+        self.stats.rooms.set(self.rooms.len() as i64);
+        let subscribers: usize = self.rooms.values().map(|r| r.fanout.len()).sum();
+        self.stats.subscribers.set(subscribers as i64);
     }
 
     fn count_lookup(&self, room: &str, missed: bool) {
         if missed {
-            let misses = self.stats.cache_misses.fetch_add(1, Ordering::SeqCst) + 1;
-            let hits = self.stats.cache_hits.load(Ordering::SeqCst);
+            self.stats.cache_misses.inc();
+            let (hits, misses) = (self.stats.cache_hits.get(), self.stats.cache_misses.get());
             info!("chat: cache miss for room {room:?}: read the store ({hits} hits, {misses} misses so far)");
         } else {
-            self.stats.cache_hits.fetch_add(1, Ordering::SeqCst);
+            self.stats.cache_hits.inc();
         }
     }
 
@@ -271,7 +270,7 @@ impl Hub {
         }
         let Backend::Local(store) = &mut self.backend else { unreachable!("local_window is for embedded mode") };
         *missed = true;
-        self.stats.store_reads.fetch_add(1, Ordering::SeqCst);
+        self.stats.store_reads.inc();
         let (messages, last_seq) = store.recent(room, self.cache.window).map_err(ChatError::Unavailable)?;
         self.cache.insert(room, Window::new(last_seq, messages));
         Ok(last_seq)
@@ -287,7 +286,7 @@ impl Hub {
             Backend::Local(_) => (0, (0, 0)),
             Backend::Broker(broker) => {
                 *missed = true;
-                self.stats.store_reads.fetch_add(1, Ordering::SeqCst);
+                self.stats.store_reads.inc();
                 let loaded = broker.load(room, self.cache.window).map_err(ChatError::Unavailable)?;
                 broker.follow(Follow::Start(room.to_string(), loaded.position)).map_err(ChatError::Unavailable)?;
                 let messages = contiguous_tail(loaded.last_seq, loaded.messages);
@@ -312,7 +311,7 @@ impl Hub {
             return Ok(messages);
         }
         *missed = true;
-        self.stats.store_reads.fetch_add(1, Ordering::SeqCst);
+        self.stats.store_reads.inc();
         match &mut self.backend {
             Backend::Local(store) => store.range(room, after, upto),
             Backend::Broker(broker) => broker.range(room, after, upto),
@@ -436,7 +435,7 @@ impl Hub {
             let Some(state) = self.rooms.get_mut(room) else { return };
             for (id, why) in state.fanout.publish(&event) {
                 if let Ended::Lagged { bound } = why {
-                    self.stats.cut_off.fetch_add(1, Ordering::SeqCst);
+                    self.stats.cut_off.inc();
                     let user = self.rooms.get(room).and_then(|r| r.subscribers.get(&id)).cloned().unwrap_or_default();
                     warn!("chat: {user:?} in {room:?} fell behind by {bound} events; disconnected");
                 }

@@ -31,12 +31,12 @@ pub mod store;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
+use prometheus::{IntCounter, IntGauge};
 
 use crate::fanout::{SubscriberId, Subscription};
 use crate::proto::chat::{Message, RoomInfo, ServerEvent};
@@ -117,15 +117,15 @@ impl fmt::Display for ChatError {
     }
 }
 
-/// Counters of the chat, for tests, logs and metrics.
-#[derive(Debug, Default)]
+/// Counters of the chat, for tests, logs and the admin port's `/metrics`
+/// ([`Chat::register_metrics`]); the hub updates them.
 pub struct Stats {
-    pub rooms: AtomicUsize,
-    pub subscribers: AtomicUsize,
-    pub cache_hits: AtomicU64,
-    pub cache_misses: AtomicU64,
-    pub store_reads: AtomicU64,
-    pub cut_off: AtomicU64,
+    pub rooms: IntGauge,
+    pub subscribers: IntGauge,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub store_reads: IntCounter,
+    pub cut_off: IntCounter,
 }
 
 /// A snapshot of [`Stats`].
@@ -146,14 +146,30 @@ pub struct ChatStats {
 }
 
 impl Stats {
+    fn new() -> Result<Stats, prometheus::Error> {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help);
+        let counter = |name: &str, help: &str| IntCounter::new(name, help);
+        Ok(Stats {
+            rooms: gauge("chat_rooms", "Chat rooms with members on this server.")?,
+            subscribers: gauge("chat_subscribers", "Chat streams subscribed to a room on this server.")?,
+            cache_hits: counter(
+                "chat_cache_hits_total",
+                "Joins and History calls served from the recent-messages cache.",
+            )?,
+            cache_misses: counter("chat_cache_misses_total", "Joins and History calls that read the store.")?,
+            store_reads: counter("chat_store_reads_total", "Reads of the history store (SQLite or Redis).")?,
+            cut_off: counter("chat_cut_off_total", "Chat streams cut off for falling behind their room.")?,
+        })
+    }
+
     pub fn snapshot(&self) -> ChatStats {
         ChatStats {
-            rooms: self.rooms.load(Ordering::SeqCst),
-            subscribers: self.subscribers.load(Ordering::SeqCst),
-            cache_hits: self.cache_hits.load(Ordering::SeqCst),
-            cache_misses: self.cache_misses.load(Ordering::SeqCst),
-            store_reads: self.store_reads.load(Ordering::SeqCst),
-            cut_off: self.cut_off.load(Ordering::SeqCst),
+            rooms: self.rooms.get().max(0) as usize,
+            subscribers: self.subscribers.get().max(0) as usize,
+            cache_hits: self.cache_hits.get(),
+            cache_misses: self.cache_misses.get(),
+            store_reads: self.store_reads.get(),
+            cut_off: self.cut_off.get(),
         }
     }
 }
@@ -202,7 +218,8 @@ pub struct Chat {
 impl Chat {
     /// Opens the store (or connects to the broker) and starts the hub.
     pub fn start(config: &ChatConfig) -> Result<Chat, String> {
-        let stats = Arc::new(Stats::default());
+        // The names are constants: only a bad name could fail here.
+        let stats = Arc::new(Stats::new().map_err(|e| format!("chat metrics: {e}"))?);
         let (commands, hub) = hub::start(config, stats.clone())?;
         Ok(Chat { commands, stats, config: Arc::new(config.clone()), hub: Arc::new(Mutex::new(Some(hub))) })
     }
@@ -213,6 +230,18 @@ impl Chat {
 
     pub fn stats(&self) -> ChatStats {
         self.stats.snapshot()
+    }
+
+    /// Adds the chat's counters to `registry` (the server's `/metrics`).
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> Result<(), String> {
+        let s = &self.stats;
+        let gauges = [&s.rooms, &s.subscribers];
+        let counters = [&s.cache_hits, &s.cache_misses, &s.store_reads, &s.cut_off];
+        gauges
+            .into_iter()
+            .try_for_each(|g| registry.register(Box::new(g.clone())))
+            .and_then(|()| counters.into_iter().try_for_each(|c| registry.register(Box::new(c.clone()))))
+            .map_err(|e| format!("chat metrics: {e}"))
     }
 
     async fn ask<T>(

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use futures::future::{self, Either};
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{
-    DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink, UnarySink, WriteFlags,
-};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
+
+use crate::call::{DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
 
 use crate::chat::limits::{self, check_history, check_name, check_text};
 use crate::chat::{now_unix_ms, Chat, ChatError, Event};
