@@ -22,7 +22,8 @@ use protobuf::descriptor::FileDescriptorProto;
 use protobuf::Message;
 use serde_json::{json, Value};
 
-const HOSTED: [&str; 6] = [
+const HOSTED: [&str; 7] = [
+    "chat.v1.Chat",
     "greet_service.GreetService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
