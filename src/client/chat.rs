@@ -311,3 +311,35 @@ async fn session(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_print_as_a_person_reads_them() {
+        let m = Message {
+            user: "ann".into(),
+            text: "hi".into(),
+            time_unix_ms: 86_400_000 + 3_661_999,
+            ..Default::default()
+        };
+        assert_eq!(format_output(&Output::Message(m.clone())).as_deref(), Some("[01:01:01] ann: hi"));
+        assert_eq!(format_output(&Output::Joined("bob".into())).as_deref(), Some("* bob joined"));
+        assert_eq!(format_output(&Output::Left("bob".into())).as_deref(), Some("* bob left"));
+        assert_eq!(format_output(&Output::Sent(m)), None, "one's own lines are not echoed");
+        assert_eq!(format_output(&Output::Notice("lost".into())), None, "notices go to stderr");
+    }
+
+    #[test]
+    fn statuses_that_another_connection_can_fix_are_retried() {
+        let status = |code| grpcio::Error::RpcFailure(grpcio::RpcStatus::new(code));
+        assert!(retryable(&status(RpcStatusCode::UNAVAILABLE)));
+        assert!(retryable(&status(RpcStatusCode::RESOURCE_EXHAUSTED)), "a member cut off resumes");
+        assert!(retryable(&grpcio::Error::RemoteStopped));
+        assert!(!retryable(&status(RpcStatusCode::INVALID_ARGUMENT)));
+        assert!(!retryable(&status(RpcStatusCode::OUT_OF_RANGE)));
+        let finished = grpcio::Error::RpcFinished(Some(grpcio::RpcStatus::new(RpcStatusCode::INVALID_ARGUMENT)));
+        assert!(!retryable(&finished));
+    }
+}
