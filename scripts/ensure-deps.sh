@@ -12,6 +12,10 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 # The TLS tests and the interop matrix make throwaway certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The abuse tests and `make security-check` drive raw HTTP/2 floods from
+# Debian's python3 with its h2 package, and put HAProxy in front of the server.
+/usr/bin/python3 -c 'import h2' >/dev/null 2>&1 || missing+=(python3-h2)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if [ "$#" -gt 0 ]; then

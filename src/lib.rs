@@ -19,13 +19,16 @@
 //! - [`client`]: one function per call pattern, each with a deadline.
 //! - [`route_guide_client`]: the four route guide calls, like grpc-go's client.
 //! - [`interop_client`]: the interop suite's test cases, one function each.
-//! - [`tls`]: PEM files to server credentials and TLS channels.
+//! - [`tls`]: PEM files to server credentials and TLS channels (mutual TLS
+//!   when the server names a client CA).
+//! - [`auth`]: bearer tokens checked on every call, reloaded on SIGHUP.
 //! - [`status`]: how errors become gRPC statuses and one-line CLI errors.
 //! - [`limits`]: what a peer may send, and the status it gets beyond that.
 //! - [`duration`]: the `2s` / `500ms` / `0` syntax of duration flags.
 //! - `src/bin/`: thin binaries (`server`, `client`, `interop-server`,
 //!   `interop-client`) that parse flags and call into this library.
 
+pub mod auth;
 pub mod client;
 pub mod duration;
 pub mod interop_client;

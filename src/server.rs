@@ -13,6 +13,7 @@ use futures_timer::Delay;
 use grpcio::{ChannelBuilder, EnvBuilder, Environment, Server, ServerBuilder, ServerCredentials};
 use log::{info, warn};
 
+use crate::auth::Authenticator;
 use crate::limits;
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::{greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Also serve `grpc.testing.TestService`, the interop suite's service.
     pub interop: bool,
+    /// Require a bearer token on every call (except health and reflection);
+    /// `None` lets anyone call.
+    pub auth: Option<Authenticator>,
     /// Extra integer channel arguments for the C core (`grpc.…` keys), for
     /// tuning without a rebuild; applied after ours, so they win.
     pub core_args: Vec<(String, i32)>,
@@ -59,6 +63,7 @@ impl Default for ServerConfig {
             route_db: None,
             tls: None,
             interop: false,
+            auth: None,
             core_args: Vec::new(),
         }
     }
@@ -165,6 +170,9 @@ fn build(
         .register_service(health_grpc::create_health(health));
     if config.interop {
         builder = builder.register_service(test_grpc::create_test_service(InteropService::default()));
+    }
+    if let Some(auth) = &config.auth {
+        builder = builder.add_checker(auth.checker());
     }
     builder.build().map_err(StartError::Build)
 }

@@ -29,12 +29,76 @@ fn raw_de(mut reader: grpcio::MessageReader) -> grpcio::Result<Vec<u8>> {
 }
 
 fn raw_method(name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
+    raw_method_of(MethodType::Unary, name)
+}
+
+/// A method whose requests and responses are raw bytes, so a test can send
+/// anything at all as a message.
+fn raw_method_of(ty: MethodType, name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
     Method {
-        ty: MethodType::Unary,
+        ty,
         name,
         req_mar: Marshaller { ser: raw_ser, de: raw_de },
         resp_mar: Marshaller { ser: raw_ser, de: raw_de },
     }
+}
+
+/// Every method the server hosts that takes a request message, by pattern.
+const METHODS: &[(&str, MethodType)] = &[
+    ("/greet_service.GreetService/SayHello", MethodType::Unary),
+    ("/greet_service.GreetService/SayHelloServerStreaming", MethodType::ServerStreaming),
+    ("/greet_service.GreetService/SayHelloClientStreaming", MethodType::ClientStreaming),
+    ("/greet_service.GreetService/SayHelloBidirectionalStreaming", MethodType::Duplex),
+    ("/helloworld.Greeter/SayHello", MethodType::Unary),
+    ("/routeguide.RouteGuide/GetFeature", MethodType::Unary),
+    ("/routeguide.RouteGuide/ListFeatures", MethodType::ServerStreaming),
+    ("/routeguide.RouteGuide/RecordRoute", MethodType::ClientStreaming),
+    ("/routeguide.RouteGuide/RouteChat", MethodType::Duplex),
+    ("/grpc.health.v1.Health/Check", MethodType::Unary),
+    ("/grpc.health.v1.Health/Watch", MethodType::ServerStreaming),
+];
+
+/// Calls `method` with `payload` as its one request message (a stream is
+/// then closed); Ok with the replies, or the status.
+fn call_raw(
+    client: &grpcio::Client,
+    method: &'static str,
+    ty: MethodType,
+    payload: &[u8],
+) -> Result<Vec<Vec<u8>>, (RpcStatusCode, String)> {
+    let method = raw_method_of(ty, method);
+    let payload = payload.to_vec();
+    let result: grpcio::Result<Vec<Vec<u8>>> = block_on(async {
+        match ty {
+            MethodType::Unary => Ok(vec![client.unary_call_async(&method, &payload, opt())?.await?]),
+            MethodType::ServerStreaming => client.server_streaming(&method, &payload, opt())?.try_collect().await,
+            MethodType::ClientStreaming => {
+                let (mut sink, receiver) = client.client_streaming(&method, opt())?;
+                let sent = async {
+                    sink.send((payload, WriteFlags::default())).await?;
+                    sink.close().await
+                }
+                .await;
+                greet::client::settle(sent, receiver.await.map(|reply| vec![reply]))
+            }
+            MethodType::Duplex => {
+                let (mut sink, receiver) = client.duplex_streaming(&method, opt())?;
+                let sent = async {
+                    sink.send((payload, WriteFlags::default())).await?;
+                    sink.close().await
+                }
+                .await;
+                greet::client::settle(sent, receiver.try_collect().await)
+            }
+        }
+    });
+    result.map_err(code_of)
+}
+
+/// Field 2, as `depth` nested groups that are never closed: the shape of
+/// RUSTSEC-2024-0437 (unbounded recursion on unknown groups).
+fn nested_groups(depth: usize) -> Vec<u8> {
+    vec![(2 << 3) | 3; depth]
 }
 
 #[test]
@@ -143,6 +207,86 @@ fn a_failing_call_does_not_disturb_a_concurrent_stream() {
         let req = HelloRequest { name: "second".into(), ..Default::default() };
         sink.send((req, WriteFlags::default())).await.unwrap();
         assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello second");
+        greet::client::half_close(&mut sink).await.unwrap();
+        assert!(receiver.try_next().await.unwrap().is_none());
+    });
+}
+
+/// Each payload must end every call with INTERNAL (grpcio's status for a
+/// request it cannot decode before the handler runs) or INVALID_ARGUMENT
+/// (ours, for a stream's request), on every method; the server keeps serving.
+fn assert_every_method_refuses(server: &greet::server::RunningServer, what: &str, payload: &[u8], skip: &[&str]) {
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    for &(method, ty) in METHODS.iter().filter(|(m, _)| !skip.contains(m)) {
+        match call_raw(&client, method, ty, payload) {
+            Err((RpcStatusCode::INTERNAL, _)) | Err((RpcStatusCode::INVALID_ARGUMENT, _)) => {}
+            other => panic!("{what} to {method}: want INTERNAL or INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    assert_eq!(client_for(server).say_hello().unwrap(), "Hello", "the server keeps serving after {what}");
+}
+
+#[test]
+fn a_truncated_message_gets_a_status_on_every_method() {
+    let server = start_server(Duration::ZERO);
+    assert_every_method_refuses(&server, "a truncated field", &[0x0a, 0x64, 0xff], &[]);
+}
+
+#[test]
+fn deeply_nested_unknown_groups_get_a_status_on_every_method() {
+    let server = start_server(Duration::ZERO);
+    for depth in [101, 10_000, 1_000_000] {
+        assert_every_method_refuses(&server, &format!("{depth} nested groups"), &nested_groups(depth), &[]);
+    }
+}
+
+#[test]
+fn invalid_utf8_in_a_string_field_gets_a_status_on_every_method_with_one() {
+    let server = start_server(Duration::ZERO);
+    // Field 1, length 2, an invalid UTF-8 sequence. NoParam has no field 1
+    // (an unknown field is fine); route guide's field 1 is no string, so
+    // the wire type is wrong and those calls fail all the same.
+    let bad_utf8 = [0x0a, 0x02, 0xc3, 0x28];
+    assert_every_method_refuses(&server, "invalid UTF-8", &bad_utf8, &["/greet_service.GreetService/SayHello"]);
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    let reply = call_raw(&client, "/greet_service.GreetService/SayHello", MethodType::Unary, &bad_utf8).unwrap();
+    assert_eq!(reply, vec![b"\x0a\x05Hello".to_vec()]);
+}
+
+#[test]
+fn a_bad_request_on_a_stream_gets_invalid_argument_that_says_why() {
+    let server = start_server(Duration::ZERO);
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    let (code, message) = call_raw(
+        &client,
+        "/greet_service.GreetService/SayHelloBidirectionalStreaming",
+        MethodType::Duplex,
+        &[0x0a, 0x02, 0xc3, 0x28],
+    )
+    .unwrap_err();
+    assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
+    assert!(message.starts_with("cannot decode the request: "), "{message}");
+    assert!(message.contains("UTF-8"), "{message}");
+}
+
+#[test]
+fn an_oversized_message_fails_alone_while_a_stream_on_the_same_connection_goes_on() {
+    let server = start_server(Duration::ZERO);
+    let client = GreetServiceClient::new(greet::client::connect(server.addr()));
+    let (mut sink, mut receiver) = client.say_hello_bidirectional_streaming_opt(opt()).unwrap();
+    let say = |name: &str| (HelloRequest { name: name.into(), ..Default::default() }, WriteFlags::default());
+    block_on(async {
+        sink.send(say("before")).await.unwrap();
+        assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello before");
+    });
+    for oversized in [greet::limits::MAX_RECEIVE_MESSAGE_BYTES + 1, 16 * 1024 * 1024] {
+        let req = NamesList { names: vec!["n".repeat(oversized)], ..Default::default() };
+        let err = block_on(client.say_hello_server_streaming_opt(&req, opt()).unwrap().try_next()).unwrap_err();
+        assert_eq!(code_of(err).0, RpcStatusCode::RESOURCE_EXHAUSTED);
+    }
+    block_on(async {
+        sink.send(say("after")).await.unwrap();
+        assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello after");
         greet::client::half_close(&mut sink).await.unwrap();
         assert!(receiver.try_next().await.unwrap().is_none());
     });

@@ -2,11 +2,14 @@
 //! test time; a client trusting the CA gets through, a plaintext client and
 //! a client trusting another CA do not.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::spawn_server;
 use greet::client::{self, Client};
 use greet::interop_client::{InteropClient, SoakConfig, Target};
 use greet::server::{self, RunningServer, ServerConfig};
@@ -16,12 +19,17 @@ use grpcio::RpcStatusCode;
 /// The name in the server certificate (besides localhost and 127.0.0.1).
 const SERVER_NAME: &str = "greet.test";
 
+/// `openssl req` arguments for a new P-256 key, unencrypted.
+const EC_KEY: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 /// A temp dir holding a CA and a server certificate it signed; removed on drop.
 struct Certs {
     dir: PathBuf,
 }
 
 impl Certs {
+    /// A CA, a server certificate (`server.pem`, `server.key`) and a client
+    /// certificate (`client.pem`, `client.key`), both signed by the CA.
     fn new() -> Certs {
         static N: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
@@ -30,45 +38,53 @@ impl Certs {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("the openssl CLI runs");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        openssl(
+        let certs = Certs { dir };
+        certs.openssl(
             &[
                 &["req", "-x509"][..],
-                &ec,
+                &EC_KEY,
                 &["-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=greet test CA"],
             ]
             .concat(),
         );
-        openssl(
-            &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]].concat(),
+        certs.sign(
+            "server",
+            "/CN=localhost",
+            &format!("subjectAltName=DNS:localhost,DNS:{SERVER_NAME},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
         );
-        std::fs::write(
-            dir.join("ext.cnf"),
-            format!("subjectAltName=DNS:localhost,DNS:{SERVER_NAME},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-        )
-        .unwrap();
-        openssl(&[
+        certs.sign("client", "/CN=greet test client", "extendedKeyUsage=clientAuth\n");
+        certs
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = Command::new("openssl").args(args).current_dir(&self.dir).output().expect("the openssl CLI runs");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `<name>.key` and `<name>.pem`: a new key and its certificate for
+    /// `subject`, signed by the CA, with the extensions in `extensions`.
+    fn sign(&self, name: &str, subject: &str, extensions: &str) {
+        let (key, csr, pem, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.cnf"));
+        self.openssl(&[&["req"][..], &EC_KEY, &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
+        std::fs::write(self.path(&ext), extensions).unwrap();
+        self.openssl(&[
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
             "ca.pem",
             "-CAkey",
             "ca.key",
             "-CAcreateserial",
             "-out",
-            "server.pem",
+            &pem,
             "-days",
             "1",
             "-extfile",
-            "ext.cnf",
+            &ext,
         ]);
-        Certs { dir }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -77,6 +93,11 @@ impl Certs {
 
     fn client_tls(&self, server_name: Option<&str>) -> ClientTls {
         ClientTls::from_file(&self.path("ca.pem"), server_name.map(str::to_string)).unwrap()
+    }
+
+    /// Trusts this CA and presents this directory's client certificate.
+    fn client_tls_with_identity(&self) -> ClientTls {
+        self.client_tls(None).with_identity(&self.path("client.pem"), &self.path("client.key")).unwrap()
     }
 }
 
@@ -87,10 +108,20 @@ impl Drop for Certs {
 }
 
 fn start_tls_server(certs: &Certs) -> RunningServer {
+    start_server_with(ServerTls::from_files(&certs.path("server.pem"), &certs.path("server.key")).unwrap())
+}
+
+/// A server that requires client certificates signed by `certs`' CA.
+fn start_mtls_server(certs: &Certs) -> RunningServer {
     let tls = ServerTls::from_files(&certs.path("server.pem"), &certs.path("server.key")).unwrap();
+    start_server_with(tls.require_client_certs(&certs.path("ca.pem")).unwrap())
+}
+
+fn start_server_with(tls: ServerTls) -> RunningServer {
     server::start(&ServerConfig {
         addr: "127.0.0.1:0".to_string(),
         completion_queues: 2,
+        stream_interval: Duration::ZERO,
         tls: Some(tls),
         interop: true,
         ..Default::default()
@@ -189,4 +220,81 @@ fn server_binary_with_a_key_that_is_not_pem_prints_one_error_line_and_fails() {
         String::from_utf8(out.stderr).unwrap(),
         format!("error: TLS key {} is not PEM (PRIVATE KEY block expected)\n", certs.path("ca.srl").display())
     );
+}
+
+#[test]
+fn mutual_tls_serves_all_four_patterns_to_a_client_with_a_certificate() {
+    let certs = Certs::new();
+    let server = start_mtls_server(&certs);
+    let channel = tls::channel(server.addr(), Some(&certs.client_tls_with_identity()));
+    let client = Client::new(channel, Duration::from_secs(10));
+    let names: Vec<String> = ["Akhil", "Alice"].map(String::from).to_vec();
+    let greetings: Vec<String> = names.iter().map(|n| format!("Hello {n}")).collect();
+    assert_eq!(client.say_hello().unwrap(), "Hello");
+    let mut got = Vec::new();
+    client.server_stream(&names, |m| got.push(m)).unwrap();
+    assert_eq!(got, greetings);
+    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), greetings);
+    let mut got = Vec::new();
+    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
+    assert_eq!(got, greetings);
+}
+
+#[test]
+fn mutual_tls_refuses_a_client_without_a_certificate() {
+    let certs = Certs::new();
+    let server = start_mtls_server(&certs);
+    // Without the server demanding one, the same client gets through.
+    let open = start_tls_server(&certs);
+    let channel = tls::channel(open.addr(), Some(&certs.client_tls(None)));
+    assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+
+    let channel = tls::channel(server.addr(), Some(&certs.client_tls(None)));
+    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+}
+
+#[test]
+fn mutual_tls_refuses_a_client_certificate_from_another_ca() {
+    let (certs, other) = (Certs::new(), Certs::new());
+    let server = start_mtls_server(&certs);
+    // Trusts the right server CA, but its own certificate is signed by another CA.
+    let stranger = certs.client_tls(None).with_identity(&other.path("client.pem"), &other.path("client.key")).unwrap();
+    let channel = tls::channel(server.addr(), Some(&stranger));
+    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+    // A client with the right certificate is still served.
+    let channel = tls::channel(server.addr(), Some(&certs.client_tls_with_identity()));
+    assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+}
+
+#[test]
+fn a_plaintext_client_on_the_mutual_tls_port_fails_and_the_server_keeps_serving() {
+    let certs = Certs::new();
+    let server = start_mtls_server(&certs);
+    let plaintext = Client::new(client::connect(server.addr()), Duration::from_secs(10));
+    assert_eq!(code(plaintext.say_hello()), RpcStatusCode::UNAVAILABLE);
+    let channel = tls::channel(server.addr(), Some(&certs.client_tls_with_identity()));
+    assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+}
+
+#[test]
+fn client_and_server_binaries_speak_mutual_tls() {
+    let certs = Certs::new();
+    let flags = [("--tls-cert", "server.pem"), ("--tls-key", "server.key"), ("--tls-client-ca", "ca.pem")];
+    let flags = flags.iter().flat_map(|(flag, file)| [PathBuf::from(flag), certs.path(file)]);
+    let (_server, addr, _log) = spawn_server(flags);
+    let client = |identity: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_client"));
+        command.args(["--addr", &addr, "--timeout", "10s", "--tls-ca"]).arg(certs.path("ca.pem"));
+        if identity {
+            command.arg("--tls-cert").arg(certs.path("client.pem")).arg("--tls-key").arg(certs.path("client.key"));
+        }
+        command.arg("unary").output().unwrap()
+    };
+    let out = client(true);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "Hello\n");
+    let out = client(false);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("error: UNAVAILABLE: ") && stderr.lines().count() == 1, "stderr: {stderr}");
 }

@@ -8,12 +8,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use greet::auth;
 use greet::client::{self, Client};
 use greet::duration;
 use greet::route_guide_client;
 use greet::status::CliError;
 use greet::tls::{self, ClientTls};
-use grpcio::Channel;
+use grpcio::{Channel, Metadata};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "gRPC greeter client (drop-in for the Go demo's client)")]
@@ -27,6 +28,17 @@ struct Args {
     /// Name to expect in the server's TLS certificate instead of the host of --addr.
     #[arg(long, global = true, requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// Mutual TLS: present this PEM certificate chain to the server (needs
+    /// --tls-ca and --tls-key).
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Send `authorization: Bearer <token>` with every call, the token read
+    /// from this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Deadline of each call, e.g. 30s, 500ms.
     #[arg(long, default_value = "30s", value_parser = duration::parse, global = true)]
     timeout: Duration,
@@ -76,15 +88,29 @@ fn print(line: String) {
 fn channel(args: &Args) -> Result<Channel, String> {
     match &args.tls_ca {
         Some(ca) => {
-            let tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
+            let mut tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
+            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+                tls = tls.with_identity(cert, key)?;
+            }
             Ok(tls::channel(&args.addr, Some(&tls)))
         }
         None => Ok(client::connect(&args.addr)),
     }
 }
 
-fn run(args: &Args, channel: Channel) -> Result<(), CliError> {
-    let client = Client::new(channel.clone(), args.timeout);
+/// The metadata every call carries: the bearer token of --token-file.
+fn headers(args: &Args) -> Result<Option<Metadata>, String> {
+    let Some(path) = &args.token_file else { return Ok(None) };
+    auth::bearer_metadata(&auth::read_token_file(path)?).map(Some)
+}
+
+fn run(args: &Args, channel: Channel, headers: Option<Metadata>) -> Result<(), CliError> {
+    let mut client = Client::new(channel.clone(), args.timeout);
+    let mut route_guide = route_guide_client::Client::new(channel, args.timeout);
+    if let Some(headers) = headers {
+        client = client.with_headers(headers.clone());
+        route_guide = route_guide.with_headers(headers);
+    }
     let names = &args.names;
     let unary = || client.say_hello().map(print);
     let server_stream = || client.server_stream(names, print);
@@ -102,7 +128,7 @@ fn run(args: &Args, channel: Channel) -> Result<(), CliError> {
             bidi()?;
         }
         Command::Greet { name } => print(client.greet(name)?),
-        Command::RouteGuide => route_guide_client::Client::new(channel, args.timeout).run_demo(print)?,
+        Command::RouteGuide => route_guide.run_demo(print)?,
     }
     Ok(())
 }
@@ -110,14 +136,14 @@ fn run(args: &Args, channel: Channel) -> Result<(), CliError> {
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let channel = match channel(&args) {
-        Ok(channel) => channel,
+    let (channel, headers) = match channel(&args).and_then(|channel| Ok((channel, headers(&args)?))) {
+        Ok(set_up) => set_up,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match run(&args, channel) {
+    match run(&args, channel, headers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

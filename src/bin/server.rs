@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use greet::auth::Authenticator;
 use greet::duration;
 use greet::server::{self, ServerConfig};
 use greet::tls::ServerTls;
@@ -37,6 +38,15 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS: require client certificates signed by the CA(s) in this
+    /// PEM file (needs --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer <token>` on every call except health
+    /// and reflection; FILE has lines `TOKEN PRINCIPAL` (# comments allowed)
+    /// and is reread on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    auth_tokens: Option<PathBuf>,
     /// An integer channel argument for the gRPC C core, KEY=VALUE (e.g.
     /// grpc.max_concurrent_streams=100); repeatable. For tuning.
     #[arg(long = "core-arg", value_parser = parse_core_arg)]
@@ -52,33 +62,42 @@ fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
     Ok((key.to_string(), value))
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-
+/// The server's configuration from its flags; the error is one line.
+fn config(args: Args) -> Result<ServerConfig, String> {
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
     config.core_args = args.core_args;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        match ServerTls::from_files(cert, key) {
-            Ok(tls) => config.tls = Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+        let mut tls = ServerTls::from_files(cert, key)?;
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.require_client_certs(ca)?;
         }
+        config.tls = Some(tls);
+    }
+    if let Some(path) = &args.auth_tokens {
+        let auth = Authenticator::from_file(path)?;
+        auth.reload_on_sighup()?;
+        config.auth = Some(auth);
     }
     if let Some(threads) = args.threads {
         config.completion_queues = threads.max(1);
     }
-    let signal = match server::termination_signal() {
-        Ok(signal) => signal,
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let grace = args.grace;
+    let started = config(args).and_then(|config| Ok((config, server::termination_signal()?)));
+    let (config, signal) = match started {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match server::run(&config, signal, args.grace) {
+    match server::run(&config, signal, grace) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
