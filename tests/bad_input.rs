@@ -243,13 +243,24 @@ fn deeply_nested_unknown_groups_get_a_status_on_every_method() {
 #[test]
 fn invalid_utf8_in_a_string_field_gets_a_status_on_every_method_with_one() {
     let server = start_server(Duration::ZERO);
-    // Field 1, length 2, an invalid UTF-8 sequence. NoParam has no field 1
-    // (an unknown field is fine); route guide's field 1 is no string, so
-    // the wire type is wrong and those calls fail all the same.
-    let bad_utf8 = [0x0a, 0x02, 0xc3, 0x28];
-    assert_every_method_refuses(&server, "invalid UTF-8", &bad_utf8, &["/greet_service.GreetService/SayHello"]);
+    // A string field holding an invalid UTF-8 sequence: field 1 of
+    // HelloRequest, NamesList and HealthCheckRequest, field 2 of RouteNote.
+    // (NoParam, Point and Rectangle have no string: the bytes would be an
+    // unknown field, which is fine.)
+    let field_1 = [0x0a, 0x02, 0xc3, 0x28];
+    let skip = [
+        "/greet_service.GreetService/SayHello",
+        "/routeguide.RouteGuide/GetFeature",
+        "/routeguide.RouteGuide/ListFeatures",
+        "/routeguide.RouteGuide/RecordRoute",
+        "/routeguide.RouteGuide/RouteChat",
+    ];
+    assert_every_method_refuses(&server, "invalid UTF-8", &field_1, &skip);
     let client = grpcio::Client::new(greet::client::connect(server.addr()));
-    let reply = call_raw(&client, "/greet_service.GreetService/SayHello", MethodType::Unary, &bad_utf8).unwrap();
+    let note = [0x12, 0x02, 0xc3, 0x28];
+    let (code, _) = call_raw(&client, "/routeguide.RouteGuide/RouteChat", MethodType::Duplex, &note).unwrap_err();
+    assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
+    let reply = call_raw(&client, "/greet_service.GreetService/SayHello", MethodType::Unary, &field_1).unwrap();
     assert_eq!(reply, vec![b"\x0a\x05Hello".to_vec()]);
 }
 
