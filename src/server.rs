@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::executor::block_on;
 use futures::future::{self, Either};
 use futures_timer::Delay;
-use grpcio::{ChannelBuilder, EnvBuilder, Environment, Server, ServerBuilder, ServerCredentials};
+use grpcio::{ChannelBuilder, EnvBuilder, Environment, ResourceQuota, Server, ServerBuilder, ServerCredentials};
 use log::{info, warn};
 
 use crate::auth::Authenticator;
@@ -49,6 +49,12 @@ pub struct ServerConfig {
     /// Require a bearer token on every call (except health and reflection);
     /// `None` lets anyone call.
     pub auth: Option<Authenticator>,
+    /// Calls each completion queue has requested from the core ahead of time
+    /// (grpcio's `requests_slot_per_cq`).
+    pub request_slots_per_cq: usize,
+    /// Memory the core may use for this server's connections and calls
+    /// (a `ResourceQuota`); `None` for no limit.
+    pub memory_quota: Option<usize>,
     /// Extra integer channel arguments for the C core (`grpc.…` keys), for
     /// tuning without a rebuild; applied after ours, so they win.
     pub core_args: Vec<(String, i32)>,
@@ -64,6 +70,8 @@ impl Default for ServerConfig {
             tls: None,
             interop: false,
             auth: None,
+            request_slots_per_cq: 1024,
+            memory_quota: None,
             core_args: Vec::new(),
         }
     }
@@ -157,6 +165,9 @@ fn build(
     };
     // 4 MiB also covers the interop suite's largest message (314,159 bytes).
     let mut args = ChannelBuilder::new(env.clone()).max_receive_message_len(limits::MAX_RECEIVE_MESSAGE_BYTES as i32);
+    if let Some(bytes) = config.memory_quota {
+        args = args.set_resource_quota(ResourceQuota::new(Some("greet-server")).resize_memory(bytes));
+    }
     for (key, value) in &config.core_args {
         let key = CString::new(key.as_str()).map_err(|_| StartError::BadCoreArg(key.clone()))?;
         args = args.raw_cfg_int(key, *value);
@@ -164,6 +175,7 @@ fn build(
     let args = args.build_args();
     let mut builder = ServerBuilder::new(env)
         .channel_args(args)
+        .requests_slot_per_cq(config.request_slots_per_cq.max(1))
         .register_service(greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker)))
         .register_service(helloworld_grpc::create_greeter(HelloWorld))
         .register_service(route_guide_grpc::create_route_guide(RouteGuideService::new(features)))

@@ -47,6 +47,13 @@ struct Args {
     /// and is reread on SIGHUP.
     #[arg(long, value_name = "FILE")]
     auth_tokens: Option<PathBuf>,
+    /// Calls each completion queue requests from the core ahead of time.
+    #[arg(long, default_value_t = ServerConfig::default().request_slots_per_cq)]
+    request_slots: usize,
+    /// Memory the core may use for connections and calls, in MiB (a
+    /// resource quota); default: no limit.
+    #[arg(long, value_name = "MIB")]
+    memory_quota_mib: Option<usize>,
     /// An integer channel argument for the gRPC C core, KEY=VALUE (e.g.
     /// grpc.max_concurrent_streams=100); repeatable. For tuning.
     #[arg(long = "core-arg", value_parser = parse_core_arg)]
@@ -67,6 +74,8 @@ fn config(args: Args) -> Result<ServerConfig, String> {
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
     config.core_args = args.core_args;
+    config.request_slots_per_cq = args.request_slots;
+    config.memory_quota = args.memory_quota_mib.map(|mib| mib << 20);
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let mut tls = ServerTls::from_files(cert, key)?;
         if let Some(ca) = &args.tls_client_ca {
