@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo test lint interop bench security-check
+.PHONY: deps build run-server run-client demo test lint interop bench cluster cluster-stop security-check
 
 deps:
 	@scripts/ensure-deps.sh
@@ -25,6 +25,15 @@ run-client: build
 ## Server + client through the four patterns, then stop; exits with the client's status.
 demo: build
 	scripts/demo.sh $(BIN)
+
+## N replicas on loopback ports behind HAProxy (deploy/haproxy/haproxy.cfg) on PORT.
+N ?= 3
+PORT ?= 8080
+cluster: build
+	scripts/cluster.sh start $(BIN) $(N) $(PORT)
+
+cluster-stop:
+	scripts/cluster.sh stop
 
 test: deps
 	$(CARGO) test --release

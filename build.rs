@@ -6,7 +6,9 @@
 //! rust-protobuf 2, which carries RUSTSEC-2024-0437, so the stubs are written
 //! here from the descriptors the same parser already produced: per service a
 //! `Method` constant per RPC, a typed client, a server trait whose methods
-//! default to UNIMPLEMENTED and a `create_<service>` function.
+//! default to UNIMPLEMENTED, a `<SERVICE>_FULL_NAME` constant and
+//! `create_<service>` / `create_<service>_with`: the latter runs the server's
+//! one per-call hook (`crate::services::CallHooks`) before every handler.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -174,6 +176,13 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
         })
         .collect();
 
+    writeln!(
+        out,
+        "/// The full name of `{full_name}`, as health checking and reflection name it.\n\
+         pub const {}_FULL_NAME: &str = \"{full_name}\";\n",
+        service_snake.to_uppercase()
+    )
+    .unwrap();
     for rpc in &rpcs {
         writeln!(
             out,
@@ -278,6 +287,10 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
         out,
         "/// Wraps a `{name}` implementation into a service to register on a `ServerBuilder`.\n\
          pub fn create_{service_snake}<S: {name} + Send + Clone + 'static>(s: S) -> ::grpcio::Service {{\n    \
+             create_{service_snake}_with(s, crate::services::CallHooks::default())\n\
+         }}\n\n\
+         /// Like `create_{service_snake}`, with `hooks` run before every handler.\n\
+         pub fn create_{service_snake}_with<S: {name} + Send + Clone + 'static>(s: S, hooks: crate::services::CallHooks) -> ::grpcio::Service {{\n    \
              let mut builder = ::grpcio::ServiceBuilder::new();"
     )
     .unwrap();
@@ -291,7 +304,11 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
         writeln!(
             out,
             "    let mut instance = s.clone();\n    \
-             builder = builder.{add}(&{c}, move |ctx, req, resp| instance.{f}(ctx, req, resp));",
+             let call_hooks = hooks.clone();\n    \
+             builder = builder.{add}(&{c}, move |ctx, req, mut sink| {{\n        \
+                 call_hooks.on_call(&ctx, &mut sink);\n        \
+                 instance.{f}(ctx, req, sink)\n    \
+             }});",
             c = rpc.constant,
             f = rpc.fn_name
         )

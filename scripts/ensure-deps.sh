@@ -2,7 +2,8 @@
 # Installs the system packages the build and tests need, if they are missing,
 # and says what it installs: cmake, a C++ compiler, pkg-config and OpenSSL
 # headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
-# and the openssl CLI (tests make throwaway TLS certificates).
+# the openssl CLI (tests make throwaway TLS certificates) and HAProxy (the
+# proxy in front of replicas: `make cluster` and the proxy tests).
 set -euo pipefail
 
 missing=()
@@ -12,10 +13,11 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 # The TLS tests and the interop matrix make throwaway certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The supported deployment puts replicas behind it; tests start their own.
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 # The abuse tests and `make security-check` drive raw HTTP/2 floods from
-# Debian's python3 with its h2 package, and put HAProxy in front of the server.
+# Debian's python3 with its h2 package.
 /usr/bin/python3 -c 'import h2' >/dev/null 2>&1 || missing+=(python3-h2)
-command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if [ "$#" -gt 0 ]; then

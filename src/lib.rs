@@ -15,25 +15,30 @@
 //!   [`services::health`] (`grpc.health.v1.Health`); [`services::CallTracker`]
 //!   counts running calls so shutdown and tests wait on events, not sleeps.
 //! - [`server`]: builds, starts and gracefully stops the server; the binary,
-//!   the tests and the benchmarks all start it through [`server::start`].
-//! - [`client`]: one function per call pattern, each with a deadline.
-//! - [`route_guide_client`]: the four route guide calls, like grpc-go's client.
-//! - [`interop_client`]: the interop suite's test cases, one function each.
-//! - [`tls`]: PEM files to server credentials and TLS channels (mutual TLS
-//!   when the server names a client CA).
-//! - [`auth`]: bearer tokens checked on every call, reloaded on SIGHUP.
+//!   the tests and the benchmarks all start it through
+//!   [`server::start`]; one list of hosted services feeds registration and
+//!   health, and one hook ([`services::CallHooks`]) runs before every call.
+//! - [`admin`]: the admin HTTP port (`/healthz`), on a thread of its own.
+//! - [`client`]: [`client::channel`] builds every channel (targets, TLS,
+//!   balancing, retries, health checking, pooling); then one file per client:
+//!   [`client::greet`], [`client::route_guide`], [`client::interop`] and
+//!   [`client::load`] (the load tool).
+//! - [`tls`]: PEM files to server credentials (mutual TLS when the server
+//!   names a client CA) and client TLS settings (with an optional client
+//!   certificate).
+//! - [`auth`]: bearer tokens checked on every call by a `ServerChecker`,
+//!   reloaded on SIGHUP.
 //! - [`status`]: how errors become gRPC statuses and one-line CLI errors.
 //! - [`limits`]: what a peer may send, and the status it gets beyond that.
 //! - [`duration`]: the `2s` / `500ms` / `0` syntax of duration flags.
 //! - `src/bin/`: thin binaries (`server`, `client`, `interop-server`,
 //!   `interop-client`) that parse flags and call into this library.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod duration;
-pub mod interop_client;
 pub mod limits;
-pub mod route_guide_client;
 pub mod server;
 pub mod services;
 pub mod status;

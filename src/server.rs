@@ -13,22 +13,21 @@ use futures_timer::Delay;
 use grpcio::{ChannelBuilder, EnvBuilder, Environment, ResourceQuota, Server, ServerBuilder, ServerCredentials};
 use log::{info, warn};
 
+use crate::admin::Admin;
 use crate::auth::Authenticator;
 use crate::limits;
 use crate::proto::health::health_check_response::ServingStatus;
-use crate::proto::{greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
+use crate::proto::{self, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
 use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
 use crate::services::helloworld::HelloWorld;
 use crate::services::interop::InteropService;
 use crate::services::route_guide::{self, RouteGuideService};
-use crate::services::CallTracker;
+use crate::services::{CallHooks, CallTracker, Hosted};
 use crate::tls::ServerTls;
 
-/// Full names of the services a server hosts, as the health service reports them.
-pub const SERVICE_NAMES: &[&str] = &["greet_service.GreetService", "helloworld.Greeter", "routeguide.RouteGuide"];
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
-pub const INTEROP_SERVICE_NAME: &str = "grpc.testing.TestService";
+pub const INTEROP_SERVICE_NAME: &str = test_grpc::TEST_SERVICE_FULL_NAME;
 
 /// How to build a server.
 #[derive(Debug, Clone)]
@@ -46,18 +45,61 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Also serve `grpc.testing.TestService`, the interop suite's service.
     pub interop: bool,
+    /// Sent as `x-served-by` on every response; `None`: the bound `host:port`.
+    pub instance_id: Option<String>,
+    /// Where the admin HTTP port (`/healthz`) listens; `None`: no admin port.
+    pub admin_addr: Option<String>,
+    /// Limits a peer runs into, passed to the core as channel arguments.
+    pub limits: ServerLimits,
     /// Require a bearer token on every call (except health and reflection);
     /// `None` lets anyone call.
     pub auth: Option<Authenticator>,
-    /// Calls each completion queue has requested from the core ahead of time
-    /// (grpcio's `requests_slot_per_cq`).
-    pub request_slots_per_cq: usize,
-    /// Memory the core may use for this server's connections and calls
-    /// (a `ResourceQuota`); `None` for no limit.
-    pub memory_quota: Option<usize>,
     /// Extra integer channel arguments for the C core (`grpc.…` keys), for
     /// tuning without a rebuild; applied after ours, so they win.
     pub core_args: Vec<(String, i32)>,
+}
+
+/// What one peer may use of a server; each is a C-core channel argument.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Streams one connection may have open at once (`grpc.max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// Largest message the server accepts, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    pub max_receive_bytes: usize,
+    /// Keepalive enforcement: a client may ping no more often than this when it
+    /// has no call running; one that does is sent GOAWAY (`too_many_pings`).
+    pub min_ping_interval: Duration,
+    /// Connections are closed gracefully (GOAWAY) after this long, so that
+    /// long-lived clients reconnect and rebalance onto new replicas; `None`: never.
+    pub max_connection_age: Option<Duration>,
+    /// How long calls may run on a connection after its age GOAWAY.
+    pub max_connection_age_grace: Duration,
+    /// How long a new connection has to finish its handshake (TLS, and the
+    /// client's HTTP/2 SETTINGS) before it is closed: bounds what silent or
+    /// half-open peers hold (`grpc.server_handshake_timeout_ms`).
+    pub handshake_timeout: Duration,
+    /// Memory the core may use for connections and calls (a `ResourceQuota`);
+    /// `None`: no limit. Measured against the rapid-reset flood: no help
+    /// (README, "Security").
+    pub memory_quota: Option<usize>,
+    /// Calls each completion queue has requested from the core ahead of
+    /// time (grpcio's `requests_slot_per_cq`).
+    pub request_slots_per_cq: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_concurrent_streams: 1000,
+            max_receive_bytes: limits::MAX_RECEIVE_MESSAGE_BYTES,
+            min_ping_interval: Duration::from_secs(10),
+            max_connection_age: None,
+            max_connection_age_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            memory_quota: None,
+            request_slots_per_cq: 1024,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -69,9 +111,10 @@ impl Default for ServerConfig {
             route_db: None,
             tls: None,
             interop: false,
+            instance_id: None,
+            admin_addr: None,
+            limits: ServerLimits::default(),
             auth: None,
-            request_slots_per_cq: 1024,
-            memory_quota: None,
             core_args: Vec::new(),
         }
     }
@@ -90,6 +133,10 @@ pub enum StartError {
     Build(grpcio::Error),
     /// The route guide's feature database cannot be read or parsed.
     RouteDb(String),
+    /// The instance id cannot be sent as a header value.
+    InstanceId(String),
+    /// The admin HTTP port cannot listen.
+    Admin(String),
 }
 
 impl fmt::Display for StartError {
@@ -99,7 +146,7 @@ impl fmt::Display for StartError {
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
             StartError::BadCoreArg(key) => write!(f, "invalid channel argument key {key:?}"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
-            StartError::RouteDb(why) => f.write_str(why),
+            StartError::RouteDb(why) | StartError::InstanceId(why) | StartError::Admin(why) => f.write_str(why),
         }
     }
 }
@@ -113,6 +160,8 @@ pub struct RunningServer {
     addr: String,
     tracker: Arc<CallTracker>,
     health: HealthService,
+    /// Stops with the server (dropped after it).
+    admin: Option<Admin>,
 }
 
 /// How a graceful shutdown ended.
@@ -140,48 +189,104 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let env = Arc::new(EnvBuilder::new().cq_count(config.completion_queues.max(1)).name_prefix("grpc-server").build());
     let tracker = CallTracker::new();
     let health = HealthService::default();
-    let mut server = build(env, config, tracker.clone(), health.clone())?;
+    let hooks = CallHooks::default();
+    let hosted = hosted_services(config, tracker.clone(), health.clone(), hooks.clone())?;
+    let names: Vec<&'static str> = hosted.iter().map(|h| h.name).collect();
+    let mut server = build(env, config, hosted)?;
     let credentials = config.tls.as_ref().map_or_else(ServerCredentials::insecure, ServerTls::credentials);
     let port = server
         .add_listening_port(config.addr.clone(), credentials)
         .map_err(|_| StartError::Bind(config.addr.clone()))?;
+    let addr = format!("{host}:{port}");
+    hooks.set_served_by(config.instance_id.as_deref().unwrap_or(&addr)).map_err(StartError::InstanceId)?;
     server.start();
-    let interop: &[&str] = if config.interop { &[INTEROP_SERVICE_NAME] } else { &[] };
-    for name in SERVICE_NAMES.iter().chain(interop).chain(&[""]) {
+    for name in names.iter().chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
-    Ok(RunningServer { server, addr: format!("{host}:{port}"), tracker, health })
+    let admin = match &config.admin_addr {
+        Some(admin_addr) => Some(Admin::start(admin_addr, health.clone()).map_err(StartError::Admin)?),
+        None => None,
+    };
+    Ok(RunningServer { server, addr, tracker, health, admin })
 }
-
-fn build(
-    env: Arc<Environment>,
+/// Every service the server hosts: the one list that registration, health
+/// and reflection read. Adding a service is one entry here.
+fn hosted_services(
     config: &ServerConfig,
     tracker: Arc<CallTracker>,
     health: HealthService,
-) -> Result<Server, StartError> {
+    hooks: CallHooks,
+) -> Result<Vec<Hosted>, StartError> {
     let features = match &config.route_db {
         Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
         None => route_guide::default_features(),
     };
-    // 4 MiB also covers the interop suite's largest message (314,159 bytes).
-    let mut args = ChannelBuilder::new(env.clone()).max_receive_message_len(limits::MAX_RECEIVE_MESSAGE_BYTES as i32);
-    if let Some(bytes) = config.memory_quota {
+    let mut hosted = vec![
+        Hosted {
+            name: greet_grpc::GREET_SERVICE_FULL_NAME,
+            file: proto::greet::file_descriptor(),
+            service: greet_grpc::create_greet_service_with(
+                Greeter::new(config.stream_interval, tracker),
+                hooks.clone(),
+            ),
+        },
+        Hosted {
+            name: helloworld_grpc::GREETER_FULL_NAME,
+            file: proto::helloworld::file_descriptor(),
+            service: helloworld_grpc::create_greeter_with(HelloWorld, hooks.clone()),
+        },
+        Hosted {
+            name: route_guide_grpc::ROUTE_GUIDE_FULL_NAME,
+            file: proto::route_guide::file_descriptor(),
+            service: route_guide_grpc::create_route_guide_with(RouteGuideService::new(features), hooks.clone()),
+        },
+        Hosted {
+            name: health_grpc::HEALTH_FULL_NAME,
+            file: proto::health::file_descriptor(),
+            service: health_grpc::create_health_with(health, hooks.clone()),
+        },
+    ];
+    if config.interop {
+        hosted.push(Hosted {
+            name: test_grpc::TEST_SERVICE_FULL_NAME,
+            file: proto::test::file_descriptor(),
+            service: test_grpc::create_test_service_with(InteropService::default(), hooks),
+        });
+    }
+    Ok(hosted)
+}
+
+/// The core's channel arguments for `config`: our limits, then `--core-arg`s.
+fn channel_args(env: &Arc<Environment>, config: &ServerConfig) -> Result<ChannelBuilder, StartError> {
+    let limits = &config.limits;
+    let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    let mut args = ChannelBuilder::new(env.clone())
+        .max_receive_message_len(i32::try_from(limits.max_receive_bytes).unwrap_or(i32::MAX))
+        .max_concurrent_stream(i32::try_from(limits.max_concurrent_streams).unwrap_or(i32::MAX))
+        .http2_min_recv_ping_interval_without_data(limits.min_ping_interval)
+        .keepalive_permit_without_calls(true)
+        .raw_cfg_int(c"grpc.server_handshake_timeout_ms".into(), millis(limits.handshake_timeout));
+    if let Some(bytes) = limits.memory_quota {
         args = args.set_resource_quota(ResourceQuota::new(Some("greet-server")).resize_memory(bytes));
+    }
+    if let Some(age) = limits.max_connection_age {
+        args = args
+            .raw_cfg_int(c"grpc.max_connection_age_ms".into(), millis(age))
+            .raw_cfg_int(c"grpc.max_connection_age_grace_ms".into(), millis(limits.max_connection_age_grace));
     }
     for (key, value) in &config.core_args {
         let key = CString::new(key.as_str()).map_err(|_| StartError::BadCoreArg(key.clone()))?;
         args = args.raw_cfg_int(key, *value);
     }
-    let args = args.build_args();
-    let mut builder = ServerBuilder::new(env)
-        .channel_args(args)
-        .requests_slot_per_cq(config.request_slots_per_cq.max(1))
-        .register_service(greet_grpc::create_greet_service(Greeter::new(config.stream_interval, tracker)))
-        .register_service(helloworld_grpc::create_greeter(HelloWorld))
-        .register_service(route_guide_grpc::create_route_guide(RouteGuideService::new(features)))
-        .register_service(health_grpc::create_health(health));
-    if config.interop {
-        builder = builder.register_service(test_grpc::create_test_service(InteropService::default()));
+    Ok(args)
+}
+
+fn build(env: Arc<Environment>, config: &ServerConfig, hosted: Vec<Hosted>) -> Result<Server, StartError> {
+    let mut builder = ServerBuilder::new(env.clone())
+        .channel_args(channel_args(&env, config)?.build_args())
+        .requests_slot_per_cq(config.limits.request_slots_per_cq.max(1));
+    for service in hosted {
+        builder = builder.register_service(service.service);
     }
     if let Some(auth) = &config.auth {
         builder = builder.add_checker(auth.checker());
@@ -209,6 +314,31 @@ impl RunningServer {
     /// The health service, to mark services (not) serving.
     pub fn health(&self) -> &HealthService {
         &self.health
+    }
+
+    /// Where the admin HTTP port listens, if the server has one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(Admin::addr)
+    }
+
+    /// The first step of a drain: every service (gRPC health and `/healthz`)
+    /// reports NOT_SERVING while calls are still served, so that balancers
+    /// (client-side health checking, HAProxy's checks) take the replica out of
+    /// rotation before it stops accepting calls.
+    pub fn begin_drain(&self) {
+        self.health.set_all(ServingStatus::NOT_SERVING);
+    }
+
+    /// [`begin_drain`](Self::begin_drain), keep serving for `delay` so that
+    /// balancers notice, then [`shutdown`](Self::shutdown) within `grace`.
+    pub fn drain(self, delay: Duration, grace: Duration) -> Shutdown {
+        self.begin_drain();
+        if !delay.is_zero() {
+            info!("draining: NOT_SERVING, still serving for {delay:?} so balancers notice");
+            block_on(Delay::new(delay));
+        }
+        info!("draining: no new calls; in-flight calls have up to {grace:?}");
+        self.shutdown(grace)
     }
 
     /// Stops accepting calls, reports NOT_SERVING, lets the calls in flight
@@ -258,18 +388,29 @@ pub fn termination_signal() -> Result<impl std::future::Future<Output = ()>, Str
     })
 }
 
-/// Runs a server until `signal` resolves, then shuts it down gracefully
-/// within `grace`. The binary passes SIGINT/SIGTERM; tests pass a channel.
+/// How a server leaves when its signal comes: see [`RunningServer::drain`].
+#[derive(Debug, Clone, Copy)]
+pub struct DrainPolicy {
+    /// How long it keeps serving while reporting NOT_SERVING.
+    pub delay: Duration,
+    /// How long in-flight calls then have before they are cancelled.
+    pub grace: Duration,
+}
+
+/// Runs a server until `signal` resolves, then drains it (see
+/// [`RunningServer::drain`]). The binary passes SIGINT/SIGTERM; tests pass a channel.
 pub fn run(
     config: &ServerConfig,
     signal: impl std::future::Future<Output = ()>,
-    grace: Duration,
+    drain: DrainPolicy,
 ) -> Result<Shutdown, StartError> {
     let server = start(config)?;
     info!("Server started at {}", server.addr());
+    if let Some(admin) = server.admin_addr() {
+        info!("Admin HTTP port at {admin}");
+    }
     block_on(signal);
-    info!("shutting down: draining calls for up to {grace:?}");
-    let outcome = server.shutdown(grace);
+    let outcome = server.drain(drain.delay, drain.grace);
     info!("server stopped ({outcome:?})");
     Ok(outcome)
 }

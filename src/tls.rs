@@ -1,14 +1,10 @@
-//! TLS: PEM files in, grpcio credentials and channels out. The server and
-//! every client (greeter, route guide, interop) connect through [`channel`].
+//! TLS: PEM files in, what the server and the client connector need out
+//! (channels themselves are built in `client::channel`).
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
 
-use grpcio::{
-    CertificateRequestType, Channel, ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder, Environment,
-    ServerCredentials, ServerCredentialsBuilder,
-};
+use grpcio::{CertificateRequestType, ServerCredentials, ServerCredentialsBuilder};
 
 fn read_pem(path: &Path, what: &str, marker: &str) -> Result<Vec<u8>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
@@ -108,36 +104,4 @@ impl fmt::Debug for ClientTls {
             )
             .finish()
     }
-}
-
-/// A client environment: one completion queue.
-pub fn client_env() -> Arc<Environment> {
-    Arc::new(EnvBuilder::new().cq_count(1).name_prefix("grpc-client").build())
-}
-
-/// A channel to `addr` built from `builder`: TLS when `tls` is given, else plaintext.
-pub fn connect_with(builder: ChannelBuilder, addr: &str, tls: Option<&ClientTls>) -> Channel {
-    match tls {
-        None => builder.connect(addr),
-        Some(tls) => {
-            let mut credentials = ChannelCredentialsBuilder::new();
-            if let Some(ca) = &tls.ca_pem {
-                credentials = credentials.root_cert(ca.clone());
-            }
-            if let Some((cert, key)) = &tls.identity {
-                credentials = credentials.cert(cert.clone(), key.clone());
-            }
-            let mut builder = builder.set_credentials(credentials.build());
-            if let Some(name) = &tls.server_name {
-                builder = builder.override_ssl_target(name.clone());
-            }
-            builder.connect(addr)
-        }
-    }
-}
-
-/// A channel to `addr` on its own environment: TLS when `tls` is given,
-/// else plaintext.
-pub fn channel(addr: &str, tls: Option<&ClientTls>) -> Channel {
-    connect_with(ChannelBuilder::new(client_env()), addr, tls)
 }

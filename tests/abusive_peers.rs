@@ -45,12 +45,12 @@ fn a_bidi_peer_that_never_reads_stalls_only_itself() {
     let client = client_for(&server);
     let names: Vec<String> = (0..2_000).map(|i| format!("ok-{i}")).collect();
     let mut got = Vec::new();
-    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
+    block_on(client.bidi(&names, Duration::ZERO, |m| got.push(m))).unwrap();
     assert_eq!(got, greetings(&names));
     let mut got = Vec::new();
-    client.server_stream(&names, |m| got.push(m)).unwrap();
+    block_on(client.server_stream(&names, |m| got.push(m))).unwrap();
     assert_eq!(got, greetings(&names));
-    assert_eq!(client.say_hello().unwrap(), "Hello");
+    assert_eq!(block_on(client.say_hello()).unwrap(), "Hello");
 
     // The hog gives up; its call ends on the server too.
     receiver.cancel();
@@ -72,9 +72,9 @@ fn a_server_stream_reader_that_stops_reading_stalls_only_itself() {
     let client = client_for(&server);
     let names: Vec<String> = (0..2_000).map(|i| format!("ok-{i}")).collect();
     let mut got = Vec::new();
-    client.server_stream(&names, |m| got.push(m)).unwrap();
+    block_on(client.server_stream(&names, |m| got.push(m))).unwrap();
     assert_eq!(got, greetings(&names));
-    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), greetings(&names));
+    assert_eq!(block_on(client.client_stream(&names, Duration::ZERO)).unwrap(), greetings(&names));
 
     stream.cancel();
     drop(stream);

@@ -3,11 +3,13 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::process::{start_server_command, Process};
 use common::*;
+use futures::executor::block_on;
 use greet::auth::{self, Authenticator, TokenTable};
 use greet::client::{self, Client};
 use greet::proto::health::health_check_response::ServingStatus;
@@ -48,6 +50,13 @@ fn unauthenticated(message: &str) -> (RpcStatusCode, String) {
 
 const MISSING: &str = "missing credentials: this server needs `authorization: Bearer <token>` metadata on every call";
 
+/// The `server` binary on a free port, requiring the tokens in `tokens`.
+fn spawn_server_with_tokens(tokens: &Path) -> (Process, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+    command.args(["--addr", "127.0.0.1:0", "--stream-interval", "0", "--auth-tokens"]).arg(tokens);
+    start_server_command(command)
+}
+
 /// A temp dir for token files; removed on drop.
 struct TempDir(PathBuf);
 
@@ -76,15 +85,15 @@ fn a_known_token_is_served_in_all_four_patterns() {
     let server = start_auth_server();
     let client = client_with(server.addr(), Some("Bearer token-alice"));
     let names = demo_names();
-    assert_eq!(client.say_hello().unwrap(), "Hello");
+    assert_eq!(block_on(client.say_hello()).unwrap(), "Hello");
     let mut got = Vec::new();
-    client.server_stream(&names, |m| got.push(m)).unwrap();
+    block_on(client.server_stream(&names, |m| got.push(m))).unwrap();
     assert_eq!(got, greetings(&names));
-    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), greetings(&names));
+    assert_eq!(block_on(client.client_stream(&names, Duration::ZERO)).unwrap(), greetings(&names));
     let mut got = Vec::new();
-    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
+    block_on(client.bidi(&names, Duration::ZERO, |m| got.push(m))).unwrap();
     assert_eq!(got, greetings(&names));
-    assert_eq!(client.greet("x").unwrap(), "Hello x");
+    assert_eq!(block_on(client.greet("x")).unwrap(), "Hello x");
 }
 
 #[test]
@@ -92,21 +101,21 @@ fn a_call_without_a_token_gets_unauthenticated_in_every_pattern() {
     let server = start_auth_server();
     let client = client_with(server.addr(), None);
     let names = demo_names();
-    assert_eq!(code_of(client.say_hello().unwrap_err()), unauthenticated(MISSING));
+    assert_eq!(code_of(block_on(client.say_hello()).unwrap_err()), unauthenticated(MISSING));
     assert_eq!(
-        code_of(client.server_stream(&names, |_| panic!("no message expected")).unwrap_err()),
+        code_of(block_on(client.server_stream(&names, |_| panic!("no message expected"))).unwrap_err()),
         unauthenticated(MISSING)
     );
-    assert_eq!(code_of(client.client_stream(&names, Duration::ZERO).unwrap_err()), unauthenticated(MISSING));
-    assert_eq!(code_of(client.bidi(&names, Duration::ZERO, |_| ()).unwrap_err()), unauthenticated(MISSING));
-    assert_eq!(code_of(client.greet("x").unwrap_err()), unauthenticated(MISSING));
+    assert_eq!(code_of(block_on(client.client_stream(&names, Duration::ZERO)).unwrap_err()), unauthenticated(MISSING));
+    assert_eq!(code_of(block_on(client.bidi(&names, Duration::ZERO, |_| ())).unwrap_err()), unauthenticated(MISSING));
+    assert_eq!(code_of(block_on(client.greet("x")).unwrap_err()), unauthenticated(MISSING));
 }
 
 #[test]
 fn a_wrong_or_malformed_token_gets_unauthenticated() {
     let server = start_auth_server();
     for value in ["Bearer token-alicf", "Bearer token-alice2", "Bearer ", "Bearer token-bob token-alice"] {
-        let err = client_with(server.addr(), Some(value)).say_hello().unwrap_err();
+        let err = block_on(client_with(server.addr(), Some(value)).say_hello()).unwrap_err();
         let expected = if value == "Bearer " {
             "the authorization metadata is not of the form `Bearer <token>`"
         } else {
@@ -114,10 +123,10 @@ fn a_wrong_or_malformed_token_gets_unauthenticated() {
         };
         assert_eq!(code_of(err), unauthenticated(expected), "{value:?}");
     }
-    let err = client_with(server.addr(), Some("Basic dG9rZW4tYWxpY2U=")).say_hello().unwrap_err();
+    let err = block_on(client_with(server.addr(), Some("Basic dG9rZW4tYWxpY2U=")).say_hello()).unwrap_err();
     assert_eq!(code_of(err), unauthenticated("the authorization metadata is not of the form `Bearer <token>`"));
     // The scheme is case-insensitive.
-    assert_eq!(client_with(server.addr(), Some("bearer token-bob")).say_hello().unwrap(), "Hello");
+    assert_eq!(block_on(client_with(server.addr(), Some("bearer token-bob")).say_hello()).unwrap(), "Hello");
 }
 
 #[test]
@@ -144,7 +153,7 @@ fn the_client_binary_sends_the_token_of_its_token_file() {
     let tokens = dir.write("tokens", TOKENS);
     let good = dir.write("good", "token-bob\n");
     let bad = dir.write("bad", "token-carol\n");
-    let (_server, addr, _log) = spawn_server([PathBuf::from("--auth-tokens"), tokens]);
+    let (_server, addr) = spawn_server_with_tokens(&tokens);
     let unary = |token_file: &PathBuf| {
         Command::new(env!("CARGO_BIN_EXE_client"))
             .args(["--addr", &addr, "--timeout", "10s", "--token-file"])
@@ -181,30 +190,24 @@ fn the_server_binary_refuses_a_malformed_token_file_with_one_line() {
 fn sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens() {
     let dir = TempDir::new("reload");
     let tokens = dir.write("tokens", "token-old olivia\n");
-    let (server, addr, log) = spawn_server([PathBuf::from("--auth-tokens"), tokens.clone()]);
+    let (mut server, addr) = spawn_server_with_tokens(&tokens);
     let old = client_with(&addr, Some("Bearer token-old"));
     let new = client_with(&addr, Some("Bearer token-new"));
-    assert_eq!(old.say_hello().unwrap(), "Hello");
-    assert_eq!(code_of(new.say_hello().unwrap_err()), unauthenticated("invalid bearer token"));
+    assert_eq!(block_on(old.say_hello()).unwrap(), "Hello");
+    assert_eq!(code_of(block_on(new.say_hello()).unwrap_err()), unauthenticated("invalid bearer token"));
 
-    let sighup_and_wait_for = |wanted: &str| {
-        let pid = server.0.id().to_string();
-        assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-        // The reload thread logs when it is done: that line is the event to wait on.
-        loop {
-            let line = log.recv_timeout(Duration::from_secs(10)).expect("the server logs the reload");
-            if line.contains(wanted) {
-                return;
-            }
-        }
+    // The reload thread logs when it is done: that line is the event to wait on.
+    let mut sighup_and_wait_for = |wanted: &str| {
+        server.signal("HUP");
+        server.wait_for_line(wanted, Duration::from_secs(10));
     };
 
     std::fs::write(&tokens, "token-new nadia\n").unwrap();
     sighup_and_wait_for("SIGHUP: reloaded 1 token(s)");
-    assert_eq!(new.say_hello().unwrap(), "Hello");
-    assert_eq!(code_of(old.say_hello().unwrap_err()), unauthenticated("invalid bearer token"));
+    assert_eq!(block_on(new.say_hello()).unwrap(), "Hello");
+    assert_eq!(code_of(block_on(old.say_hello()).unwrap_err()), unauthenticated("invalid bearer token"));
 
     std::fs::write(&tokens, "token-newer\n").unwrap();
     sighup_and_wait_for("SIGHUP: keeping the previous tokens");
-    assert_eq!(new.say_hello().unwrap(), "Hello");
+    assert_eq!(block_on(new.say_hello()).unwrap(), "Hello");
 }

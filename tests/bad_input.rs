@@ -123,14 +123,14 @@ fn undecodable_request_gets_a_status_and_the_server_survives() {
     // Invalid UTF-8 in a proto3 string.
     let bad_utf8 = vec![0x0a, 0x02, 0xc3, 0x28];
     assert!(client.unary_call(&raw_method("/helloworld.Greeter/SayHello"), &bad_utf8, opt()).is_err());
-    assert_eq!(client_for(&server).say_hello().unwrap(), "Hello");
+    assert_eq!(block_on(client_for(&server).say_hello()).unwrap(), "Hello");
 }
 
 #[test]
 fn too_many_names_in_a_list_get_invalid_argument() {
     let server = start_server(Duration::ZERO);
     let names = vec![String::from("x"); MAX_NAMES + 1];
-    let err = client_for(&server).server_stream(&names, |_| panic!("no message expected")).unwrap_err();
+    let err = block_on(client_for(&server).server_stream(&names, |_| panic!("no message expected"))).unwrap_err();
     assert_eq!(
         code_of(err),
         (
@@ -151,9 +151,9 @@ fn too_long_name_gets_invalid_argument_in_every_pattern() {
         format!("name #2 is 1026 bytes long; names are limited to {MAX_NAME_BYTES} bytes"),
     );
 
-    assert_eq!(code_of(client.server_stream(&names, |_| ()).unwrap_err()), expected);
-    assert_eq!(code_of(client.client_stream(&names, Duration::ZERO).unwrap_err()), expected);
-    assert_eq!(code_of(client.bidi(&names, Duration::ZERO, |_| ()).unwrap_err()), expected);
+    assert_eq!(code_of(block_on(client.server_stream(&names, |_| ())).unwrap_err()), expected);
+    assert_eq!(code_of(block_on(client.client_stream(&names, Duration::ZERO)).unwrap_err()), expected);
+    assert_eq!(code_of(block_on(client.bidi(&names, Duration::ZERO, |_| ())).unwrap_err()), expected);
 
     // Names before the bad one are answered. (Step by step: grpcio's client
     // reports an error status as soon as it arrives, even ahead of messages
@@ -171,10 +171,10 @@ fn too_long_name_gets_invalid_argument_in_every_pattern() {
         assert_eq!(code_of(receiver.try_next().await.unwrap_err()), expected);
     });
 
-    let (code, message) = code_of(client.greet(&names[1]).unwrap_err());
+    let (code, message) = code_of(block_on(client.greet(&names[1])).unwrap_err());
     assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
     assert_eq!(message, format!("name #1 is 1026 bytes long; names are limited to {MAX_NAME_BYTES} bytes"));
-    assert_eq!(client.say_hello().unwrap(), "Hello", "the server keeps serving");
+    assert_eq!(block_on(client.say_hello()).unwrap(), "Hello", "the server keeps serving");
 }
 
 #[test]
@@ -223,7 +223,7 @@ fn assert_every_method_refuses(server: &greet::server::RunningServer, what: &str
             other => panic!("{what} to {method}: want INTERNAL or INVALID_ARGUMENT, got {other:?}"),
         }
     }
-    assert_eq!(client_for(server).say_hello().unwrap(), "Hello", "the server keeps serving after {what}");
+    assert_eq!(block_on(client_for(server).say_hello()).unwrap(), "Hello", "the server keeps serving after {what}");
 }
 
 #[test]

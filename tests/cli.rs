@@ -4,13 +4,25 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use common::*;
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
+
+/// Kills the child if a test fails before it exits.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// A loopback address nothing listens on: bound, then released.
 fn closed_addr() -> String {
@@ -62,6 +74,34 @@ fn client_greet_prints_the_helloworld_reply() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "Hello Rust\n");
 }
 
+/// Starts the server binary on a free port; returns it and its address,
+/// read from its "Server started at" log line.
+fn spawn_server(extra: &[&str]) -> (Reaper, String, mpsc::Receiver<String>) {
+    let mut child = Command::new(SERVER)
+        .args(["--addr", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let reaper = Reaper(child);
+    loop {
+        let line = lines_rx.recv_timeout(Duration::from_secs(20)).expect("the server logs its address");
+        if let Some((_, addr)) = line.split_once("Server started at ") {
+            return (reaper, addr.trim().to_string(), lines_rx);
+        }
+    }
+}
+
 #[test]
 fn server_logs_each_name_received() {
     let (_server, addr, lines) = spawn_server(&["--stream-interval", "0"]);
@@ -107,4 +147,76 @@ fn server_rejects_a_core_arg_that_is_not_a_grpc_integer_argument() {
         assert!(stderr.contains(expected), "{arg}: {stderr}");
         assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
     }
+}
+
+fn instance_server(instance: &str) -> greet::server::RunningServer {
+    let config = greet::server::ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        completion_queues: 1,
+        instance_id: Some(instance.to_string()),
+        ..Default::default()
+    };
+    greet::server::start(&config).expect("a server starts on a free loopback port")
+}
+
+#[test]
+fn client_load_prints_a_json_summary_with_calls_per_instance() {
+    let (a, b) = (instance_server("a"), instance_server("b"));
+    let addrs = format!("{},{}", a.addr(), b.addr());
+    let out = Command::new(CLIENT)
+        .args(["--addr", &addrs, "--lb", "round_robin", "load", "--calls", "200", "--concurrency", "4", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    assert_eq!(summary["workload"], "unary");
+    assert_eq!(summary["calls"], 200);
+    assert_eq!(summary["ok"], 200);
+    assert_eq!(summary["failed"], 0);
+    assert_eq!(summary["codes"], serde_json::json!({ "OK": 200 }));
+    let (on_a, on_b) = (summary["instances"]["a"].as_u64().unwrap(), summary["instances"]["b"].as_u64().unwrap());
+    assert_eq!(on_a + on_b, 200, "{summary}");
+    assert!(on_a > 0 && on_b > 0, "round_robin used both: {summary}");
+    for p in ["p50", "p90", "p99", "max"] {
+        assert!(summary["latency_ms"][p].as_f64().unwrap() > 0.0, "{p} in {summary}");
+    }
+}
+
+#[test]
+fn client_load_over_bidi_streams_counts_streams() {
+    let server = instance_server("only");
+    let out = Command::new(CLIENT)
+        .args(["--addr", server.addr(), "load", "--streams", "20", "--messages", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["workload"], "bidi");
+    assert_eq!(summary["codes"], serde_json::json!({ "OK": 20 }));
+    assert_eq!(summary["instances"], serde_json::json!({ "only": 20 }));
+}
+
+#[test]
+fn client_load_against_nothing_reports_failures_and_exits_1() {
+    let out = Command::new(CLIENT)
+        .args(["--addr", &closed_addr(), "--retries", "0", "load", "--calls", "5", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["codes"], serde_json::json!({ "UNAVAILABLE": 5 }));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), "error: LOAD: 5 of 5 calls failed");
+}
+
+#[test]
+fn client_refuses_a_bad_address_list_or_policy_in_one_line() {
+    let out = Command::new(CLIENT).args(["--addr", "127.0.0.1:1,[::1]:2", "unary"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("mixes IPv4 and IPv6"), "{stderr}");
+
+    let out = Command::new(CLIENT).args(["--lb", "random", "unary"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses it");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown load-balancing policy \"random\""));
 }

@@ -221,5 +221,5 @@ fn random_bytes_down_the_raw_call_path_get_an_answer_or_a_status() {
             Ok(())
         })
         .unwrap();
-    assert_eq!(client_for(&server).say_hello().unwrap(), "Hello");
+    assert_eq!(block_on(client_for(&server).say_hello()).unwrap(), "Hello");
 }

@@ -14,21 +14,21 @@ use grpcio::{CallOption, WriteFlags};
 #[test]
 fn unary_answers_hello() {
     let server = start_server(Duration::ZERO);
-    assert_eq!(client_for(&server).say_hello().unwrap(), "Hello");
+    assert_eq!(block_on(client_for(&server).say_hello()).unwrap(), "Hello");
 }
 
 #[test]
 fn server_stream_greets_each_demo_name_in_order() {
     let server = start_server(Duration::ZERO);
     let mut got = Vec::new();
-    client_for(&server).server_stream(&demo_names(), |m| got.push(m)).unwrap();
+    block_on(client_for(&server).server_stream(&demo_names(), |m| got.push(m))).unwrap();
     assert_eq!(got, ["Hello Akhil", "Hello Alice", "Hello Bob"]);
 }
 
 #[test]
 fn client_stream_answers_all_greetings_in_arrival_order() {
     let server = start_server(Duration::ZERO);
-    let got = client_for(&server).client_stream(&demo_names(), Duration::ZERO).unwrap();
+    let got = block_on(client_for(&server).client_stream(&demo_names(), Duration::ZERO)).unwrap();
     assert_eq!(got, ["Hello Akhil", "Hello Alice", "Hello Bob"]);
 }
 
@@ -36,7 +36,7 @@ fn client_stream_answers_all_greetings_in_arrival_order() {
 fn bidi_greets_each_demo_name() {
     let server = start_server(Duration::ZERO);
     let mut got = Vec::new();
-    client_for(&server).bidi(&demo_names(), Duration::ZERO, |m| got.push(m)).unwrap();
+    block_on(client_for(&server).bidi(&demo_names(), Duration::ZERO, |m| got.push(m))).unwrap();
     assert_eq!(got, ["Hello Akhil", "Hello Alice", "Hello Bob"]);
 }
 
@@ -45,10 +45,10 @@ fn empty_list_and_empty_streams_succeed_with_nothing() {
     let server = start_server(Duration::ZERO);
     let client = client_for(&server);
     let mut got = Vec::new();
-    client.server_stream(&[], |m| got.push(m)).unwrap();
-    client.bidi(&[], Duration::ZERO, |m| got.push(m)).unwrap();
+    block_on(client.server_stream(&[], |m| got.push(m))).unwrap();
+    block_on(client.bidi(&[], Duration::ZERO, |m| got.push(m))).unwrap();
     assert!(got.is_empty(), "unexpected messages: {got:?}");
-    assert!(client.client_stream(&[], Duration::ZERO).unwrap().is_empty());
+    assert!(block_on(client.client_stream(&[], Duration::ZERO)).unwrap().is_empty());
 }
 
 #[test]
@@ -59,13 +59,13 @@ fn ten_thousand_names_pass_through_every_streaming_pattern() {
     let expected = greetings(&names);
 
     let mut got = Vec::with_capacity(names.len());
-    client.server_stream(&names, |m| got.push(m)).unwrap();
+    block_on(client.server_stream(&names, |m| got.push(m))).unwrap();
     assert_eq!(got, expected);
 
-    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), expected);
+    assert_eq!(block_on(client.client_stream(&names, Duration::ZERO)).unwrap(), expected);
 
     let mut got = Vec::with_capacity(names.len());
-    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
+    block_on(client.bidi(&names, Duration::ZERO, |m| got.push(m))).unwrap();
     assert_eq!(got, expected);
 }
 
@@ -76,11 +76,11 @@ fn unicode_names_round_trip_unchanged() {
     let names = names(&["Zoë", "李雷", "Ñandú 🦤", "", "O'Brien \"quoted\""]);
     let expected = greetings(&names);
     let mut got = Vec::new();
-    client.server_stream(&names, |m| got.push(m)).unwrap();
+    block_on(client.server_stream(&names, |m| got.push(m))).unwrap();
     assert_eq!(got, expected);
-    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), expected);
+    assert_eq!(block_on(client.client_stream(&names, Duration::ZERO)).unwrap(), expected);
     let mut got = Vec::new();
-    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
+    block_on(client.bidi(&names, Duration::ZERO, |m| got.push(m))).unwrap();
     assert_eq!(got, expected);
 }
 
@@ -106,5 +106,5 @@ fn bidi_answers_each_request_before_the_client_closes() {
 #[test]
 fn helloworld_greeter_answers_hello_name() {
     let server = start_server(Duration::ZERO);
-    assert_eq!(client_for(&server).greet("world").unwrap(), "Hello world");
+    assert_eq!(block_on(client_for(&server).greet("world")).unwrap(), "Hello world");
 }

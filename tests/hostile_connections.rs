@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::time::Duration;
 
 use common::h2::*;
@@ -16,7 +15,7 @@ use futures::prelude::*;
 use greet::proto::greet::HelloRequest;
 use greet::proto::greet_grpc::GreetServiceClient;
 use greet::server::{self, RunningServer, ServerConfig};
-use grpcio::{CallOption, ChannelBuilder, RpcStatusCode, WriteFlags};
+use grpcio::{CallOption, RpcStatusCode, WriteFlags};
 
 /// A server whose handshake deadline is short, so tests that wait for it
 /// to drop a silent peer wait seconds, not the default's minutes.
@@ -32,7 +31,7 @@ fn start_server_with_handshake_timeout(timeout: Duration) -> RunningServer {
 }
 
 fn assert_served(server: &RunningServer) {
-    assert_eq!(client_for(server).say_hello().unwrap(), "Hello", "a well-behaved client is served");
+    assert_eq!(block_on(client_for(server).say_hello()).unwrap(), "Hello", "a well-behaved client is served");
 }
 
 #[test]
@@ -112,7 +111,7 @@ fn a_settings_flood_is_acknowledged_or_cut_off_and_others_are_served() {
     let mut conn = RawConnection::open(server.addr());
     let client = client_for(&server);
     let sent = flood(&mut conn, &frame(SETTINGS, 0, 0, &[]), 20_000);
-    assert_eq!(client.say_hello().unwrap(), "Hello", "served while {sent} SETTINGS frames were sent");
+    assert_eq!(block_on(client.say_hello()).unwrap(), "Hello", "served while {sent} SETTINGS frames were sent");
     // Whatever the server did with them, it still answers this connection's
     // next PING, or has closed it.
     conn.send(&frame(PING, 0, 0, b"12345678")).ok();
@@ -126,17 +125,12 @@ fn a_settings_flood_is_acknowledged_or_cut_off_and_others_are_served() {
 
 #[test]
 fn two_thousand_streams_from_twenty_connections_are_all_served() {
-    const CONNECTIONS: i32 = 20;
+    const CONNECTIONS: usize = 20;
     const PER_CONNECTION: usize = 100;
     let server = start_server(Duration::ZERO);
-    let env = greet::tls::client_env();
-    let clients: Vec<GreetServiceClient> = (0..CONNECTIONS)
-        .map(|i| {
-            // Channels with different arguments never share a connection.
-            let key = CString::new("greet.test.connection").unwrap();
-            GreetServiceClient::new(ChannelBuilder::new(env.clone()).raw_cfg_int(key, i).connect(server.addr()))
-        })
-        .collect();
+    // A pool's channels never share a connection.
+    let pool = greet::client::Connector::new(server.addr()).unwrap().connections(CONNECTIONS).pool();
+    let clients: Vec<GreetServiceClient> = pool.channels().iter().cloned().map(GreetServiceClient::new).collect();
     let opt = || CallOption::default().timeout(Duration::from_secs(60));
     let request = |name: String| (HelloRequest { name, ..Default::default() }, WriteFlags::default());
 
@@ -200,7 +194,7 @@ fn a_server_out_of_file_descriptors_recovers_once_the_idle_connections_close() {
     let mut command = std::process::Command::new("sh");
     command.args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_server"), "--addr", "127.0.0.1:0"]);
     command.args(["--stream-interval", "0"]);
-    let (mut server, addr, _log) = spawn_server_command(command);
+    let (mut server, addr) = common::process::start_server_command(command);
     let idle: Vec<std::net::TcpStream> = (0..400)
         .filter_map(|_| std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).ok())
         .collect();
@@ -210,7 +204,7 @@ fn a_server_out_of_file_descriptors_recovers_once_the_idle_connections_close() {
     let client = greet::client::Client::new(greet::client::connect(&addr), Duration::from_secs(1));
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let recovered = loop {
-        match client.say_hello() {
+        match block_on(client.say_hello()) {
             Ok(reply) => break reply,
             Err(e) => {
                 assert!(std::time::Instant::now() < deadline, "not serving 30 s after the connections closed: {e:?}")
@@ -218,5 +212,5 @@ fn a_server_out_of_file_descriptors_recovers_once_the_idle_connections_close() {
         }
     };
     assert_eq!(recovered, "Hello");
-    assert!(server.0.try_wait().unwrap().is_none(), "the server is still running");
+    assert_eq!(server.wait_exit(Duration::ZERO), None, "the server is still running");
 }

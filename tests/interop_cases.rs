@@ -3,7 +3,7 @@
 //! why: grpcio sends no custom trailing metadata and cannot see whether a
 //! request was compressed (see `greet::services::interop`).
 
-use greet::interop_client::{InteropClient, SoakConfig, Target, TEST_CASES};
+use greet::client::interop::{InteropClient, SoakConfig, Target, TEST_CASES};
 use greet::server::{self, RunningServer, ServerConfig};
 
 fn start_interop_server() -> RunningServer {

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use greet::client;
-use greet::route_guide_client::{self as rg, Client};
+use greet::client::route_guide::{self as rg, Client};
 use greet::server::{self, RunningServer, ServerConfig, StartError};
 use greet::services::route_guide::{distance, point};
 

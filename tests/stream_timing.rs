@@ -18,7 +18,7 @@ fn server_stream_waits_the_interval_between_sends() {
     let server = start_server(interval);
     let started = Instant::now();
     let mut got = Vec::new();
-    client_for(&server).server_stream(&names(&["Akhil", "Alice"]), |m| got.push(m)).unwrap();
+    block_on(client_for(&server).server_stream(&names(&["Akhil", "Alice"]), |m| got.push(m))).unwrap();
     assert_eq!(got, ["Hello Akhil", "Hello Alice"]);
     assert!(started.elapsed() >= interval, "a 2-name stream took {:?}, less than one interval", started.elapsed());
 }
@@ -28,7 +28,7 @@ fn deadline_shorter_than_the_stream_gives_deadline_exceeded() {
     let server = start_server(Duration::from_secs(1));
     let client = Client::new(greet::client::connect(server.addr()), Duration::from_millis(500));
     let mut got = Vec::new();
-    let err = client.server_stream(&demo_names(), |m| got.push(m)).unwrap_err();
+    let err = block_on(client.server_stream(&demo_names(), |m| got.push(m))).unwrap_err();
     assert_eq!(code_of(err).0, RpcStatusCode::DEADLINE_EXCEEDED);
     assert_eq!(got, ["Hello Akhil"], "only the first send fits in the deadline");
     assert!(server.tracker().wait_idle(Duration::from_secs(5)), "the server call ends after the deadline");

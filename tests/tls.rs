@@ -9,11 +9,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::spawn_server;
-use greet::client::{self, Client};
-use greet::interop_client::{InteropClient, SoakConfig, Target};
+use common::process::start_server_command;
+use futures::executor::block_on;
+use greet::client::interop::{InteropClient, SoakConfig, Target};
+use greet::client::{self, Client, Connector};
 use greet::server::{self, RunningServer, ServerConfig};
-use greet::tls::{self, ClientTls, ServerTls};
+use greet::tls::{ClientTls, ServerTls};
 use grpcio::RpcStatusCode;
 
 /// The name in the server certificate (besides localhost and 127.0.0.1).
@@ -129,6 +130,10 @@ fn start_server_with(tls: ServerTls) -> RunningServer {
     .expect("a TLS server starts on a free loopback port")
 }
 
+fn tls_channel(addr: &str, tls: ClientTls) -> grpcio::Channel {
+    Connector::new(addr).expect("a host:port").tls(tls).channel()
+}
+
 fn code(result: grpcio::Result<String>) -> RpcStatusCode {
     match result {
         Err(grpcio::Error::RpcFailure(s)) => s.code(),
@@ -141,8 +146,8 @@ fn a_client_trusting_the_ca_calls_the_tls_server() {
     let certs = Certs::new();
     let server = start_tls_server(&certs);
     for name in [None, Some(SERVER_NAME)] {
-        let channel = tls::channel(server.addr(), Some(&certs.client_tls(name)));
-        assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+        let channel = tls_channel(server.addr(), certs.client_tls(name));
+        assert_eq!(block_on(Client::new(channel, Duration::from_secs(10)).say_hello()).unwrap(), "Hello");
     }
 }
 
@@ -151,23 +156,23 @@ fn a_plaintext_client_to_the_tls_port_fails_unavailable() {
     let certs = Certs::new();
     let server = start_tls_server(&certs);
     let client = Client::new(client::connect(server.addr()), Duration::from_secs(10));
-    assert_eq!(code(client.say_hello()), RpcStatusCode::UNAVAILABLE);
+    assert_eq!(code(block_on(client.say_hello())), RpcStatusCode::UNAVAILABLE);
 }
 
 #[test]
 fn a_client_trusting_another_ca_fails_unavailable() {
     let (certs, other) = (Certs::new(), Certs::new());
     let server = start_tls_server(&certs);
-    let channel = tls::channel(server.addr(), Some(&other.client_tls(None)));
-    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+    let channel = tls_channel(server.addr(), other.client_tls(None));
+    assert_eq!(code(block_on(Client::new(channel, Duration::from_secs(10)).say_hello())), RpcStatusCode::UNAVAILABLE);
 }
 
 #[test]
 fn a_client_expecting_another_server_name_fails_unavailable() {
     let certs = Certs::new();
     let server = start_tls_server(&certs);
-    let channel = tls::channel(server.addr(), Some(&certs.client_tls(Some("not.greet.test"))));
-    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+    let channel = tls_channel(server.addr(), certs.client_tls(Some("not.greet.test")));
+    assert_eq!(code(block_on(Client::new(channel, Duration::from_secs(10)).say_hello())), RpcStatusCode::UNAVAILABLE);
 }
 
 #[test]
@@ -226,18 +231,20 @@ fn server_binary_with_a_key_that_is_not_pem_prints_one_error_line_and_fails() {
 fn mutual_tls_serves_all_four_patterns_to_a_client_with_a_certificate() {
     let certs = Certs::new();
     let server = start_mtls_server(&certs);
-    let channel = tls::channel(server.addr(), Some(&certs.client_tls_with_identity()));
+    let channel = tls_channel(server.addr(), certs.client_tls_with_identity());
     let client = Client::new(channel, Duration::from_secs(10));
     let names: Vec<String> = ["Akhil", "Alice"].map(String::from).to_vec();
     let greetings: Vec<String> = names.iter().map(|n| format!("Hello {n}")).collect();
-    assert_eq!(client.say_hello().unwrap(), "Hello");
-    let mut got = Vec::new();
-    client.server_stream(&names, |m| got.push(m)).unwrap();
-    assert_eq!(got, greetings);
-    assert_eq!(client.client_stream(&names, Duration::ZERO).unwrap(), greetings);
-    let mut got = Vec::new();
-    client.bidi(&names, Duration::ZERO, |m| got.push(m)).unwrap();
-    assert_eq!(got, greetings);
+    block_on(async {
+        assert_eq!(client.say_hello().await.unwrap(), "Hello");
+        let mut got = Vec::new();
+        client.server_stream(&names, |m| got.push(m)).await.unwrap();
+        assert_eq!(got, greetings);
+        assert_eq!(client.client_stream(&names, Duration::ZERO).await.unwrap(), greetings);
+        let mut got = Vec::new();
+        client.bidi(&names, Duration::ZERO, |m| got.push(m)).await.unwrap();
+        assert_eq!(got, greetings);
+    });
 }
 
 #[test]
@@ -246,11 +253,11 @@ fn mutual_tls_refuses_a_client_without_a_certificate() {
     let server = start_mtls_server(&certs);
     // Without the server demanding one, the same client gets through.
     let open = start_tls_server(&certs);
-    let channel = tls::channel(open.addr(), Some(&certs.client_tls(None)));
-    assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+    let channel = tls_channel(open.addr(), certs.client_tls(None));
+    assert_eq!(block_on(Client::new(channel, Duration::from_secs(10)).say_hello()).unwrap(), "Hello");
 
-    let channel = tls::channel(server.addr(), Some(&certs.client_tls(None)));
-    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+    let channel = tls_channel(server.addr(), certs.client_tls(None));
+    assert_eq!(code(block_on(Client::new(channel, Duration::from_secs(10)).say_hello())), RpcStatusCode::UNAVAILABLE);
 }
 
 #[test]
@@ -259,11 +266,11 @@ fn mutual_tls_refuses_a_client_certificate_from_another_ca() {
     let server = start_mtls_server(&certs);
     // Trusts the right server CA, but its own certificate is signed by another CA.
     let stranger = certs.client_tls(None).with_identity(&other.path("client.pem"), &other.path("client.key")).unwrap();
-    let channel = tls::channel(server.addr(), Some(&stranger));
-    assert_eq!(code(Client::new(channel, Duration::from_secs(10)).say_hello()), RpcStatusCode::UNAVAILABLE);
+    let channel = tls_channel(server.addr(), stranger);
+    assert_eq!(code(block_on(Client::new(channel, Duration::from_secs(10)).say_hello())), RpcStatusCode::UNAVAILABLE);
     // A client with the right certificate is still served.
-    let channel = tls::channel(server.addr(), Some(&certs.client_tls_with_identity()));
-    assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+    let channel = tls_channel(server.addr(), certs.client_tls_with_identity());
+    assert_eq!(block_on(Client::new(channel, Duration::from_secs(10)).say_hello()).unwrap(), "Hello");
 }
 
 #[test]
@@ -271,17 +278,18 @@ fn a_plaintext_client_on_the_mutual_tls_port_fails_and_the_server_keeps_serving(
     let certs = Certs::new();
     let server = start_mtls_server(&certs);
     let plaintext = Client::new(client::connect(server.addr()), Duration::from_secs(10));
-    assert_eq!(code(plaintext.say_hello()), RpcStatusCode::UNAVAILABLE);
-    let channel = tls::channel(server.addr(), Some(&certs.client_tls_with_identity()));
-    assert_eq!(Client::new(channel, Duration::from_secs(10)).say_hello().unwrap(), "Hello");
+    assert_eq!(code(block_on(plaintext.say_hello())), RpcStatusCode::UNAVAILABLE);
+    let channel = tls_channel(server.addr(), certs.client_tls_with_identity());
+    assert_eq!(block_on(Client::new(channel, Duration::from_secs(10)).say_hello()).unwrap(), "Hello");
 }
 
 #[test]
 fn client_and_server_binaries_speak_mutual_tls() {
     let certs = Certs::new();
-    let flags = [("--tls-cert", "server.pem"), ("--tls-key", "server.key"), ("--tls-client-ca", "ca.pem")];
-    let flags = flags.iter().flat_map(|(flag, file)| [PathBuf::from(flag), certs.path(file)]);
-    let (_server, addr, _log) = spawn_server(flags);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+    command.args(["--addr", "127.0.0.1:0", "--tls-cert"]).arg(certs.path("server.pem"));
+    command.arg("--tls-key").arg(certs.path("server.key")).arg("--tls-client-ca").arg(certs.path("ca.pem"));
+    let (_server, addr) = start_server_command(command);
     let client = |identity: bool| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_client"));
         command.args(["--addr", &addr, "--timeout", "10s", "--tls-ca"]).arg(certs.path("ca.pem"));

@@ -1,27 +1,52 @@
-//! `client`: the Go demo's client, one call pattern per subcommand.
-//! Stdout carries one line per message received; failures print one line
-//! `error: <CODE>: <message>` to stderr and exit non-zero.
+//! `client`: the Go demo's client, one call pattern per subcommand, plus the
+//! route guide demo and `load`. Stdout carries one line per message received
+//! (`load`: the summary); failures print one line `error: <CODE>: <message>`
+//! to stderr and exit non-zero.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use futures::executor::block_on;
 use greet::auth;
-use greet::client::{self, Client};
+use greet::client::channel::{Keepalive, DEFAULT_RETRIES};
+use greet::client::load::{self, LoadConfig, Workload};
+use greet::client::{route_guide, Client, Connector, LbPolicy};
 use greet::duration;
-use greet::route_guide_client;
 use greet::status::CliError;
-use greet::tls::{self, ClientTls};
-use grpcio::{Channel, Metadata};
+use greet::tls::ClientTls;
+use grpcio::Metadata;
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "gRPC greeter client (drop-in for the Go demo's client)")]
 struct Args {
-    /// Server address, host:port (plaintext unless --tls-ca is given).
+    /// Server address(es): host:port, a comma-separated list of them (the
+    /// later ones are backups under pick_first), or a URI such as dns:///host:port.
     #[arg(long, default_value = "localhost:8080", global = true)]
     addr: String,
+    /// Load balancing over the addresses: pick_first or round_robin (which
+    /// also health-checks every server and skips those NOT_SERVING).
+    #[arg(long, default_value = "pick_first", global = true)]
+    lb: LbPolicy,
+    /// Retries of a call that failed with UNAVAILABLE (exponential backoff,
+    /// by the C core's retry policy); 0 turns retrying off.
+    #[arg(long, default_value_t = DEFAULT_RETRIES, global = true)]
+    retries: u32,
+    /// Calls wait for a server to become reachable (up to --timeout) instead of failing at once.
+    #[arg(long, global = true)]
+    wait_for_ready: bool,
+    /// Connections to open (each a channel of its own); calls are spread over them.
+    #[arg(long, default_value_t = 1, global = true)]
+    connections: usize,
+    /// Send keepalive pings after this long without activity (e.g. 30s); off by default.
+    #[arg(long, value_parser = duration::parse, global = true)]
+    keepalive: Option<Duration>,
+    /// Close the connection if a keepalive ping is not answered within this.
+    #[arg(long, default_value = "20s", value_parser = duration::parse, global = true)]
+    keepalive_timeout: Duration,
     /// Connect over TLS, trusting the CA certificate(s) in this PEM file.
     #[arg(long, global = true)]
     tls_ca: Option<PathBuf>,
@@ -73,6 +98,31 @@ enum Command {
     /// routeguide.RouteGuide: GetFeature, ListFeatures, RecordRoute and
     /// RouteChat, like grpc-go's route_guide client.
     RouteGuide,
+    /// Many calls at once over the connections; prints a summary (calls by
+    /// status and by serving instance, latency percentiles, rate).
+    Load(LoadArgs),
+}
+
+#[derive(ClapArgs, Debug)]
+struct LoadArgs {
+    /// Unary SayHello calls to make.
+    #[arg(long, default_value_t = 10_000, conflicts_with = "streams")]
+    calls: usize,
+    /// Bidi streams to open instead of unary calls.
+    #[arg(long)]
+    streams: Option<usize>,
+    /// Request/answer round trips on each bidi stream.
+    #[arg(long, default_value_t = 10, requires = "streams")]
+    messages: usize,
+    /// Calls (or streams) in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Start calls at this fixed rate per second instead of as fast as possible.
+    #[arg(long)]
+    rps: Option<f64>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Prints one received message. A reader that went away (`client ... | head`)
@@ -84,18 +134,22 @@ fn print(line: String) {
     }
 }
 
-/// A plaintext channel, or a TLS one with --tls-ca; the error is one line.
-fn channel(args: &Args) -> Result<Channel, String> {
-    match &args.tls_ca {
-        Some(ca) => {
-            let mut tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
-            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-                tls = tls.with_identity(cert, key)?;
-            }
-            Ok(tls::channel(&args.addr, Some(&tls)))
+/// The connector the flags describe; the error is one line.
+fn connector(args: &Args) -> Result<Connector, String> {
+    let mut connector = Connector::new(&args.addr)?
+        .lb(args.lb)
+        .retries(args.retries)
+        .wait_for_ready(args.wait_for_ready)
+        .connections(args.connections)
+        .keepalive(args.keepalive.map(|time| Keepalive { time, timeout: args.keepalive_timeout }));
+    if let Some(ca) = &args.tls_ca {
+        let mut tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            tls = tls.with_identity(cert, key)?;
         }
-        None => Ok(client::connect(&args.addr)),
+        connector = connector.tls(tls);
     }
+    Ok(connector)
 }
 
 /// The metadata every call carries: the bearer token of --token-file.
@@ -104,46 +158,86 @@ fn headers(args: &Args) -> Result<Option<Metadata>, String> {
     auth::bearer_metadata(&auth::read_token_file(path)?).map(Some)
 }
 
-fn run(args: &Args, channel: Channel, headers: Option<Metadata>) -> Result<(), CliError> {
+async fn run(args: &Args, connector: &Connector, headers: Option<Metadata>) -> Result<(), CliError> {
+    let channel = connector.channel();
     let mut client = Client::new(channel.clone(), args.timeout);
-    let mut route_guide = route_guide_client::Client::new(channel, args.timeout);
     if let Some(headers) = headers {
-        client = client.with_headers(headers.clone());
-        route_guide = route_guide.with_headers(headers);
+        client = client.with_headers(headers);
     }
     let names = &args.names;
-    let unary = || client.say_hello().map(print);
-    let server_stream = || client.server_stream(names, print);
-    let client_stream = || client.client_stream(names, args.interval).map(|list| list.into_iter().for_each(print));
-    let bidi = || client.bidi(names, args.interval, print);
     match &args.command {
-        Command::Unary => unary()?,
-        Command::ServerStream => server_stream()?,
-        Command::ClientStream => client_stream()?,
-        Command::Bidi => bidi()?,
+        Command::Unary => print(client.say_hello().await?),
+        Command::ServerStream => client.server_stream(names, print).await?,
+        Command::ClientStream => client.client_stream(names, args.interval).await?.into_iter().for_each(print),
+        Command::Bidi => client.bidi(names, args.interval, print).await?,
         Command::All => {
-            unary()?;
-            server_stream()?;
-            client_stream()?;
-            bidi()?;
+            print(client.say_hello().await?);
+            client.server_stream(names, print).await?;
+            client.client_stream(names, args.interval).await?.into_iter().for_each(print);
+            client.bidi(names, args.interval, print).await?;
         }
-        Command::Greet { name } => print(client.greet(name)?),
-        Command::RouteGuide => route_guide.run_demo(print)?,
+        Command::Greet { name } => print(client.greet(name).await?),
+        // These block on their own (see main).
+        Command::RouteGuide | Command::Load(_) => unreachable!("run from main"),
     }
     Ok(())
+}
+
+/// `client load`: the run, a progress bar on stderr (shown on a terminal
+/// only), the summary on stdout. Fails if any call failed.
+fn run_load(args: &Args, load_args: &LoadArgs, connector: &Connector) -> Result<(), CliError> {
+    let workload = match load_args.streams {
+        Some(streams) => Workload::Bidi { streams, messages: load_args.messages },
+        None => Workload::Unary { calls: load_args.calls },
+    };
+    if let Some(rps) = load_args.rps {
+        if !(rps.is_finite() && rps > 0.0) {
+            return Err(CliError::new("INVALID_ARGUMENT", format!("--rps must be a positive number, got {rps}")));
+        }
+    }
+    let config = LoadConfig { workload, concurrency: load_args.concurrency, rps: load_args.rps, timeout: args.timeout };
+    let bar = ProgressBar::new(workload.calls() as u64);
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}") {
+        bar.set_style(style);
+    }
+    let pool = connector.pool();
+    let summary = load::run(&pool, &config, &|done, _| bar.set_position(done));
+    bar.finish_and_clear();
+    if load_args.json {
+        print(summary.to_json().to_string());
+    } else {
+        print(summary.to_text());
+    }
+    match summary.failed() {
+        0 => Ok(()),
+        failed => Err(CliError::new("LOAD", format!("{failed} of {} calls failed", workload.calls()))),
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let (channel, headers) = match channel(&args).and_then(|channel| Ok((channel, headers(&args)?))) {
+    let (connector, headers) = match connector(&args).and_then(|connector| Ok((connector, headers(&args)?))) {
         Ok(set_up) => set_up,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match run(&args, channel, headers) {
+    let result = match &args.command {
+        Command::Load(load_args) => run_load(&args, load_args, &connector),
+        // The route guide client makes its calls one after another, blocking.
+        Command::RouteGuide => {
+            let mut client = route_guide::Client::new(connector.channel(), args.timeout);
+            if let Some(headers) = headers {
+                client = client.with_headers(headers);
+            }
+            client.run_demo(print).map_err(CliError::from)
+        }
+        // The one place the client blocks.
+        _ => block_on(run(&args, &connector, headers)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use greet::interop_client::{InteropClient, SoakConfig, Target};
+use greet::client::interop::{InteropClient, SoakConfig, Target};
 use greet::tls::ClientTls;
 
 #[derive(Parser, Debug)]
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
     };
     let client = InteropClient::new(target, soak);
     let cases: Vec<&str> = if args.test_case == "all" {
-        greet::interop_client::TEST_CASES.to_vec()
+        greet::client::interop::TEST_CASES.to_vec()
     } else {
         vec![args.test_case.as_str()]
     };

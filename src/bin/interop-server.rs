@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
-use greet::server::{self, ServerConfig};
+use greet::server::{self, DrainPolicy, ServerConfig};
 use greet::tls::ServerTls;
 
 #[derive(Parser, Debug)]
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(&config, signal, Duration::from_secs(5)) {
+    match server::run(&config, signal, DrainPolicy { delay: Duration::ZERO, grace: Duration::from_secs(5) }) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use greet::auth::Authenticator;
 use greet::duration;
-use greet::server::{self, ServerConfig};
+use greet::server::{self, DrainPolicy, ServerConfig, ServerLimits};
 use greet::tls::ServerTls;
 
 #[derive(Parser, Debug)]
@@ -25,9 +25,34 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// On SIGINT/SIGTERM, how long in-flight calls may take to finish
-    /// before they are cancelled.
+    /// before they are cancelled (after --drain-delay).
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     grace: Duration,
+    /// On SIGINT/SIGTERM, how long to keep serving while health reports
+    /// NOT_SERVING, so that balancers take this replica out first.
+    #[arg(long, default_value = "0", value_parser = duration::parse)]
+    drain_delay: Duration,
+    /// Sent as the `x-served-by` header on every response; default: the bound host:port.
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Serve the admin HTTP port (/healthz) here, host:port; off by default.
+    #[arg(long)]
+    admin_addr: Option<String>,
+    /// Streams one connection may have open at once.
+    #[arg(long, default_value_t = ServerLimits::default().max_concurrent_streams)]
+    max_concurrent_streams: u32,
+    /// Largest message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = ServerLimits::default().max_receive_bytes)]
+    max_recv_bytes: usize,
+    /// Keepalive enforcement: clients may ping no more often than this while idle.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    min_ping_interval: Duration,
+    /// Close connections gracefully after this long so clients rebalance (e.g. 30m); 0: never.
+    #[arg(long, default_value = "0", value_parser = duration::parse)]
+    max_connection_age: Duration,
+    /// Time calls still have on a connection closed for its age.
+    #[arg(long, default_value = "30s", value_parser = duration::parse)]
+    max_connection_age_grace: Duration,
     /// Feature database of routeguide.RouteGuide, in grpc-go's
     /// route_guide_db.json format; default: a few built-in features.
     #[arg(long)]
@@ -47,8 +72,12 @@ struct Args {
     /// and is reread on SIGHUP.
     #[arg(long, value_name = "FILE")]
     auth_tokens: Option<PathBuf>,
+    /// How long a new connection has to finish its handshake (TLS and the
+    /// client's HTTP/2 SETTINGS) before it is closed.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    handshake_timeout: Duration,
     /// Calls each completion queue requests from the core ahead of time.
-    #[arg(long, default_value_t = ServerConfig::default().request_slots_per_cq)]
+    #[arg(long, default_value_t = ServerLimits::default().request_slots_per_cq)]
     request_slots: usize,
     /// Memory the core may use for connections and calls, in MiB (a
     /// resource quota); default: no limit.
@@ -74,8 +103,18 @@ fn config(args: Args) -> Result<ServerConfig, String> {
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
     config.core_args = args.core_args;
-    config.request_slots_per_cq = args.request_slots;
-    config.memory_quota = args.memory_quota_mib.map(|mib| mib << 20);
+    config.instance_id = args.instance_id;
+    config.admin_addr = args.admin_addr;
+    config.limits = ServerLimits {
+        max_concurrent_streams: args.max_concurrent_streams,
+        max_receive_bytes: args.max_recv_bytes,
+        min_ping_interval: args.min_ping_interval,
+        max_connection_age: (!args.max_connection_age.is_zero()).then_some(args.max_connection_age),
+        max_connection_age_grace: args.max_connection_age_grace,
+        handshake_timeout: args.handshake_timeout,
+        memory_quota: args.memory_quota_mib.map(|mib| mib << 20),
+        request_slots_per_cq: args.request_slots,
+    };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let mut tls = ServerTls::from_files(cert, key)?;
         if let Some(ca) = &args.tls_client_ca {
@@ -97,7 +136,7 @@ fn config(args: Args) -> Result<ServerConfig, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let grace = args.grace;
+    let drain = DrainPolicy { delay: args.drain_delay, grace: args.grace };
     let started = config(args).and_then(|config| Ok((config, server::termination_signal()?)));
     let (config, signal) = match started {
         Ok(started) => started,
@@ -106,7 +145,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server::run(&config, signal, grace) {
+    match server::run(&config, signal, drain) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -60,13 +60,18 @@ impl HealthService {
         }
     }
 
+    /// Sets every known service (the whole server included) to `status`.
+    pub fn set_all(&self, status: ServingStatus) {
+        let services: Vec<String> = self.lock().statuses.keys().cloned().collect();
+        for service in &services {
+            self.set_status(service, status);
+        }
+    }
+
     /// Marks every service NOT_SERVING and ends every Watch call once it has
     /// been told, so that a graceful shutdown is not held up by watchers.
     pub fn shutdown(&self) {
-        let services: Vec<String> = self.lock().statuses.keys().cloned().collect();
-        for service in &services {
-            self.set_status(service, ServingStatus::NOT_SERVING);
-        }
+        self.set_all(ServingStatus::NOT_SERVING);
         let mut state = self.lock();
         state.shut_down = true;
         for watcher in state.watchers.drain(..) {

@@ -7,8 +7,69 @@ pub mod interop;
 pub mod route_guide;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use grpcio::{
+    ClientStreamingSink, DuplexSink, Metadata, MetadataBuilder, RpcContext, ServerStreamingSink, Service, UnarySink,
+};
+use protobuf::reflect::FileDescriptor;
+
+/// One service a server hosts: its full name (what health checking and
+/// reflection call it), the file that declares it, and the handlers to
+/// register. The server's list of these is the one place a service is added.
+pub struct Hosted {
+    pub name: &'static str,
+    pub file: &'static FileDescriptor,
+    pub service: Service,
+}
+
+/// Runs before every handler of every hosted service (the generated
+/// `create_<service>_with` calls it), so that what each call needs is set in
+/// one place: today, the `x-served-by` response header naming the instance.
+#[derive(Clone, Default)]
+pub struct CallHooks {
+    /// Sent as the initial metadata of every call once set (the instance id
+    /// defaults to the bound address, known only after the services are built).
+    headers: Arc<OnceLock<Metadata>>,
+}
+
+/// The response header that names the instance that served a call.
+pub const SERVED_BY_HEADER: &str = "x-served-by";
+
+impl CallHooks {
+    /// Answers every call from now on with `x-served-by: <instance>`.
+    pub fn set_served_by(&self, instance: &str) -> Result<(), String> {
+        let mut headers = MetadataBuilder::new();
+        headers
+            .add_str(SERVED_BY_HEADER, instance)
+            .map_err(|e| format!("instance id {instance:?} cannot be sent as a header: {e}"))?;
+        self.headers.set(headers.build()).map_err(|_| "the instance id is already set".to_string())
+    }
+
+    /// Called by the generated handler wrappers before the service's method.
+    pub fn on_call<S: ResponseHeaders>(&self, _ctx: &RpcContext, sink: &mut S) {
+        if let Some(headers) = self.headers.get() {
+            sink.set_response_headers(headers.clone());
+        }
+    }
+}
+
+/// A server-side sink whose initial metadata can be set before its first send.
+pub trait ResponseHeaders {
+    fn set_response_headers(&mut self, headers: Metadata);
+}
+
+macro_rules! response_headers {
+    ($($sink:ident),*) => {$(
+        impl<T> ResponseHeaders for $sink<T> {
+            fn set_response_headers(&mut self, headers: Metadata) {
+                self.set_headers(headers);
+            }
+        }
+    )*};
+}
+response_headers!(UnarySink, ClientStreamingSink, ServerStreamingSink, DuplexSink);
 
 /// Counts the calls a server is running, so that shutdown and tests can wait
 /// for them to end instead of guessing with sleeps.

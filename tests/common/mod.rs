@@ -1,13 +1,6 @@
 //! Shared test set-up: a server on a free loopback port and a client for it.
 #![allow(dead_code)]
 
-pub mod h2;
-
-use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use greet::client::{self, Client};
@@ -49,48 +42,5 @@ pub fn code_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
         other => panic!("expected a status from the server, got {other:?}"),
     }
 }
-
-/// Kills and reaps the child whatever happens to the test.
-pub struct Reaper(pub Child);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the `server` binary on a free loopback port with `extra` flags;
-/// returns it, its address (read from its "Server started at" log line) and
-/// the rest of its log lines.
-pub fn spawn_server<I, S>(extra: I) -> (Reaper, String, mpsc::Receiver<String>)
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
-    command.args(["--addr", "127.0.0.1:0"]).args(extra);
-    spawn_server_command(command)
-}
-
-/// Runs `command`, which starts the `server` binary (perhaps through a
-/// wrapper) on a free port; returns what [`spawn_server`] does.
-pub fn spawn_server_command(mut command: Command) -> (Reaper, String, mpsc::Receiver<String>) {
-    let mut child = command.env("RUST_LOG", "info").stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines_rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let reaper = Reaper(child);
-    loop {
-        let line = lines_rx.recv_timeout(Duration::from_secs(20)).expect("the server logs its address");
-        if let Some((_, addr)) = line.split_once("Server started at ") {
-            return (reaper, addr.trim().to_string(), lines_rx);
-        }
-    }
-}
+pub mod h2;
+pub mod process;

@@ -1,14 +1,13 @@
-//! The client: one function per call pattern, each call with a deadline.
-//! Results come back as they arrive through `on_message`, so a caller can
-//! print streamed answers at once.
+//! The GreetService client: one `async fn` per call pattern, each call with
+//! a deadline. Results come back as they arrive through `on_message`, so a
+//! caller can print streamed answers at once. Callers block once, at the top
+//! (the CLI's `main`, a test), never inside these functions.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::executor::block_on;
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{CallOption, Channel, ChannelBuilder, EnvBuilder, Environment, Metadata, StreamingCallSink, WriteFlags};
+use grpcio::{CallOption, Channel, Metadata, StreamingCallSink, WriteFlags};
 
 use crate::proto::greet::{HelloRequest, NamesList, NoParam};
 use crate::proto::greet_grpc::GreetServiceClient;
@@ -17,12 +16,6 @@ use crate::proto::helloworld_grpc::GreeterClient;
 
 /// The demo client's names.
 pub const DEMO_NAMES: &[&str] = &["Akhil", "Alice", "Bob"];
-
-/// A plaintext channel to `addr` on its own single-queue environment.
-pub fn connect(addr: &str) -> Channel {
-    let env: Arc<Environment> = Arc::new(EnvBuilder::new().cq_count(1).name_prefix("grpc-client").build());
-    ChannelBuilder::new(env).connect(addr)
-}
 
 /// Calls `greet_service.GreetService` and `helloworld.Greeter`.
 #[derive(Clone)]
@@ -69,36 +62,39 @@ impl Client {
     }
 
     /// Unary `SayHello`: the server's greeting ("Hello").
-    pub fn say_hello(&self) -> grpcio::Result<String> {
-        Ok(self.greet.say_hello_opt(&NoParam::default(), self.call_option())?.message)
+    pub async fn say_hello(&self) -> grpcio::Result<String> {
+        Ok(self.greet.say_hello_async_opt(&NoParam::default(), self.call_option())?.await?.message)
     }
 
     /// Server streaming: one greeting per name, passed to `on_message` as it arrives.
-    pub fn server_stream(&self, names: &[String], mut on_message: impl FnMut(String)) -> grpcio::Result<()> {
+    pub async fn server_stream(&self, names: &[String], mut on_message: impl FnMut(String)) -> grpcio::Result<()> {
         let req = NamesList { names: names.to_vec(), ..Default::default() };
         let mut stream = self.greet.say_hello_server_streaming_opt(&req, self.call_option())?;
-        block_on(async {
-            while let Some(resp) = stream.try_next().await? {
-                on_message(resp.message);
-            }
-            Ok(())
-        })
+        while let Some(resp) = stream.try_next().await? {
+            on_message(resp.message);
+        }
+        Ok(())
     }
 
     /// Client streaming: sends the names `interval` apart, then closes its
     /// side and returns the server's list of greetings.
-    pub fn client_stream(&self, names: &[String], interval: Duration) -> grpcio::Result<Vec<String>> {
+    pub async fn client_stream(&self, names: &[String], interval: Duration) -> grpcio::Result<Vec<String>> {
         let (mut sink, receiver) = self.greet.say_hello_client_streaming_opt(self.call_option())?;
-        let sent = block_on(send_paced(&mut sink, names, interval));
+        let sent = send_paced(&mut sink, names, interval).await;
         // When sending fails the server has ended the call; its status is
         // what the receiver reports, so prefer it over the send error.
-        let received = block_on(receiver);
+        let received = receiver.await;
         settle(sent, received).map(|list| list.messages)
     }
 
     /// Bidirectional streaming: sends the names `interval` apart while
     /// receiving, concurrently, each greeting as the server answers it.
-    pub fn bidi(&self, names: &[String], interval: Duration, mut on_message: impl FnMut(String)) -> grpcio::Result<()> {
+    pub async fn bidi(
+        &self,
+        names: &[String],
+        interval: Duration,
+        mut on_message: impl FnMut(String),
+    ) -> grpcio::Result<()> {
         let (mut sink, mut receiver) = self.greet.say_hello_bidirectional_streaming_opt(self.call_option())?;
         let send = send_paced(&mut sink, names, interval);
         let receive = async {
@@ -107,14 +103,14 @@ impl Client {
             }
             Ok::<(), grpcio::Error>(())
         };
-        let (sent, received) = block_on(future::join(send, receive));
+        let (sent, received) = future::join(send, receive).await;
         settle(sent, received)
     }
 
     /// Unary `helloworld.Greeter/SayHello` for `name`.
-    pub fn greet(&self, name: &str) -> grpcio::Result<String> {
+    pub async fn greet(&self, name: &str) -> grpcio::Result<String> {
         let req = helloworld::HelloRequest { name: name.to_string(), ..Default::default() };
-        Ok(self.hello.say_hello_opt(&req, self.call_option())?.message)
+        Ok(self.hello.say_hello_async_opt(&req, self.call_option())?.await?.message)
     }
 }
 

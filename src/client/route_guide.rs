@@ -8,7 +8,8 @@ use futures::executor::block_on;
 use futures::prelude::*;
 use grpcio::{CallOption, Channel, Metadata, WriteFlags};
 
-use crate::client::{call_option, settle};
+use super::greet::call_option;
+use super::settle;
 use crate::proto::route_guide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
 use crate::proto::route_guide_grpc::RouteGuideClient;
 use crate::services::route_guide::point;

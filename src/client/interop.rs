@@ -13,15 +13,15 @@
 //! cannot check request compression fails them; the `*_noprobe` variants
 //! (grpc-java's names) skip the probe.
 
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use futures::prelude::*;
-use grpcio::{CallOption, Channel, ChannelBuilder, Environment, Metadata, MetadataBuilder, RpcStatusCode, WriteFlags};
+use grpcio::{CallOption, Channel, Metadata, MetadataBuilder, RpcStatusCode, WriteFlags};
 
-use crate::client::half_close;
+use super::half_close;
+use super::Connector;
 use crate::proto::empty::Empty;
 use crate::proto::messages::{
     BoolValue, EchoStatus, Payload, PayloadType, ResponseParameters, SimpleRequest, SimpleResponse,
@@ -30,7 +30,7 @@ use crate::proto::messages::{
 use crate::proto::test_grpc::{TestServiceClient, UnimplementedServiceClient};
 use crate::services::interop::{COMPRESSION_REQUEST_KEY, ECHO_INITIAL_KEY, ECHO_TRAILING_KEY};
 use crate::status::code_name;
-use crate::tls::{self, ClientTls};
+use crate::tls::ClientTls;
 
 /// Every test case [`InteropClient::run`] knows, in the order `all` runs them.
 pub const TEST_CASES: &[&str] = &[
@@ -106,7 +106,6 @@ impl Default for SoakConfig {
 
 /// Runs interop test cases against one server.
 pub struct InteropClient {
-    env: Arc<Environment>,
     target: Target,
     test: TestServiceClient,
     unimplemented: UnimplementedServiceClient,
@@ -212,12 +211,10 @@ fn compression_headers() -> Metadata {
 
 impl InteropClient {
     pub fn new(target: Target, soak: SoakConfig) -> Self {
-        let env = tls::client_env();
-        let channel = Self::channel_on(&env, &target, false);
+        let channel = Self::channel_on(&target, false);
         InteropClient {
             test: TestServiceClient::new(channel.clone()),
             unimplemented: UnimplementedServiceClient::new(channel),
-            env,
             target,
             soak,
         }
@@ -225,9 +222,18 @@ impl InteropClient {
 
     /// A channel to the target; `fresh` keeps it off the process-wide
     /// subchannel pool so that it opens its own connection.
-    fn channel_on(env: &Arc<Environment>, target: &Target, fresh: bool) -> Channel {
-        let builder = ChannelBuilder::new(env.clone()).use_local_subchannel_pool(fresh);
-        tls::connect_with(builder, &target.addr, target.tls.as_ref())
+    fn channel_on(target: &Target, fresh: bool) -> Channel {
+        let mut connector = match Connector::new(&target.addr) {
+            Ok(connector) => connector,
+            // The interop flags give one host:port; anything else is the core's to refuse.
+            Err(_) => return grpcio::ChannelBuilder::new(super::channel::environment()).connect(&target.addr),
+        };
+        // The interop cases check statuses exactly: no retries behind them.
+        connector = connector.retries(0).own_connections(fresh);
+        if let Some(tls) = &target.tls {
+            connector = connector.tls(tls.clone());
+        }
+        connector.channel()
     }
 
     fn option(&self) -> CallOption {
@@ -305,7 +311,7 @@ impl InteropClient {
             }
             sink.close().await
         });
-        let response = crate::client::settle(sent, block_on(receiver)).map_err(|e| failed(what, &e))?;
+        let response = super::settle(sent, block_on(receiver)).map_err(|e| failed(what, &e))?;
         if response.aggregated_payload_size != want {
             return Err(format!("{what}: aggregated_payload_size {}, want {want}", response.aggregated_payload_size));
         }
@@ -612,7 +618,7 @@ impl InteropClient {
                 ));
             }
             let stub = if new_channel_each_time {
-                TestServiceClient::new(Self::channel_on(&self.env, &self.target, true))
+                TestServiceClient::new(Self::channel_on(&self.target, true))
             } else {
                 self.test.clone()
             };

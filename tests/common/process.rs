@@ -1,0 +1,282 @@
+//! Real processes for the tests that need them (a SIGKILL, a SIGTERM, a
+//! proxy): the `server` binary and HAProxy, each on free loopback ports,
+//! each killed and reaped when its guard is dropped. Readiness is read from
+//! what the process says (its log line), never guessed with a sleep.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a process may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A child process whose stderr lines arrive on a channel and whose exit is
+/// observed by a thread blocked in `wait`, so tests wait on both as events.
+pub struct Process {
+    pid: u32,
+    lines: Receiver<String>,
+    exited: Receiver<ExitStatus>,
+    status: Option<ExitStatus>,
+}
+
+impl Process {
+    pub fn spawn(mut command: Command) -> Process {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (line_tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (exit_tx, exited) = mpsc::channel();
+        thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.send(status);
+            }
+        });
+        Process { pid, lines, exited, status: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for a stderr line containing `needle`; returns the line.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("process {} did not log {needle:?} within {timeout:?}", self.pid),
+            }
+        }
+    }
+
+    /// The stderr lines logged so far and not yet read.
+    pub fn drain_lines(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") unless the process has been reaped.
+    pub fn signal(&mut self, signal: &str) {
+        if self.has_exited() {
+            return;
+        }
+        // The waiter thread has not reaped it, so the pid is still this process's.
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid.to_string()).status();
+    }
+
+    /// SIGKILL, now.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+    }
+
+    fn has_exited(&mut self) -> bool {
+        if self.status.is_none() {
+            self.status = self.exited.try_recv().ok();
+        }
+        self.status.is_some()
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.exited.recv_timeout(timeout).ok();
+        }
+        self.status
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = self.wait_exit(Duration::from_secs(10));
+    }
+}
+
+/// The address in a log line `... <marker> <host:port>`.
+fn address_after(line: &str, marker: &str) -> String {
+    let rest = &line[line.find(marker).expect("the marker is in the line") + marker.len()..];
+    rest.split_whitespace().next().expect("an address follows").to_string()
+}
+
+/// Starts `command` (the `server` binary with `--addr 127.0.0.1:0`, perhaps
+/// through a wrapper) and waits for it to log where it listens.
+pub fn start_server_command(mut command: Command) -> (Process, String) {
+    command.env("RUST_LOG", "info");
+    let process = Process::spawn(command);
+    let addr = address_after(&process.wait_for_line("Server started at ", READY_TIMEOUT), "Server started at ");
+    (process, addr)
+}
+
+/// The `server` binary on 127.0.0.1 port 0 with an admin port, started and ready.
+pub struct ServerProcess {
+    pub process: Process,
+    /// Its gRPC `host:port`.
+    pub addr: String,
+    /// Its admin HTTP `host:port`.
+    pub admin: String,
+}
+
+impl ServerProcess {
+    /// Starts `server --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --stream-interval 0 <extra>`.
+    pub fn start(instance_id: &str, extra: &[&str]) -> ServerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+        command
+            .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--stream-interval", "0"])
+            .args(["--instance-id", instance_id, "--threads", "1"])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let process = Process::spawn(command);
+        let addr = address_after(&process.wait_for_line("Server started at ", READY_TIMEOUT), "Server started at ");
+        let admin = address_after(&process.wait_for_line("Admin HTTP port at ", READY_TIMEOUT), "Admin HTTP port at ");
+        ServerProcess { process, addr, admin }
+    }
+
+    pub fn admin_port(&self) -> &str {
+        self.admin.rsplit_once(':').expect("host:port").1
+    }
+}
+
+/// One GET on the admin port: the status code.
+pub fn http_get_status(addr: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the admin port accepts");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+/// The repository's root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A replica as the HAProxy template names it.
+pub struct Backend<'a> {
+    pub name: &'a str,
+    pub addr: &'a str,
+    pub admin_port: &'a str,
+    pub backup: bool,
+}
+
+/// `deploy/haproxy/haproxy.cfg` rendered for `bind` and `backends`, the way
+/// `scripts/cluster.sh` renders it.
+pub fn render_haproxy_config(bind: &str, backends: &[Backend]) -> String {
+    let template = std::fs::read_to_string(repo_root().join("deploy/haproxy/haproxy.cfg"))
+        .expect("deploy/haproxy/haproxy.cfg is in the repository");
+    let mut out = String::new();
+    for line in template.lines() {
+        if line.contains("@NAME@") && !line.trim_start().starts_with('#') {
+            for b in backends {
+                let rendered = line
+                    .replace("@NAME@", b.name)
+                    .replace("@ADDR@", b.addr)
+                    .replace("@ADMIN_PORT@", b.admin_port)
+                    .replace("@BACKUP@", if b.backup { "backup" } else { "" });
+                out.push_str(rendered.trim_end());
+                out.push('\n');
+            }
+        } else {
+            out.push_str(&line.replace("@BIND@", bind));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A free loopback port (free a moment ago: HAProxy cannot take port 0 and
+/// tell us, so the test picks one; a clash shows as HAProxy failing to start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// HAProxy with the shipped config, in the foreground, stopped on drop.
+pub struct Haproxy {
+    pub process: Process,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Haproxy {
+    /// Starts HAProxy for `backends` and waits until it accepts connections
+    /// and its checks have found every non-backup replica up.
+    pub fn start(backends: &[Backend]) -> Haproxy {
+        Self::start_edited(backends, |config| config)
+    }
+
+    /// Like [`start`](Self::start), with the rendered config passed through `edit`
+    /// (a test that turns a feature off to show what it does).
+    pub fn start_edited(backends: &[Backend], edit: impl FnOnce(String) -> String) -> Haproxy {
+        let dir = tempfile::Builder::new().prefix("greet-haproxy").tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("haproxy.cfg");
+        std::fs::write(&config, edit(render_haproxy_config(&addr, backends))).unwrap();
+        let socket = dir.path().join("admin.sock");
+        let mut full = std::fs::read_to_string(&config).unwrap();
+        // A stats socket, so the test can ask which servers are up.
+        full = full.replacen("global\n", &format!("global\n    stats socket {}\n", socket.display()), 1);
+        std::fs::write(&config, full).unwrap();
+        let haproxy = which("haproxy").expect("haproxy is installed (scripts/ensure-deps.sh installs it)");
+        let mut command = Command::new(haproxy);
+        command.arg("-db").arg("-f").arg(&config);
+        let process = Process::spawn(command);
+        let proxy = Haproxy { process, addr, _dir: dir };
+        let wanted = backends.iter().filter(|b| !b.backup).count();
+        proxy.wait_until_up(&socket, wanted, READY_TIMEOUT);
+        proxy
+    }
+
+    /// Polls HAProxy's own report of its servers (its stats socket) until
+    /// `wanted` are UP: the event the test needs before sending traffic.
+    fn wait_until_up(&self, socket: &Path, wanted: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let up = haproxy_servers_up(socket).unwrap_or(0);
+            if up >= wanted {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "HAProxy did not see {wanted} replica(s) up within {timeout:?}; it logged: {:?}",
+                self.process.drain_lines()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// How many servers of the backend HAProxy reports UP (`show stat` over its socket).
+fn haproxy_servers_up(socket: &Path) -> Option<usize> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream.write_all(b"show stat\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("greet_replicas,") && !l.contains(",BACKEND,"))
+            .filter(|l| l.split(',').nth(17) == Some("UP"))
+            .count(),
+    )
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
