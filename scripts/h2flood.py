@@ -89,7 +89,10 @@ def drain(sock: socket.socket, seen: dict) -> None:
     buf = b""
     try:
         while True:
-            chunk = sock.recv(1 << 16)
+            try:
+                chunk = sock.recv(1 << 16)
+            except socket.timeout:
+                continue
             if not chunk:
                 seen["closed_by_server"] = True
                 return
@@ -108,22 +111,30 @@ def drain(sock: socket.socket, seen: dict) -> None:
         seen["closed_by_server"] = True
 
 
-def flood_connection(attack: str, host: str, port: int, seconds: float, out: mp.Queue) -> None:
+def flood_connection(attack: str, host: str, port: int, source: str, seconds: float, out: mp.Queue) -> None:
     """Floods one connection at a time for `seconds`; when the server closes
     it, opens the next one, as an attacker would."""
     seen = {"frames_sent": 0, "streams_opened": 0, "connections": 0, "bytes_received": 0,
             "closed_by_server": False}
+    # The attacker's CPU is not the server's: on this one machine the flood
+    # runs at the lowest priority, so what it measures is the server's
+    # resistance, not a fight for the same cores.
+    os.nice(19)
     deadline = time.monotonic() + seconds
     block = header_block(f"{host}:{port}", PROBE_PATH)
     batch = 100
     while time.monotonic() < deadline:
         try:
-            sock = socket.create_connection((host, port), timeout=5)
+            sock = socket.create_connection((host, port), timeout=5, source_address=(source, 0))
         except OSError as e:
-            seen["error"] = f"connect: {e}"
-            break
+            seen["connect_errors"] = seen.get("connect_errors", 0) + 1
+            seen["last_connect_error"] = str(e)
+            time.sleep(0.01)  # refused: the next attempt, bounded by the deadline
+            continue
         seen["connections"] += 1
-        sock.settimeout(None)
+        # A server that stops reading stalls a write; after a second of that
+        # the connection is dropped (half a frame may have gone) for a new one.
+        sock.settimeout(1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn_seen = {"bytes_received": 0, "closed_by_server": False}
         reader = threading.Thread(target=drain, args=(sock, conn_seen), daemon=True)
@@ -149,19 +160,25 @@ def flood_connection(attack: str, host: str, port: int, seconds: float, out: mp.
                     raise ValueError(attack)
                 sock.sendall(payload)
                 seen["frames_sent"] += batch
+        except socket.timeout:
+            seen["stalled"] = seen.get("stalled", 0) + 1
         except OSError:
             conn_seen["closed_by_server"] = True
         seen["streams_opened"] += (stream - 1) // 2
+        # What the server did, read before our own close wakes the reader.
+        closed_by_server, goaway = conn_seen["closed_by_server"], conn_seen.get("goaway")
         try:
+            sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         except OSError:
             pass
         reader.join(timeout=1)
         seen["bytes_received"] += conn_seen["bytes_received"]
-        if conn_seen["closed_by_server"]:
+        if closed_by_server:
             seen["closed_by_server"] = True
-            if "goaway" in conn_seen:
-                seen["goaway"] = conn_seen["goaway"]
+            seen["closed_connections"] = seen.get("closed_connections", 0) + 1
+        if goaway:
+            seen["goaway"] = goaway
     out.put(seen)
 
 
@@ -191,6 +208,10 @@ class ProbeConnection:
                 self.sock.sendall(data)
             finally:
                 self.sock.setblocking(False)
+
+    def has_room(self) -> bool:
+        """Whether the server's MAX_CONCURRENT_STREAMS lets one more call start now."""
+        return self.conn.open_outbound_streams < self.conn.remote_settings.max_concurrent_streams
 
     def call(self, deadline_ms: int) -> int:
         stream = self.conn.get_next_available_stream_id()
@@ -240,11 +261,12 @@ def probe(host: str, port: int, rate: float, deadline_s: float, until: float, ou
     results = []
     conn = None
     in_flight: dict[int, float] = {}
+    queued: list[float] = []
     interval = 1.0 / rate
     next_call = time.monotonic()
     while True:
         now = time.monotonic()
-        if now >= until and not in_flight:
+        if now >= until and not in_flight and not queued:
             break
         if now >= until + deadline_s:
             break
@@ -253,9 +275,18 @@ def probe(host: str, port: int, rate: float, deadline_s: float, until: float, ou
                 if now >= until:
                     break
                 conn = ProbeConnection(host, port)
+            # Calls due are queued; they start as the server's stream limit
+            # allows, like a gRPC client's, their latency counted from when they were due.
             while next_call <= now < until:
-                in_flight[conn.call(int(deadline_s * 1000))] = next_call
+                queued.append(next_call)
                 next_call += interval
+            while queued and conn.has_room():
+                due = queued.pop(0)
+                left_ms = int((deadline_s - (time.monotonic() - due)) * 1000)
+                if left_ms <= 0:
+                    results.append((due, None, "deadline"))
+                    continue
+                in_flight[conn.call(left_ms)] = due
             wait = min(next_call, until) - time.monotonic() if time.monotonic() < until else 0.01
             for stream, status in conn.poll(max(0.0, wait)):
                 started = in_flight.pop(stream, None)
@@ -263,9 +294,10 @@ def probe(host: str, port: int, rate: float, deadline_s: float, until: float, ou
                     results.append((started, time.monotonic() - started, "OK" if status == "0" else status))
         except (OSError, ConnectionError, h2.exceptions.ProtocolError) as e:
             failed_at = time.monotonic()
-            for started in in_flight.values():
+            for started in [*in_flight.values(), *queued]:
                 results.append((started, None, f"connection: {e}"))
             in_flight.clear()
+            queued.clear()
             if conn is not None:
                 conn.close()
                 conn = None
@@ -278,6 +310,8 @@ def probe(host: str, port: int, rate: float, deadline_s: float, until: float, ou
             # Back off a little before reconnecting: the next call's slot.
             time.sleep(min(interval, 0.05))
         now = time.monotonic()
+        while queued and now - queued[0] > deadline_s:
+            results.append((queued.pop(0), None, "deadline"))
         for stream, started in list(in_flight.items()):
             if now - started > deadline_s:
                 del in_flight[stream]
@@ -344,6 +378,9 @@ def main() -> int:
     ap.add_argument("--probe-target", help="host:port the probe calls (default: --target)")
     ap.add_argument("--attack", choices=["rapid-reset", "ping", "settings", "none"], default="rapid-reset")
     ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--source", default="127.0.0.2",
+                    help="loopback address the flood comes from (the probe comes from 127.0.0.1), "
+                         "as an attacker's address differs from its victims'")
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--warmup", type=float, default=1, help="probe-only seconds before the flood")
     ap.add_argument("--after", type=float, default=5, help="probe-only seconds after the flood")
@@ -358,6 +395,7 @@ def main() -> int:
         ap.error(f"--seconds and --after must be 0..{MAX_SECONDS}")
     host, port = split_target(args.target)
     probe_host, probe_port = split_target(args.probe_target or args.target)
+    loopback(args.source)
 
     ctx = mp.get_context("fork")
     out: mp.Queue = ctx.Queue()
@@ -384,14 +422,14 @@ def main() -> int:
         time.sleep(0.1)
     flooders = []
     if args.attack != "none":
-        flooders = [ctx.Process(target=flood_connection, args=(args.attack, host, port, args.seconds, out), daemon=True)
+        flooders = [ctx.Process(target=flood_connection, args=(args.attack, host, port, args.source, args.seconds, out), daemon=True)
                     for _ in range(args.connections)]
         for p in flooders:
             p.start()
     while time.monotonic() < until:
         sample()
         time.sleep(0.1)
-    flood = [out.get(timeout=30) for _ in flooders]
+    flood = [out.get(timeout=args.seconds + 30) for _ in flooders]
     for p in flooders:
         p.join(timeout=10)
     calls = probe_out.get(timeout=30) if prober else []
@@ -406,9 +444,10 @@ def main() -> int:
             "frames_sent": sum(f.get("frames_sent", 0) for f in flood),
             "streams_opened": sum(f.get("streams_opened", 0) for f in flood),
             "connections_opened": sum(f.get("connections", 0) for f in flood),
-            "connections_closed_by_server": sum(1 for f in flood if f.get("closed_by_server")),
+            "connections_closed_by_server": sum(f.get("closed_connections", 0) for f in flood),
             "goaway": sorted({json.dumps(f["goaway"], sort_keys=True) for f in flood if "goaway" in f}),
-            "errors": sorted({f["error"] for f in flood if "error" in f}),
+            "connect_errors": sum(f.get("connect_errors", 0) for f in flood),
+            "stalled_writes": sum(f.get("stalled", 0) for f in flood),
         },
         "probe": summarise(calls, args.warmup, args.warmup + args.seconds, until - t0) if prober else None,
         "rss_mib": {

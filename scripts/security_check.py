@@ -126,7 +126,7 @@ def render_haproxy(bind_port: int, replicas: list[tuple[str, int]]) -> str:
     lines = []
     for line in HAPROXY_TEMPLATE.read_text().splitlines():
         line = line.replace("@BIND@", f"127.0.0.1:{bind_port}")
-        if "@NAME@" not in line:
+        if "@NAME@" not in line or line.lstrip().startswith("#"):
             lines.append(line)
             continue
         for i, (addr, admin_port) in enumerate(replicas):
@@ -195,6 +195,7 @@ def main() -> int:
     ap.add_argument("--go-bin-root", type=Path, default=Path.home() / ".cache" / "greet-security" / "bin")
     ap.add_argument("--targets", default="bare,proxied,grpc-go")
     ap.add_argument("--no-h2spec", action="store_true")
+    ap.add_argument("--attacks", help="only the attacks whose name starts with one of these, comma separated")
     ap.add_argument("--json", type=Path, default=cargo_target() / "security-check.json")
     args = ap.parse_args()
     targets = args.targets.split(",")
@@ -204,6 +205,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="greet-security-") as tmp_name:
         tmp = Path(tmp_name)
         checks = list(ATTACKS) + ([] if args.no_h2spec else ["h2spec (HTTP/2 conformance)"])
+        if args.attacks:
+            checks = [c for c in checks if c.startswith(tuple(args.attacks.split(",")))]
         for check in checks:
             for name in targets:
                 log(f"{check} against {name}")
