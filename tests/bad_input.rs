@@ -5,94 +5,31 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw;
 use common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::limits::{MAX_NAMES, MAX_NAME_BYTES};
 use greet::proto::greet::{HelloRequest, HelloResponse, NamesList, NoParam};
 use greet::proto::greet_grpc::GreetServiceClient;
-use grpcio::{CallOption, Marshaller, Method, MethodType, RpcStatusCode, WriteFlags};
+use grpcio::{CallOption, MethodType, RpcStatusCode, WriteFlags};
 
 fn opt() -> CallOption {
     CallOption::default().timeout(Duration::from_secs(10))
 }
 
-fn raw_ser(msg: &Vec<u8>, buf: &mut grpcio::GrpcSlice) -> grpcio::Result<()> {
-    *buf = grpcio::GrpcSlice::from(msg.as_slice());
-    Ok(())
+fn raw_method(name: &'static str) -> grpcio::Method<Vec<u8>, Vec<u8>> {
+    raw::method(MethodType::Unary, name)
 }
 
-fn raw_de(mut reader: grpcio::MessageReader) -> grpcio::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
-    Ok(out)
-}
-
-fn raw_method(name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
-    raw_method_of(MethodType::Unary, name)
-}
-
-/// A method whose requests and responses are raw bytes, so a test can send
-/// anything at all as a message.
-fn raw_method_of(ty: MethodType, name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
-    Method {
-        ty,
-        name,
-        req_mar: Marshaller { ser: raw_ser, de: raw_de },
-        resp_mar: Marshaller { ser: raw_ser, de: raw_de },
-    }
-}
-
-/// Every method the server hosts that takes a request message, by pattern.
-const METHODS: &[(&str, MethodType)] = &[
-    ("/greet_service.GreetService/SayHello", MethodType::Unary),
-    ("/greet_service.GreetService/SayHelloServerStreaming", MethodType::ServerStreaming),
-    ("/greet_service.GreetService/SayHelloClientStreaming", MethodType::ClientStreaming),
-    ("/greet_service.GreetService/SayHelloBidirectionalStreaming", MethodType::Duplex),
-    ("/helloworld.Greeter/SayHello", MethodType::Unary),
-    ("/routeguide.RouteGuide/GetFeature", MethodType::Unary),
-    ("/routeguide.RouteGuide/ListFeatures", MethodType::ServerStreaming),
-    ("/routeguide.RouteGuide/RecordRoute", MethodType::ClientStreaming),
-    ("/routeguide.RouteGuide/RouteChat", MethodType::Duplex),
-    ("/grpc.health.v1.Health/Check", MethodType::Unary),
-    ("/grpc.health.v1.Health/Watch", MethodType::ServerStreaming),
-];
-
-/// Calls `method` with `payload` as its one request message (a stream is
-/// then closed); Ok with the replies, or the status.
+/// Calls `method` with `payload` as its one request message.
 fn call_raw(
     client: &grpcio::Client,
     method: &'static str,
     ty: MethodType,
     payload: &[u8],
 ) -> Result<Vec<Vec<u8>>, (RpcStatusCode, String)> {
-    let method = raw_method_of(ty, method);
-    let payload = payload.to_vec();
-    let result: grpcio::Result<Vec<Vec<u8>>> = block_on(async {
-        match ty {
-            MethodType::Unary => Ok(vec![client.unary_call_async(&method, &payload, opt())?.await?]),
-            MethodType::ServerStreaming => client.server_streaming(&method, &payload, opt())?.try_collect().await,
-            MethodType::ClientStreaming => {
-                let (mut sink, receiver) = client.client_streaming(&method, opt())?;
-                let sent = async {
-                    sink.send((payload, WriteFlags::default())).await?;
-                    sink.close().await
-                }
-                .await;
-                greet::client::settle(sent, receiver.await.map(|reply| vec![reply]))
-            }
-            MethodType::Duplex => {
-                let (mut sink, receiver) = client.duplex_streaming(&method, opt())?;
-                let sent = async {
-                    sink.send((payload, WriteFlags::default())).await?;
-                    sink.close().await
-                }
-                .await;
-                greet::client::settle(sent, receiver.try_collect().await)
-            }
-        }
-    });
-    result.map_err(code_of)
+    raw::call(client, method, ty, vec![payload.to_vec()])
 }
 
 /// Field 2, as `depth` nested groups that are never closed: the shape of
@@ -217,7 +154,7 @@ fn a_failing_call_does_not_disturb_a_concurrent_stream() {
 /// (ours, for a stream's request), on every method; the server keeps serving.
 fn assert_every_method_refuses(server: &greet::server::RunningServer, what: &str, payload: &[u8], skip: &[&str]) {
     let client = grpcio::Client::new(greet::client::connect(server.addr()));
-    for &(method, ty) in METHODS.iter().filter(|(m, _)| !skip.contains(m)) {
+    for &(method, ty) in raw::METHODS.iter().filter(|(m, _)| !skip.contains(m)) {
         match call_raw(&client, method, ty, payload) {
             Err((RpcStatusCode::INTERNAL, _)) | Err((RpcStatusCode::INVALID_ARGUMENT, _)) => {}
             other => panic!("{what} to {method}: want INTERNAL or INVALID_ARGUMENT, got {other:?}"),

@@ -44,3 +44,4 @@ pub fn code_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
 }
 pub mod h2;
 pub mod process;
+pub mod raw;
