@@ -14,17 +14,17 @@ use futures::future::join_all;
 use futures::prelude::*;
 use greet::proto::greet::HelloRequest;
 use greet::proto::greet_grpc::GreetServiceClient;
-use greet::server::{self, RunningServer, ServerConfig};
+use greet::server::{self, RunningServer, ServerConfig, ServerLimits};
 use grpcio::{CallOption, RpcStatusCode, WriteFlags};
 
 /// A server whose handshake deadline is short, so tests that wait for it
-/// to drop a silent peer wait seconds, not the default's minutes.
+/// to drop a silent peer wait 2 s, not the default 10 s.
 fn start_server_with_handshake_timeout(timeout: Duration) -> RunningServer {
     server::start(&ServerConfig {
         addr: "127.0.0.1:0".to_string(),
         stream_interval: Duration::ZERO,
         completion_queues: 2,
-        core_args: vec![("grpc.server_handshake_timeout_ms".to_string(), timeout.as_millis() as i32)],
+        limits: ServerLimits { handshake_timeout: timeout, ..Default::default() },
         ..Default::default()
     })
     .expect("a server starts on a free loopback port")
@@ -170,7 +170,7 @@ fn a_stream_refused_for_too_many_streams_gets_a_status_not_a_hang() {
         addr: "127.0.0.1:0".to_string(),
         stream_interval: Duration::ZERO,
         completion_queues: 2,
-        core_args: vec![("grpc.max_concurrent_streams".to_string(), 2)],
+        limits: ServerLimits { max_concurrent_streams: 2, ..Default::default() },
         ..Default::default()
     };
     let server = server::start(&config).unwrap();
