@@ -9,9 +9,19 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Mutex;
 
 use common::process::{repo_root, Backend, Haproxy, ServerProcess};
 use serde_json::Value;
+
+/// One flooding test at a time, from before its servers start until after
+/// they stop: two at once would measure each other.
+static FLOODS: Mutex<()> = Mutex::new(());
+
+fn one_flood_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    // A test that panicked while holding it left nothing behind to protect.
+    FLOODS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Runs the flood against `target`, sampling the RSS of `server_pid`; its JSON report.
 fn flood(target: &str, server_pid: u32, connections: u32, seconds: u32) -> Value {
@@ -41,6 +51,7 @@ const ATTEMPTS: usize = 3;
 
 #[test]
 fn the_proxied_deployment_serves_a_well_behaved_client_through_a_rapid_reset_flood() {
+    let _flood = one_flood_at_a_time();
     let mut p99s = Vec::new();
     for _ in 0..ATTEMPTS {
         let replica = ServerProcess::start("r1", &[]);
@@ -73,6 +84,7 @@ fn the_proxied_deployment_serves_a_well_behaved_client_through_a_rapid_reset_flo
 fn the_bare_server_falls_to_a_small_rapid_reset_flood() {
     // Kept as proof of why the proxy is needed: if a future core resists,
     // this fails and the README's Security section needs updating.
+    let _flood = one_flood_at_a_time();
     let server = ServerProcess::start("bare", &[]);
     let report = flood(&server.addr, server.process.pid(), 1, 1);
     let after = &report["probe"]["after"];
