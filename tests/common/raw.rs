@@ -61,13 +61,13 @@ pub fn call(
             MethodType::Unary => Ok(vec![client.unary_call_async(&method, &first, opt)?.await?]),
             MethodType::ServerStreaming => client.server_streaming(&method, &first, opt)?.try_collect().await,
             MethodType::ClientStreaming => {
-                let (sink, receiver) = client.client_streaming(&method, opt)?;
-                let sent = send_all(sink, messages).await;
+                let (mut sink, receiver) = client.client_streaming(&method, opt)?;
+                let sent = send_all(&mut sink, messages).await;
                 greet::client::settle(sent, receiver.await.map(|reply| vec![reply]))
             }
             MethodType::Duplex => {
-                let (sink, receiver) = client.duplex_streaming(&method, opt)?;
-                let sent = send_all(sink, messages).await;
+                let (mut sink, receiver) = client.duplex_streaming(&method, opt)?;
+                let sent = send_all(&mut sink, messages).await;
                 greet::client::settle(sent, receiver.try_collect().await)
             }
         }
@@ -75,8 +75,9 @@ pub fn call(
     result.map_err(super::code_of)
 }
 
-/// Sends every message, then closes the sending side.
-async fn send_all<S>(mut sink: S, messages: Vec<Vec<u8>>) -> grpcio::Result<()>
+/// Sends every message, then closes the sending side. The sink is borrowed:
+/// dropping it early would cancel the call, hiding the server's status.
+async fn send_all<S>(sink: &mut S, messages: Vec<Vec<u8>>) -> grpcio::Result<()>
 where
     S: Sink<(Vec<u8>, WriteFlags), Error = grpcio::Error> + Unpin,
 {
