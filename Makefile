@@ -54,11 +54,12 @@ bench: deps
 	python3 bench/run.py $(BENCH_ARGS)
 
 ## HTTP/2 floods and h2spec against the bare server, the proxied deployment and
-## grpc-go's greeter_server (loopback, bounded, ~6 minutes); one table of outcomes.
+## grpc-go's greeter_server (loopback, bounded, ~5 minutes); one table of outcomes.
+## SECURITY_ARGS="--targets bare --attacks rapid" for a part of it.
 security-check: deps
 	scripts/ensure-deps.sh protobuf-compiler
 	$(CARGO) build --release --bin server
-	/usr/bin/python3 scripts/security_check.py --server-bin $(BIN)/server
+	/usr/bin/python3 scripts/security_check.py --server-bin $(BIN)/server $(SECURITY_ARGS)
 
 lint: deps
 	$(CARGO) fmt --check
