@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo chat-demo gotools test lint interop bench chat-bench cluster cluster-stop
+.PHONY: deps build run-server run-client demo chat-demo gotools test lint interop bench chat-bench cluster cluster-stop security-check
 
 deps:
 	@scripts/ensure-deps.sh
@@ -64,10 +64,18 @@ bench: deps
 chat-bench: build
 	scripts/chat-bench.sh $(BIN) $(CHAT_BENCH_ARGS)
 
+## HTTP/2 floods and h2spec against the bare server, the proxied deployment and
+## grpc-go's greeter_server (loopback, bounded, ~5 minutes); one table of outcomes.
+## SECURITY_ARGS="--targets bare --attacks rapid" for a part of it.
+security-check: deps
+	scripts/ensure-deps.sh protobuf-compiler
+	$(CARGO) build --release --bin server
+	/usr/bin/python3 scripts/security_check.py --server-bin $(BIN)/server $(SECURITY_ARGS)
+
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	@unformatted="$$(gofmt -l tests/interop/go bench/go)"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
-	  tests/interop/run_matrix.py bench/run.py scripts/gopeers.py scripts/gotools.py
+	  tests/interop/run_matrix.py bench/run.py scripts/gopeers.py scripts/gotools.py scripts/h2flood.py scripts/security_check.py

@@ -32,7 +32,11 @@
 //!   balancing, retries, health checking, pooling); then one file per client:
 //!   [`client::greet`], [`client::route_guide`], [`client::interop`],
 //!   [`client::load`] (the load tool) and [`client::chat`] (`client chat`).
-//! - [`tls`]: PEM files to server credentials and client TLS settings.
+//! - [`tls`]: PEM files to server credentials (mutual TLS when the server
+//!   names a client CA) and client TLS settings (with an optional client
+//!   certificate).
+//! - [`auth`]: bearer tokens checked on every call by a `ServerChecker`,
+//!   reloaded on SIGHUP.
 //! - [`status`]: how errors become gRPC statuses and one-line CLI errors.
 //! - [`limits`]: what a peer may send, and the status it gets beyond that.
 //! - [`duration`]: the `2s` / `500ms` / `0` syntax of duration flags.
@@ -40,6 +44,7 @@
 //!   `interop-client`) that parse flags and call into this library.
 
 pub mod admin;
+pub mod auth;
 pub mod call;
 pub mod chat;
 pub mod client;

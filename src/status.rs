@@ -20,8 +20,15 @@ pub enum CallError {
 }
 
 impl From<Error> for CallError {
+    /// A request on a stream that does not decode is the peer's mistake, and
+    /// the call can still say so; anything else ended the transport.
+    /// (Unary and server-streaming requests are decoded by grpcio before the
+    /// handler runs; it ends those calls with INTERNAL.)
     fn from(e: Error) -> Self {
-        CallError::Transport(e)
+        match e {
+            Error::Codec(why) => CallError::Status(invalid_argument(format!("cannot decode the request: {why}"))),
+            other => CallError::Transport(other),
+        }
     }
 }
 
