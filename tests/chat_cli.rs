@@ -149,3 +149,44 @@ fn a_graceful_shutdown_ends_chat_streams_at_once_with_unavailable() {
     assert_eq!(outcome, greet::server::Shutdown::Drained);
     assert!(took < Duration::from_secs(30), "an open chat stream did not hold the shutdown for its grace");
 }
+
+#[test]
+fn client_chat_sends_the_token_of_token_file_on_a_server_that_requires_one() {
+    let dir = TempDir::new("chat-auth");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "s3cret ann\n").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let config = greet::server::ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        auth: Some(greet::auth::Authenticator::from_file(&tokens).unwrap()),
+        ..Default::default()
+    };
+    let server = greet::server::start(&config).unwrap();
+    let chat = |token_file: Option<&std::path::Path>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_client"));
+        command.args(["--addr", server.addr(), "--timeout", "5s"]);
+        if let Some(token_file) = token_file {
+            command.arg("--token-file").arg(token_file);
+        }
+        let mut child = command
+            .args(["chat", "--room", "vault", "--user", "ann", "--history", "0"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "behind the door").unwrap();
+        child.wait_with_output().unwrap()
+    };
+
+    let refused = chat(None);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.lines().last().unwrap().starts_with("error: UNAUTHENTICATED: "), "stderr: {stderr}");
+
+    let allowed = chat(Some(&token));
+    assert!(allowed.status.success(), "stderr: {}", String::from_utf8_lossy(&allowed.stderr));
+    let stored = block_on(server.chat().history("vault", 10, None)).unwrap();
+    assert_eq!(texts(&stored), vec!["behind the door".to_string()]);
+}

@@ -150,6 +150,7 @@ fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversa
         user: "ann".to_string(),
         history: Some(0),
         give_up_after: Duration::from_secs(30),
+        headers: None,
     };
     let (lines, input) = async_channel::unbounded::<String>();
     let (output_tx, outputs) = mpsc::channel();

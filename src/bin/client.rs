@@ -157,14 +157,20 @@ fn connector(args: &Args) -> Result<Connector, String> {
         .wait_for_ready(args.wait_for_ready)
         .connections(args.connections)
         .keepalive(args.keepalive.map(|time| Keepalive { time, timeout: args.keepalive_timeout }));
-    if let Some(ca) = &args.tls_ca {
-        let mut tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
-        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-            tls = tls.with_identity(cert, key)?;
-        }
+    if let Some(tls) = client_tls(args)? {
         connector = connector.tls(tls);
     }
     Ok(connector)
+}
+
+/// The TLS settings of --tls-ca (with --tls-cert/--tls-key), if any.
+fn client_tls(args: &Args) -> Result<Option<ClientTls>, String> {
+    let Some(ca) = &args.tls_ca else { return Ok(None) };
+    let mut tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tls = tls.with_identity(cert, key)?;
+    }
+    Ok(Some(tls))
 }
 
 /// The metadata every call carries: the bearer token of --token-file.
@@ -231,20 +237,22 @@ fn run_load(args: &Args, load_args: &LoadArgs, connector: &Connector) -> Result<
 
 /// `client chat`: stdin lines in, room events out. Each address of --addr
 /// gets a channel with the flags' settings; the chat client moves between them.
-fn run_chat(args: &Args, room: &str, user: &str, history: Option<u32>) -> Result<(), CliError> {
+fn run_chat(
+    args: &Args,
+    room: &str,
+    user: &str,
+    history: Option<u32>,
+    headers: Option<Metadata>,
+) -> Result<(), CliError> {
     let options = ChatOptions {
         addrs: args.addr.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect(),
         room: room.to_string(),
         user: user.to_string(),
         history,
         give_up_after: args.timeout,
+        headers,
     };
-    let tls = match &args.tls_ca {
-        Some(ca) => Some(
-            ClientTls::from_file(ca, args.tls_server_name.clone()).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?,
-        ),
-        None => None,
-    };
+    let tls = client_tls(args).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?;
     let keepalive = args.keepalive.map(|time| Keepalive { time, timeout: args.keepalive_timeout });
     let connect = |addr: &str| {
         let connector = chat::connector(addr, |mut c| {
@@ -290,7 +298,7 @@ fn main() -> ExitCode {
     };
     let result = match &args.command {
         Command::Load(load_args) => run_load(&args, load_args, &connector),
-        Command::Chat { room, user, history } => run_chat(&args, room, user, *history),
+        Command::Chat { room, user, history } => run_chat(&args, room, user, *history, headers),
         // The route guide client makes its calls one after another, blocking.
         Command::RouteGuide => {
             let mut client = route_guide::Client::new(connector.channel(), args.timeout);

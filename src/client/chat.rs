@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::future::{self, Either};
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{CallOption, Channel, RpcStatusCode, WriteFlags};
+use grpcio::{CallOption, Channel, Metadata, RpcStatusCode, WriteFlags};
 
 use super::channel::{Connector, Keepalive};
 
@@ -45,6 +45,8 @@ pub struct ChatOptions {
     pub history: Option<u32>,
     /// Give up after failing to reach any server for this long.
     pub give_up_after: Duration,
+    /// Metadata sent with every Connect call (e.g. a bearer token).
+    pub headers: Option<Metadata>,
 }
 
 /// `[HH:MM:SS] user: text` (UTC), `* user joined`, `* user left`; `None`
@@ -195,7 +197,11 @@ async fn session(
     connected: &mut bool,
 ) -> Result<Ended, CliError> {
     let lost = |e: grpcio::Error| if retryable(&e) { Ok(Ended::Lost(e.into())) } else { Err(CliError::from(e)) };
-    let (mut sink, mut events) = match client.connect_opt(CallOption::default()) {
+    let mut call = CallOption::default();
+    if let Some(headers) = &options.headers {
+        call = call.headers(headers.clone());
+    }
+    let (mut sink, mut events) = match client.connect_opt(call) {
         Ok(call) => call,
         Err(e) => return lost(e),
     };
