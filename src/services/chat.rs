@@ -158,6 +158,8 @@ impl ChatService {
         });
         // The cut-off is polled first: it resolves before the queue closes,
         // so a subscriber cut off is never mistaken for a server shutdown.
+        // (Bound to a name, so that the futures borrowing `room`, `user` and
+        // `events` are dropped before those are.)
         let ended = match future::select(pin!(cut_off), future::select(pin!(inbound), pin!(outbound))).await {
             Either::Left((bound, _)) => Err(RpcStatus::with_message(
                 RpcStatusCode::RESOURCE_EXHAUSTED,
