@@ -211,3 +211,22 @@ fn sighup_reloads_the_token_file_and_a_bad_file_keeps_the_old_tokens() {
     sighup_and_wait_for("SIGHUP: keeping the previous tokens");
     assert_eq!(block_on(new.say_hello()).unwrap(), "Hello");
 }
+
+#[test]
+fn client_load_sends_the_token_with_every_call() {
+    let dir = TempDir::new("load");
+    let tokens = dir.write("tokens", TOKENS);
+    let good = dir.write("good", "token-bob\n");
+    let (_server, addr) = spawn_server_with_tokens(&tokens);
+    let load = |token_file: Option<&PathBuf>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_client"));
+        command.args(["--addr", &addr, "--retries", "0"]);
+        if let Some(file) = token_file {
+            command.arg("--token-file").arg(file);
+        }
+        let out = command.args(["load", "--calls", "50", "--json"]).output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("a JSON summary")["codes"].clone()
+    };
+    assert_eq!(load(Some(&good)), serde_json::json!({ "OK": 50 }));
+    assert_eq!(load(None), serde_json::json!({ "UNAUTHENTICATED": 50 }));
+}

@@ -66,6 +66,7 @@ fn the_official_greeter_client_and_our_load_reach_both_replicas_through_haproxy(
         concurrency: 8,
         rps: None,
         timeout: Duration::from_secs(10),
+        headers: None,
     };
     let summary = load::run(&connector.pool(), &config, &|_, _| {});
     assert_eq!(summary.ok(), 2000, "{}", summary.to_text());
@@ -101,6 +102,7 @@ fn kill_behind_haproxy(retries: u32, proxy_retries: bool) -> (u64, Option<Durati
         concurrency: 32,
         rps: Some(2000.0),
         timeout: Duration::from_secs(10),
+        headers: None,
     };
     let summary = load::run(&connector.pool(), &config, &|done, outcome| {
         if outcome.code != "OK" {

@@ -35,7 +35,13 @@ fn in_process_server(instance: &str) -> RunningServer {
 }
 
 fn unary_load(calls: usize, concurrency: usize) -> LoadConfig {
-    LoadConfig { workload: Workload::Unary { calls }, concurrency, rps: None, timeout: Duration::from_secs(10) }
+    LoadConfig {
+        workload: Workload::Unary { calls },
+        concurrency,
+        rps: None,
+        timeout: Duration::from_secs(10),
+        headers: None,
+    }
 }
 
 fn run_load(connector: &Connector, config: &LoadConfig) -> Summary {

@@ -206,7 +206,12 @@ async fn run(args: &Args, connector: &Connector, headers: Option<Metadata>) -> R
 
 /// `client load`: the run, a progress bar on stderr (shown on a terminal
 /// only), the summary on stdout. Fails if any call failed.
-fn run_load(args: &Args, load_args: &LoadArgs, connector: &Connector) -> Result<(), CliError> {
+fn run_load(
+    args: &Args,
+    load_args: &LoadArgs,
+    connector: &Connector,
+    headers: Option<Metadata>,
+) -> Result<(), CliError> {
     let workload = match load_args.streams {
         Some(streams) => Workload::Bidi { streams, messages: load_args.messages },
         None => Workload::Unary { calls: load_args.calls },
@@ -216,7 +221,8 @@ fn run_load(args: &Args, load_args: &LoadArgs, connector: &Connector) -> Result<
             return Err(CliError::new("INVALID_ARGUMENT", format!("--rps must be a positive number, got {rps}")));
         }
     }
-    let config = LoadConfig { workload, concurrency: load_args.concurrency, rps: load_args.rps, timeout: args.timeout };
+    let config =
+        LoadConfig { workload, concurrency: load_args.concurrency, rps: load_args.rps, timeout: args.timeout, headers };
     let bar = ProgressBar::new(workload.calls() as u64);
     if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} eta {eta} {msg}") {
         bar.set_style(style);
@@ -297,7 +303,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match &args.command {
-        Command::Load(load_args) => run_load(&args, load_args, &connector),
+        Command::Load(load_args) => run_load(&args, load_args, &connector, headers),
         Command::Chat { room, user, history } => run_chat(&args, room, user, *history, headers),
         // The route guide client makes its calls one after another, blocking.
         Command::RouteGuide => {

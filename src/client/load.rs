@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use futures::prelude::*;
 use futures_timer::Delay;
 use grpcio::{CallOption, Metadata, WriteFlags};
+
+use super::greet::call_option;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -43,7 +45,7 @@ impl Workload {
 }
 
 /// How to run a [`Workload`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct LoadConfig {
     pub workload: Workload,
     /// Calls (or streams) in flight at once.
@@ -52,6 +54,8 @@ pub struct LoadConfig {
     pub rps: Option<f64>,
     /// Deadline of each call (of each stream, for bidi).
     pub timeout: Duration,
+    /// Sent with every call (e.g. the bearer token of `--token-file`).
+    pub headers: Option<Metadata>,
 }
 
 /// How one call (or stream) ended.
@@ -189,7 +193,7 @@ pub fn run(pool: &Pool, config: &LoadConfig, on_done: &(dyn Fn(u64, &Outcome) + 
                 }
             }
             let client = GreetServiceClient::new(pool.pick().clone());
-            let option = CallOption::default().timeout(config.timeout);
+            let option = call_option(config.timeout, config.headers.as_ref());
             let outcome = match config.workload {
                 Workload::Unary { .. } => {
                     let began = Instant::now();
