@@ -9,6 +9,8 @@
 //! default to UNIMPLEMENTED, a `<SERVICE>_FULL_NAME` constant and
 //! `create_<service>` / `create_<service>_with`: the latter runs the server's
 //! one per-call hook (`crate::services::CallHooks`) before every handler.
+//! Requests are decoded by `crate::codec`, which enforces the server's
+//! receive-size limit (the core's own size filter is left out: it is costly).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -124,6 +126,14 @@ impl Pattern {
         }
     }
 
+    /// How the server decodes this method's requests (see src/codec.rs).
+    fn request_decoder(self) -> &'static str {
+        match self {
+            Pattern::Unary | Pattern::ServerStreaming => "crate::codec::de_request",
+            Pattern::ClientStreaming | Pattern::Duplex => "crate::codec::de_stream_request",
+        }
+    }
+
     fn method_type(self) -> &'static str {
         match self {
             Pattern::Unary => "Unary",
@@ -190,7 +200,7 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
              pub const {c}: ::grpcio::Method<{i}, {o}> = ::grpcio::Method {{\n    \
                 ty: ::grpcio::MethodType::{ty},\n    \
                 name: \"/{full_name}/{p}\",\n    \
-                req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n    \
+                req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: {de} }},\n    \
                 resp_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n\
              }};\n",
             p = rpc.proto_name,
@@ -198,6 +208,7 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
             i = rpc.input,
             o = rpc.output,
             ty = rpc.pattern.method_type(),
+            de = rpc.pattern.request_decoder(),
         )
         .unwrap();
     }
@@ -301,13 +312,26 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
             Pattern::ClientStreaming => "add_client_streaming_handler",
             Pattern::Duplex => "add_duplex_streaming_handler",
         };
+        // A single request over the receive limit was decoded as empty; it is
+        // failed here, before the handler sees it (src/codec.rs).
+        let reject = match rpc.pattern {
+            Pattern::Unary | Pattern::ServerStreaming => {
+                "if let Some(status) = crate::codec::take_rejected() {\n            \
+                     ctx.spawn(async move {\n                \
+                         let _ = sink.fail(status).await;\n            \
+                     });\n            \
+                     return;\n        \
+                 }\n        "
+            }
+            Pattern::ClientStreaming | Pattern::Duplex => "",
+        };
         writeln!(
             out,
             "    let mut instance = s.clone();\n    \
              let call_hooks = hooks.clone();\n    \
              builder = builder.{add}(&{c}, move |ctx, req, mut sink| {{\n        \
                  call_hooks.on_call(&ctx, &mut sink);\n        \
-                 instance.{f}(ctx, req, sink)\n    \
+                 {reject}instance.{f}(ctx, req, sink)\n    \
              }});",
             c = rpc.constant,
             f = rpc.fn_name

@@ -9,6 +9,8 @@ use grpcio::{
 };
 use log::{debug, warn};
 
+use crate::codec::MessageTooLarge;
+
 /// Why a handler stopped early.
 #[derive(Debug)]
 pub enum CallError {
@@ -20,8 +22,16 @@ pub enum CallError {
 }
 
 impl From<Error> for CallError {
+    /// A request over the receive limit (src/codec.rs) ends the call with
+    /// RESOURCE_EXHAUSTED; every other grpcio error is the transport's.
     fn from(e: Error) -> Self {
-        CallError::Transport(e)
+        match &e {
+            Error::Codec(inner) => match inner.downcast_ref::<MessageTooLarge>() {
+                Some(too_large) => CallError::Status(too_large.status()),
+                None => CallError::Transport(e),
+            },
+            _ => CallError::Transport(e),
+        }
     }
 }
 
