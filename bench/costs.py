@@ -169,7 +169,7 @@ def rss(variant: Variant, loadgen: Path, tmp: Path) -> dict:
         proc = start_server(variant, port, [], log_file)
         try:
             time.sleep(0.5)
-            idle = bench.proc_rss_kib(proc.pid)
+            idle, idle_anon = bench.proc_rss_kib(proc.pid), bench.proc_rss_kib(proc.pid, "RssAnon")
             hold = subprocess.Popen(["taskset", "-c", CLIENT_CORE, str(loadgen), "hold", "-addr", f"127.0.0.1:{port}",
                                      "-streams", "1000", "-conns", "10"], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -178,7 +178,7 @@ def rss(variant: Variant, loadgen: Path, tmp: Path) -> dict:
                 if hold.stdout.readline().strip() != "READY":
                     raise BenchError("loadgen hold did not get ready")
                 time.sleep(1.0)
-                held = bench.proc_rss_kib(proc.pid)
+                held, held_anon = bench.proc_rss_kib(proc.pid), bench.proc_rss_kib(proc.pid, "RssAnon")
                 hold.stdin.close()
                 hold.wait(timeout=60)
             finally:
@@ -187,7 +187,8 @@ def rss(variant: Variant, loadgen: Path, tmp: Path) -> dict:
                     hold.wait()
         finally:
             gopeers.stop_process(proc, 10)
-    return {"idle_rss_kib": idle, "held_rss_kib": held, "per_stream_kib": (held - idle) / 1000}
+    return {"idle_rss_kib": idle, "held_rss_kib": held, "per_stream_kib": (held - idle) / 1000,
+            "idle_anon_kib": idle_anon, "held_anon_kib": held_anon}
 
 
 def main(argv: list[str]) -> int:
@@ -236,7 +237,8 @@ def main(argv: list[str]) -> int:
                     results[v.name].update(rss(v, loadgen, tmp))
                     r = results[v.name]
                     log(f"{v.name:<12} RSS idle {r['idle_rss_kib'] / 1024:.1f} MiB, held "
-                        f"{r['held_rss_kib'] / 1024:.1f} MiB, {r['per_stream_kib']:.1f} KiB/stream")
+                        f"{r['held_rss_kib'] / 1024:.1f} MiB, {r['per_stream_kib']:.1f} KiB/stream; anonymous idle "
+                        f"{r['idle_anon_kib'] / 1024:.1f} MiB, held {r['held_anon_kib'] / 1024:.1f} MiB")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -205,12 +205,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def proc_rss_kib(pid: int) -> int:
+def proc_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS (everything resident), or RssAnon (the process's own heap and stacks,
+    without the code and libraries mapped from files, which other processes share)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {field} for pid {pid}")
 
 
 class Server:
@@ -244,8 +246,8 @@ class Server:
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
 
-    def rss_kib(self) -> int:
-        return proc_rss_kib(self.pid)
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        return proc_rss_kib(self.pid, field)
 
     def __exit__(self, *exc) -> None:
         if self.proc:
@@ -428,7 +430,7 @@ def loadgen(peers: Peers, server: Server, mode: str, flags: list, timeout: float
 
 
 def memory(peers: Peers, server: Server, streams: int, conns: int) -> dict:
-    idle = server.rss_kib()
+    idle, idle_anon = server.rss_kib(), server.rss_kib("RssAnon")
     argv = ["taskset", "-c", CLIENT_CORE, peers.tool("loadgen"), "hold", "-addr", f"127.0.0.1:{server.port}",
             "-streams", streams, "-conns", conns]
     proc = subprocess.Popen(list(map(str, argv)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -442,7 +444,7 @@ def memory(peers: Peers, server: Server, streams: int, conns: int) -> dict:
             proc.kill()
             raise BenchError(f"loadgen hold against {server.impl}: {line} {proc.stderr.read() if proc.stderr else ''}")
         time.sleep(1.0)  # let both sides finish whatever the last round trips started
-        held = server.rss_kib()
+        held, held_anon = server.rss_kib(), server.rss_kib("RssAnon")
         proc.stdin.close()
         proc.wait()
     finally:
@@ -451,7 +453,7 @@ def memory(peers: Peers, server: Server, streams: int, conns: int) -> dict:
             proc.kill()
             proc.wait()
     return {"idle_rss_kib": idle, "streams": streams, "connections": conns, "held_rss_kib": held,
-            "per_stream_kib": (held - idle) / streams}
+            "per_stream_kib": (held - idle) / streams, "idle_anon_kib": idle_anon, "held_anon_kib": held_anon}
 
 
 # --------------------------------------------------------------------------- the run
@@ -537,6 +539,8 @@ ROWS = [
     ("RSS idle", "memory", "idle_rss_kib", "MiB", 1 / 1024, None),
     ("RSS with 1,000 idle bidi streams / 10 conns", "memory", "held_rss_kib", "MiB", 1 / 1024, ("<=", 1.0)),
     ("RSS per held stream", "memory", "per_stream_kib", "KiB", 1, None),
+    ("anonymous RSS idle (RssAnon: no code or libraries)", "memory", "idle_anon_kib", "MiB", 1 / 1024, None),
+    ("anonymous RSS with 1,000 idle bidi streams", "memory", "held_anon_kib", "MiB", 1 / 1024, None),
 ]
 
 
