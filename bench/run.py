@@ -14,6 +14,8 @@ Layout:
   bench/run.py            this runner (Python 3.11 stdlib only)
   bench/go/go.mod, go.sum pin grpc-go, its examples module (the official greeter_server)
                           and the protoc plugins; GHZ_VERSION below pins ghz
+  bench/costs.py          load-independent costs of our server (callgrind instructions,
+                          socket writes, RSS) for comparing builds and settings
   bench/go/loadgen        our Go load generator for the streaming measurements
   bench/go/internal/greetpb  generated from protos/greet.proto at build time (git-ignored)
   bench/tonic-peer/       the tonic server (its own crate, workspace and Cargo.lock, built
