@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo test lint interop bench cluster cluster-stop
+.PHONY: deps build run-server run-client demo gotools test lint interop bench cluster cluster-stop
 
 deps:
 	@scripts/ensure-deps.sh
@@ -35,8 +35,13 @@ cluster: build
 cluster-stop:
 	scripts/cluster.sh stop
 
+## grpcurl and grpc-health-probe, pinned, built once into $(CARGO_TARGET_DIR)/go-tools (needs Go).
+gotools:
+	@python3 scripts/gotools.py >/dev/null
+
+## The tests that run grpcurl and grpc-health-probe find them through GREET_GO_TOOLS.
 test: deps
-	$(CARGO) test --release
+	tools="$$(python3 scripts/gotools.py)" && GREET_GO_TOOLS="$$tools" $(CARGO) test --release
 
 ## Cross-language interop matrix against the official grpc-go programs (Go + protoc).
 interop: build
@@ -56,4 +61,4 @@ lint: deps
 	@unformatted="$$(gofmt -l tests/interop/go bench/go)"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
-	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py
+	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py

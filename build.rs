@@ -8,9 +8,11 @@
 //! `Method` constant per RPC, a typed client, a server trait whose methods
 //! default to UNIMPLEMENTED, a `<SERVICE>_FULL_NAME` constant and
 //! `create_<service>` / `create_<service>_with`: the latter runs the server's
-//! one per-call hook (`crate::services::CallHooks`) before every handler.
-//! Requests are decoded by `crate::codec`, which enforces the server's
-//! receive-size limit (the core's own size filter is left out: it is costly).
+//! one per-call hook (`crate::services::CallHooks`) before every handler, and
+//! hands handlers the sinks and request streams of `crate::call`, which count
+//! every call in the hooks' metrics (`crate::metrics`). Requests are decoded
+//! by `crate::codec`, which enforces the server's receive-size limit (the
+//! core's own size filter is left out: it is costly).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -34,7 +36,6 @@ fn main() {
         fs::remove_dir_all(&out_dir).expect("clear generated protos");
     }
     fs::create_dir_all(&out_dir).expect("create generated protos dir");
-    protobuf_codegen::Codegen::new().pure().include(PROTO_ROOT).inputs(&inputs).out_dir(&out_dir).run_from_script();
 
     let parsed = protobuf_parse::Parser::new()
         .pure()
@@ -42,11 +43,39 @@ fn main() {
         .inputs(&inputs)
         .parse_and_typecheck()
         .unwrap_or_else(|e| panic!("cannot parse {PROTO_ROOT}/: {e:#}"));
+    let modules = rust_modules(&parsed.relative_paths.iter().map(|p| p.to_str().to_string()).collect::<Vec<_>>());
+
+    // protobuf-codegen names a file's module after its stem alone, so files
+    // sharing a stem (grpc/reflection/v1/reflection.proto and
+    // .../v1alpha/reflection.proto) are generated one at a time and renamed.
+    let (plain, renamed): (Vec<&PathBuf>, Vec<&PathBuf>) = inputs.iter().partition(|input| {
+        let relative = input.strip_prefix(PROTO_ROOT).expect("inputs are below PROTO_ROOT");
+        modules[relative.to_str().expect("UTF-8 path")] == rust_module(relative.to_str().expect("UTF-8 path"))
+    });
+    protobuf_codegen::Codegen::new().pure().include(PROTO_ROOT).inputs(&plain).out_dir(&out_dir).run_from_script();
+    let mut mod_rs = fs::read_to_string(out_dir.join("mod.rs")).expect("protobuf-codegen writes mod.rs");
+    for input in renamed {
+        let relative = input.strip_prefix(PROTO_ROOT).expect("inputs are below PROTO_ROOT").to_str().expect("UTF-8");
+        let module = &modules[relative];
+        if let Some(user) = parsed.file_descriptors.iter().find(|f| f.dependency.iter().any(|d| d == relative)) {
+            panic!(
+                "{} imports {relative}, whose generated module is renamed to {module}: rename one of them",
+                user.name()
+            );
+        }
+        let tmp = out_dir.join(format!(".{module}"));
+        fs::create_dir_all(&tmp).expect("create a generation dir");
+        protobuf_codegen::Codegen::new().pure().include(PROTO_ROOT).input(input).out_dir(&tmp).run_from_script();
+        fs::rename(tmp.join(format!("{}.rs", rust_module(relative))), out_dir.join(format!("{module}.rs")))
+            .expect("move the generated module");
+        fs::remove_dir_all(&tmp).expect("remove the generation dir");
+        writeln!(mod_rs, "pub mod {module};").unwrap();
+    }
 
     // Fully qualified message name (".pkg.Msg") -> Rust path from a sibling module.
     let mut rust_types = HashMap::new();
     for file in &parsed.file_descriptors {
-        let module = rust_module(file.name());
+        let Some(module) = modules.get(file.name()) else { continue };
         let prefix = match file.package() {
             "" => String::from("."),
             pkg => format!(".{pkg}."),
@@ -56,17 +85,41 @@ fn main() {
         }
     }
 
-    let mut mod_rs = fs::read_to_string(out_dir.join("mod.rs")).expect("protobuf-codegen writes mod.rs");
     for file in &parsed.file_descriptors {
-        if file.service.is_empty() || !parsed.relative_paths.iter().any(|p| p.to_str() == file.name()) {
+        let Some(module) = modules.get(file.name()) else { continue };
+        if file.service.is_empty() {
             continue;
         }
-        let module = format!("{}_grpc", rust_module(file.name()));
+        let module = format!("{module}_grpc");
         let code = grpc_module(file, &rust_types);
         fs::write(out_dir.join(format!("{module}.rs")), code).expect("write generated stubs");
         writeln!(mod_rs, "pub mod {module};").unwrap();
     }
     fs::write(out_dir.join("mod.rs"), mod_rs).expect("write mod.rs");
+}
+
+/// The Rust module of each file: protobuf-codegen's name (the stem) when no
+/// other file shares that stem, else the stem and the parent directory
+/// (`reflection_v1`, `reflection_v1alpha`).
+fn rust_modules(proto_paths: &[String]) -> HashMap<String, String> {
+    let mut stems: HashMap<String, usize> = HashMap::new();
+    for path in proto_paths {
+        *stems.entry(rust_module(path)).or_default() += 1;
+    }
+    proto_paths
+        .iter()
+        .map(|path| {
+            let stem = rust_module(path);
+            let module = if stems[&stem] == 1 {
+                stem
+            } else {
+                let parent =
+                    Path::new(path).parent().and_then(|p| p.file_name()).and_then(|p| p.to_str()).unwrap_or("");
+                rust_module(&format!("{stem}_{parent}"))
+            };
+            (path.clone(), module)
+        })
+        .collect()
 }
 
 /// Every `.proto` below `dir`, sorted so that the generated code is stable.
@@ -269,7 +322,8 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
     }
     writeln!(out, "}}\n").unwrap();
 
-    // Server trait: every method defaults to UNIMPLEMENTED.
+    // Server trait: every method defaults to UNIMPLEMENTED. Handlers get the
+    // sinks and request streams of `crate::call`, which measure the call.
     writeln!(
         out,
         "/// Server side of `{full_name}`; every method not overridden answers UNIMPLEMENTED.\npub trait {name} {{"
@@ -278,17 +332,18 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
     for rpc in &rpcs {
         let (f, i, o) = (&rpc.fn_name, &rpc.input, &rpc.output);
         let (req, sink) = match rpc.pattern {
-            Pattern::Unary => (i.clone(), format!("::grpcio::UnarySink<{o}>")),
-            Pattern::ServerStreaming => (i.clone(), format!("::grpcio::ServerStreamingSink<{o}>")),
+            Pattern::Unary => (i.clone(), format!("crate::call::UnarySink<{o}>")),
+            Pattern::ServerStreaming => (i.clone(), format!("crate::call::ServerStreamingSink<{o}>")),
             Pattern::ClientStreaming => {
-                (format!("::grpcio::RequestStream<{i}>"), format!("::grpcio::ClientStreamingSink<{o}>"))
+                (format!("crate::call::RequestStream<{i}>"), format!("crate::call::ClientStreamingSink<{o}>"))
             }
-            Pattern::Duplex => (format!("::grpcio::RequestStream<{i}>"), format!("::grpcio::DuplexSink<{o}>")),
+            Pattern::Duplex => (format!("crate::call::RequestStream<{i}>"), format!("crate::call::DuplexSink<{o}>")),
         };
         writeln!(
             out,
             "    fn {f}(&mut self, ctx: ::grpcio::RpcContext, _req: {req}, sink: {sink}) {{\n        \
-                 ::grpcio::unimplemented_call!(ctx, sink)\n    }}"
+                 crate::call::unimplemented(ctx, sink, \"/{full_name}/{p}\")\n    }}",
+            p = rpc.proto_name
         )
         .unwrap();
     }
@@ -300,41 +355,53 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
          pub fn create_{service_snake}<S: {name} + Send + Clone + 'static>(s: S) -> ::grpcio::Service {{\n    \
              create_{service_snake}_with(s, crate::services::CallHooks::default())\n\
          }}\n\n\
-         /// Like `create_{service_snake}`, with `hooks` run before every handler.\n\
+         /// Like `create_{service_snake}`, with `hooks` run before every handler\n\
+         /// and every call counted in the hooks' metrics.\n\
          pub fn create_{service_snake}_with<S: {name} + Send + Clone + 'static>(s: S, hooks: crate::services::CallHooks) -> ::grpcio::Service {{\n    \
              let mut builder = ::grpcio::ServiceBuilder::new();"
     )
     .unwrap();
     for rpc in &rpcs {
-        let add = match rpc.pattern {
-            Pattern::Unary => "add_unary_handler",
-            Pattern::ServerStreaming => "add_server_streaming_handler",
-            Pattern::ClientStreaming => "add_client_streaming_handler",
-            Pattern::Duplex => "add_duplex_streaming_handler",
+        let f = &rpc.fn_name;
+        // A single request over the receive limit was decoded as empty; the
+        // call is failed here, before the handler sees it (src/codec.rs).
+        let single = |wrap: &str| {
+            format!(
+                "let sink = crate::call::{wrap}(sink, &method);\n        \
+                 if let Some(status) = crate::codec::take_rejected() {{\n            \
+                     return crate::codec::fail_rejected(&ctx, sink, status);\n        \
+                 }}\n        \
+                 instance.{f}(ctx, req, sink)"
+            )
         };
-        // A single request over the receive limit was decoded as empty; it is
-        // failed here, before the handler sees it (src/codec.rs).
-        let reject = match rpc.pattern {
-            Pattern::Unary | Pattern::ServerStreaming => {
-                "if let Some(status) = crate::codec::take_rejected() {\n            \
-                     ctx.spawn(async move {\n                \
-                         let _ = sink.fail(status).await;\n            \
-                     });\n            \
-                     return;\n        \
-                 }\n        "
-            }
-            Pattern::ClientStreaming | Pattern::Duplex => "",
+        let (add, invoke) = match rpc.pattern {
+            Pattern::Unary => ("add_unary_handler", single("unary")),
+            Pattern::ServerStreaming => ("add_server_streaming_handler", single("server_streaming")),
+            Pattern::ClientStreaming => (
+                "add_client_streaming_handler",
+                format!(
+                    "let (req, sink) = crate::call::client_streaming(req, sink, &method);\n        \
+                     instance.{f}(ctx, req, sink)"
+                ),
+            ),
+            Pattern::Duplex => (
+                "add_duplex_streaming_handler",
+                format!(
+                    "let (req, sink) = crate::call::duplex(req, sink, &method);\n        \
+                     instance.{f}(ctx, req, sink)"
+                ),
+            ),
         };
         writeln!(
             out,
             "    let mut instance = s.clone();\n    \
              let call_hooks = hooks.clone();\n    \
+             let method = hooks.metrics().method(&{c});\n    \
              builder = builder.{add}(&{c}, move |ctx, req, mut sink| {{\n        \
                  call_hooks.on_call(&ctx, &mut sink);\n        \
-                 {reject}instance.{f}(ctx, req, sink)\n    \
+                 {invoke}\n    \
              }});",
             c = rpc.constant,
-            f = rpc.fn_name
         )
         .unwrap();
     }

@@ -178,7 +178,7 @@ def build_go_peers(bin_root: Path) -> Path:
         gopeers.go_build(go, GO_DIR, tmp / "loadgen", "./loadgen")
         gopeers.go_build(go, GO_DIR, tmp / "greeter_server", GREETER_SERVER_PKG)
         # ghz is built from its own module, as published (go install honours its go.mod).
-        gopeers.run([go, "install", f"{GHZ_PKG}@{GHZ_VERSION}"], tmp, dict(gopeers.go_env(), GOBIN=str(tmp)))
+        gopeers.go_install(go, f"{GHZ_PKG}@{GHZ_VERSION}", tmp)
 
     return gopeers.cached_build(bin_root, key, ["ghz", "greeter_server", "loadgen"], build)
 

@@ -85,6 +85,13 @@ def go_build(go: str, module_dir: Path, out: Path, pkg: str) -> None:
     run([go, "build", "-buildvcs=false", "-o", out, pkg], module_dir, go_env())
 
 
+def go_install(go: str, pin: str, out_dir: Path, timeout: float = 900) -> None:
+    """`go install <package>@<version>` into out_dir: a tool built unmodified from its own
+    module as published, its go.mod resolved through the module proxy."""
+    env = dict(go_env(), GOBIN=str(out_dir), GOFLAGS="-mod=mod")
+    run([go, "install", pin], out_dir, env, timeout)
+
+
 def source_key(repo: Path, sources: list[Path], go: str, protoc: str, extra: str = "") -> str:
     """Hash of the files the binaries are built from, the toolchain versions and `extra`."""
     h = hashlib.sha256()

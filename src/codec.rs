@@ -18,10 +18,12 @@
 use std::cell::Cell;
 use std::fmt;
 
-use grpcio::{MessageReader, RpcStatus, RpcStatusCode};
+use grpcio::{MessageReader, RpcContext, RpcStatus, RpcStatusCode};
 use protobuf::Message;
 
+use crate::call::FailSink;
 use crate::limits::MAX_RECEIVE_MESSAGE_BYTES;
+use crate::status::log_transport_error;
 
 thread_local! {
     /// The receive limit of the server whose completion-queue thread this is.
@@ -96,4 +98,15 @@ pub fn de_stream_request<T: Message>(reader: MessageReader) -> grpcio::Result<T>
 /// it refused one; clears it.
 pub fn take_rejected() -> Option<RpcStatus> {
     REJECTED.with(Cell::take).map(|too_large| too_large.status())
+}
+
+/// Ends a call whose request was refused with `status` (the generated
+/// wrapper calls it instead of the handler); the call's metrics count it.
+pub fn fail_rejected(ctx: &RpcContext, sink: impl FailSink, status: RpcStatus) {
+    let failed = sink.fail_call(status);
+    ctx.spawn(async move {
+        if let Err(e) = failed.await {
+            log_transport_error("a refused call", &e);
+        }
+    });
 }

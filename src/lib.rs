@@ -12,13 +12,18 @@
 //!   call patterns), [`services::helloworld`] (grpc-go's greeter example),
 //!   [`services::route_guide`] (grpc-go's route guide example),
 //!   [`services::interop`] (`grpc.testing.TestService` of the interop suite),
-//!   [`services::health`] (`grpc.health.v1.Health`); [`services::CallTracker`]
+//!   [`services::health`] (`grpc.health.v1.Health`), [`services::reflection`]
+//!   (`grpc.reflection.v1` and `v1alpha`); [`services::CallTracker`]
 //!   counts running calls so shutdown and tests wait on events, not sleeps.
 //! - [`server`]: builds, starts and gracefully stops the server; the binary,
 //!   the tests and the benchmarks all start it through
-//!   [`server::start`]; one list of hosted services feeds registration and
-//!   health, and one hook ([`services::CallHooks`]) runs before every call.
-//! - [`admin`]: the admin HTTP port (`/healthz`), on a thread of its own.
+//!   [`server::start`]; one list of hosted services feeds registration,
+//!   health and reflection, and one hook ([`services::CallHooks`]) runs
+//!   before every call.
+//! - [`call`]: the sinks and request streams handlers get: grpcio's, each
+//!   counting its call in the server's [`metrics`] (go-grpc-prometheus's
+//!   names, served on the admin port's `/metrics`).
+//! - [`admin`]: the admin HTTP port (`/healthz`, `/metrics`), on a thread of its own.
 //! - [`client`]: [`client::channel`] builds every channel (targets, TLS,
 //!   balancing, retries, health checking, pooling); then one file per client:
 //!   [`client::greet`], [`client::route_guide`], [`client::interop`] and
@@ -33,10 +38,12 @@
 //!   `interop-client`) that parse flags and call into this library.
 
 pub mod admin;
+pub mod call;
 pub mod client;
 pub mod codec;
 pub mod duration;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod services;
 pub mod status;

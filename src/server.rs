@@ -14,12 +14,14 @@ use grpcio::{ChannelBuilder, EnvBuilder, Environment, Server, ServerBuilder, Ser
 use log::{info, warn};
 
 use crate::admin::Admin;
+use crate::metrics::{self, ServerMetrics};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::{self, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
 use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
 use crate::services::helloworld::HelloWorld;
 use crate::services::interop::InteropService;
+use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
 use crate::services::{CallHooks, CallTracker, Hosted};
 use crate::tls::ServerTls;
@@ -44,6 +46,8 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Also serve `grpc.testing.TestService`, the interop suite's service.
     pub interop: bool,
+    /// Serve gRPC server reflection (v1 and v1alpha) for every hosted service.
+    pub reflection: bool,
     /// Sent as `x-served-by` on every response; `None`: the bound `host:port`.
     pub instance_id: Option<String>,
     /// Where the admin HTTP port (`/healthz`) listens; `None`: no admin port.
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             route_db: None,
             tls: None,
             interop: false,
+            reflection: true,
             instance_id: None,
             admin_addr: None,
             limits: ServerLimits::default(),
@@ -121,6 +126,8 @@ pub enum StartError {
     InstanceId(String),
     /// The admin HTTP port cannot listen.
     Admin(String),
+    /// The descriptors of the hosted services cannot be indexed.
+    Reflection(String),
 }
 
 impl fmt::Display for StartError {
@@ -130,7 +137,10 @@ impl fmt::Display for StartError {
             StartError::Bind(addr) => write!(f, "cannot listen on {addr}: address in use or not available"),
             StartError::BadCoreArg(key) => write!(f, "invalid channel argument key {key:?}"),
             StartError::Build(e) => write!(f, "cannot build the server: {e}"),
-            StartError::RouteDb(why) | StartError::InstanceId(why) | StartError::Admin(why) => f.write_str(why),
+            StartError::RouteDb(why)
+            | StartError::InstanceId(why)
+            | StartError::Admin(why)
+            | StartError::Reflection(why) => f.write_str(why),
         }
     }
 }
@@ -144,6 +154,7 @@ pub struct RunningServer {
     addr: String,
     tracker: Arc<CallTracker>,
     health: HealthService,
+    metrics: Arc<ServerMetrics>,
     /// Stops with the server (dropped after it).
     admin: Option<Admin>,
 }
@@ -195,12 +206,18 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     for name in names.iter().chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
+    let metrics = hooks.metrics().clone();
     let admin = match &config.admin_addr {
-        Some(admin_addr) => Some(Admin::start(admin_addr, health.clone()).map_err(StartError::Admin)?),
+        Some(admin_addr) => {
+            let admin = Admin::start(admin_addr, health.clone()).map_err(StartError::Admin)?;
+            admin.route("/metrics", metrics::admin_handler(metrics.clone()));
+            Some(admin)
+        }
         None => None,
     };
-    Ok(RunningServer { server, addr, tracker, health, admin })
+    Ok(RunningServer { server, addr, tracker, health, metrics, admin })
 }
+
 /// Every service the server hosts: the one list that registration, health
 /// and reflection read. Adding a service is one entry here.
 fn hosted_services(
@@ -242,8 +259,12 @@ fn hosted_services(
         hosted.push(Hosted {
             name: test_grpc::TEST_SERVICE_FULL_NAME,
             file: proto::test::file_descriptor(),
-            service: test_grpc::create_test_service_with(InteropService::default(), hooks),
+            service: test_grpc::create_test_service_with(InteropService::default(), hooks.clone()),
         });
+    }
+    if config.reflection {
+        let services = reflection::hosted(&hosted, &hooks).map_err(StartError::Reflection)?;
+        hosted.extend(services);
     }
     Ok(hosted)
 }
@@ -310,6 +331,11 @@ impl RunningServer {
     /// The health service, to mark services (not) serving.
     pub fn health(&self) -> &HealthService {
         &self.health
+    }
+
+    /// The server's metrics (what the admin port's `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
     }
 
     /// Where the admin HTTP port listens, if the server has one.

@@ -4,11 +4,10 @@
 use std::fmt;
 use std::future::Future;
 
-use grpcio::{
-    ClientStreamingSink, ClientStreamingSinkResult, Error, RpcStatus, RpcStatusCode, UnarySink, UnarySinkResult,
-};
+use grpcio::{ClientStreamingSinkResult, Error, RpcStatus, RpcStatusCode, UnarySinkResult};
 use log::{debug, warn};
 
+use crate::call::{ClientStreamingSink, UnarySink};
 use crate::codec::MessageTooLarge;
 
 /// Why a handler stopped early.

@@ -11,30 +11,10 @@ use futures::prelude::*;
 use greet::limits::{MAX_NAMES, MAX_NAME_BYTES};
 use greet::proto::greet::{HelloRequest, HelloResponse, NamesList, NoParam};
 use greet::proto::greet_grpc::GreetServiceClient;
-use grpcio::{CallOption, Marshaller, Method, MethodType, RpcStatusCode, WriteFlags};
+use grpcio::{CallOption, RpcStatusCode, WriteFlags};
 
 fn opt() -> CallOption {
     CallOption::default().timeout(Duration::from_secs(10))
-}
-
-fn raw_ser(msg: &Vec<u8>, buf: &mut grpcio::GrpcSlice) -> grpcio::Result<()> {
-    *buf = grpcio::GrpcSlice::from(msg.as_slice());
-    Ok(())
-}
-
-fn raw_de(mut reader: grpcio::MessageReader) -> grpcio::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
-    Ok(out)
-}
-
-fn raw_method(name: &'static str) -> Method<Vec<u8>, Vec<u8>> {
-    Method {
-        ty: MethodType::Unary,
-        name,
-        req_mar: Marshaller { ser: raw_ser, de: raw_de },
-        resp_mar: Marshaller { ser: raw_ser, de: raw_de },
-    }
 }
 
 #[test]

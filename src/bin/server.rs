@@ -66,6 +66,9 @@ struct Args {
     /// grpc.max_concurrent_streams=100); repeatable. For tuning.
     #[arg(long = "core-arg", value_parser = parse_core_arg)]
     core_args: Vec<(String, i32)>,
+    /// Do not serve gRPC server reflection (grpc.reflection.v1 and v1alpha).
+    #[arg(long)]
+    no_reflection: bool,
 }
 
 fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
     config.core_args = args.core_args;
+    config.reflection = !args.no_reflection;
     config.instance_id = args.instance_id;
     config.admin_addr = args.admin_addr;
     config.limits = ServerLimits {

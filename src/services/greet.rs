@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{ClientStreamingSink, DuplexSink, RequestStream, RpcContext, ServerStreamingSink, UnarySink, WriteFlags};
+use grpcio::{RpcContext, WriteFlags};
 use log::info;
 
 use super::CallTracker;
+use crate::call::{ClientStreamingSink, DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
 use crate::limits;
 use crate::proto::greet::{HelloRequest, HelloResponse, MessagesList, NamesList, NoParam};
 use crate::proto::greet_grpc::GreetService;

@@ -1,9 +1,10 @@
 //! `helloworld.Greeter`: the contract of grpc-go's `examples/helloworld`, so
 //! that the official greeter client and server work with ours.
 
-use grpcio::{RpcContext, UnarySink};
+use grpcio::RpcContext;
 use log::debug;
 
+use crate::call::UnarySink;
 use crate::limits;
 use crate::proto::helloworld::{HelloReply, HelloRequest};
 use crate::proto::helloworld_grpc::Greeter;

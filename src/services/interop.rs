@@ -24,11 +24,9 @@ use std::time::Duration;
 
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{
-    ClientStreamingSink, DuplexSink, Metadata, MetadataBuilder, RequestStream, RpcContext, RpcStatus,
-    ServerStreamingSink, UnarySink, WriteFlags,
-};
+use grpcio::{Metadata, MetadataBuilder, RpcContext, RpcStatus, WriteFlags};
 
+use crate::call::{ClientStreamingSink, DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
 use crate::limits;
 use crate::proto::empty::Empty;
 use crate::proto::messages::{

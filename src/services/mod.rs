@@ -4,6 +4,7 @@ pub mod greet;
 pub mod health;
 pub mod helloworld;
 pub mod interop;
+pub mod reflection;
 pub mod route_guide;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,8 @@ use grpcio::{
     ClientStreamingSink, DuplexSink, Metadata, MetadataBuilder, RpcContext, ServerStreamingSink, Service, UnarySink,
 };
 use protobuf::reflect::FileDescriptor;
+
+use crate::metrics::ServerMetrics;
 
 /// One service a server hosts: its full name (what health checking and
 /// reflection call it), the file that declares it, and the handlers to
@@ -26,12 +29,15 @@ pub struct Hosted {
 
 /// Runs before every handler of every hosted service (the generated
 /// `create_<service>_with` calls it), so that what each call needs is set in
-/// one place: today, the `x-served-by` response header naming the instance.
+/// one place: the `x-served-by` response header naming the instance, and the
+/// metrics every call is counted in (by the `crate::call` wrappers).
 #[derive(Clone, Default)]
 pub struct CallHooks {
     /// Sent as the initial metadata of every call once set (the instance id
     /// defaults to the bound address, known only after the services are built).
     headers: Arc<OnceLock<Metadata>>,
+    /// The server's metrics; each server has its own.
+    metrics: Arc<ServerMetrics>,
 }
 
 /// The response header that names the instance that served a call.
@@ -45,6 +51,11 @@ impl CallHooks {
             .add_str(SERVED_BY_HEADER, instance)
             .map_err(|e| format!("instance id {instance:?} cannot be sent as a header: {e}"))?;
         self.headers.set(headers.build()).map_err(|_| "the instance id is already set".to_string())
+    }
+
+    /// The metrics the calls of these services are counted in.
+    pub fn metrics(&self) -> &Arc<ServerMetrics> {
+        &self.metrics
     }
 
     /// Called by the generated handler wrappers before the service's method.

@@ -11,12 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::prelude::*;
-use grpcio::{
-    ClientStreamingSink, DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, ServerStreamingSink,
-    UnarySink, WriteFlags,
-};
+use grpcio::{RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
 use serde_json::Value;
 
+use crate::call::{ClientStreamingSink, DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
 use crate::proto::route_guide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
 use crate::proto::route_guide_grpc::RouteGuide;
 use crate::status::{finish_stream, log_transport_error, reply, CallError};

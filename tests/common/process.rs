@@ -67,13 +67,23 @@ impl Process {
         self.lines.try_iter().collect()
     }
 
-    /// Sends `signal` (e.g. "TERM", "KILL") unless the process has been reaped.
+    /// Sends `signal` (e.g. "TERM", "KILL", "HUP") unless the process has been
+    /// reaped. A direct syscall: a test that kills mid-load must not stall its
+    /// load (as spawning `kill` would) while in-flight calls drain.
     pub fn signal(&mut self, signal: &str) {
         if self.has_exited() {
             return;
         }
+        let number = match signal {
+            "TERM" => libc::SIGTERM,
+            "KILL" => libc::SIGKILL,
+            "HUP" => libc::SIGHUP,
+            "INT" => libc::SIGINT,
+            other => panic!("no signal {other} in this helper"),
+        };
         // The waiter thread has not reaped it, so the pid is still this process's.
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid.to_string()).status();
+        let pid = libc::pid_t::try_from(self.pid).expect("a pid fits pid_t");
+        unsafe { libc::kill(pid, number) };
     }
 
     /// SIGKILL, now.
@@ -141,13 +151,21 @@ impl ServerProcess {
 
 /// One GET on the admin port: the status code.
 pub fn http_get_status(addr: &str, path: &str) -> u16 {
+    http_get(addr, path).0
+}
+
+/// One GET on the admin port: the status code and the body. HTTP/1.0, so
+/// that the body comes whole (not chunked) and ends with the connection.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("the admin port accepts");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
-    response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    let code = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (code, body.to_string())
 }
 
 /// The repository's root (where Cargo.toml is).
