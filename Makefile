@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo gotools test lint interop bench cluster cluster-stop
+.PHONY: deps build run-server run-client demo gotools test lint interop bench cluster cluster-stop security-check
 
 deps:
 	@scripts/ensure-deps.sh
@@ -54,6 +54,14 @@ interop: build
 bench: deps
 	python3 bench/run.py $(BENCH_ARGS)
 
+## HTTP/2 floods and h2spec against the bare server, the proxied deployment and
+## grpc-go's greeter_server (loopback, bounded, ~5 minutes); one table of outcomes.
+## SECURITY_ARGS="--targets bare --attacks rapid" for a part of it.
+security-check: deps
+	scripts/ensure-deps.sh protobuf-compiler
+	$(CARGO) build --release --bin server
+	/usr/bin/python3 scripts/security_check.py --server-bin $(BIN)/server $(SECURITY_ARGS)
+
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) fmt --check --manifest-path bench/tonic-peer/Cargo.toml
@@ -61,4 +69,5 @@ lint: deps
 	@unformatted="$$(gofmt -l tests/interop/go bench/go)"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
-	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py
+	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/h2flood.py \
+	  scripts/security_check.py

@@ -15,6 +15,9 @@ pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The supported deployment puts replicas behind it; tests start their own.
 [ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+# The abuse tests and `make security-check` drive raw HTTP/2 floods from
+# Debian's python3 with its h2 package.
+/usr/bin/python3 -c 'import h2' >/dev/null 2>&1 || missing+=(python3-h2)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if [ "$#" -gt 0 ]; then

@@ -28,7 +28,11 @@
 //!   balancing, retries, health checking, pooling); then one file per client:
 //!   [`client::greet`], [`client::route_guide`], [`client::interop`] and
 //!   [`client::load`] (the load tool).
-//! - [`tls`]: PEM files to server credentials and client TLS settings.
+//! - [`tls`]: PEM files to server credentials (mutual TLS when the server
+//!   names a client CA) and client TLS settings (with an optional client
+//!   certificate).
+//! - [`auth`]: bearer tokens checked on every call by a `ServerChecker`,
+//!   reloaded on SIGHUP.
 //! - [`status`]: how errors become gRPC statuses and one-line CLI errors.
 //! - [`limits`]: what a peer may send, and the status it gets beyond that.
 //! - [`codec`]: how requests are decoded, with the receive-size limit
@@ -38,6 +42,7 @@
 //!   `interop-client`) that parse flags and call into this library.
 
 pub mod admin;
+pub mod auth;
 pub mod call;
 pub mod client;
 pub mod codec;

@@ -10,10 +10,11 @@ use std::time::Duration;
 use futures::executor::block_on;
 use futures::future::{self, Either};
 use futures_timer::Delay;
-use grpcio::{ChannelBuilder, EnvBuilder, Environment, Server, ServerBuilder, ServerCredentials};
+use grpcio::{ChannelBuilder, EnvBuilder, Environment, ResourceQuota, Server, ServerBuilder, ServerCredentials};
 use log::{info, warn};
 
 use crate::admin::Admin;
+use crate::auth::Authenticator;
 use crate::metrics::{self, ServerMetrics};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::{self, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
@@ -54,6 +55,9 @@ pub struct ServerConfig {
     pub admin_addr: Option<String>,
     /// Limits a peer runs into, passed to the core as channel arguments.
     pub limits: ServerLimits,
+    /// Require a bearer token on every call (except health and reflection);
+    /// `None` lets anyone call.
+    pub auth: Option<Authenticator>,
     /// Extra integer channel arguments for the C core (`grpc.…` keys), for
     /// tuning without a rebuild; applied after ours, so they win.
     pub core_args: Vec<(String, i32)>,
@@ -77,6 +81,17 @@ pub struct ServerLimits {
     pub max_connection_age: Option<Duration>,
     /// How long calls may run on a connection after its age GOAWAY.
     pub max_connection_age_grace: Duration,
+    /// How long a new connection has to finish its handshake (TLS, and the
+    /// client's HTTP/2 SETTINGS) before it is closed: bounds what silent or
+    /// half-open peers hold (`grpc.server_handshake_timeout_ms`).
+    pub handshake_timeout: Duration,
+    /// Memory the core may use for connections and calls (a `ResourceQuota`);
+    /// `None`: no limit. Measured against the rapid-reset flood: no help
+    /// (README, "Security").
+    pub memory_quota: Option<usize>,
+    /// Calls each completion queue has requested from the core ahead of
+    /// time (grpcio's `requests_slot_per_cq`); default [`REQUEST_SLOTS_PER_CQ`].
+    pub request_slots_per_cq: usize,
 }
 
 impl Default for ServerLimits {
@@ -87,6 +102,9 @@ impl Default for ServerLimits {
             min_ping_interval: Duration::from_secs(10),
             max_connection_age: None,
             max_connection_age_grace: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            memory_quota: None,
+            request_slots_per_cq: REQUEST_SLOTS_PER_CQ,
         }
     }
 }
@@ -104,6 +122,7 @@ impl Default for ServerConfig {
             instance_id: None,
             admin_addr: None,
             limits: ServerLimits::default(),
+            auth: None,
             core_args: Vec::new(),
         }
     }
@@ -281,7 +300,11 @@ fn channel_args(env: &Arc<Environment>, config: &ServerConfig) -> Result<Channel
         .raw_cfg_int(c"grpc.enable_deadline_checking".into(), 1)
         .max_concurrent_stream(i32::try_from(limits.max_concurrent_streams).unwrap_or(i32::MAX))
         .http2_min_recv_ping_interval_without_data(limits.min_ping_interval)
-        .keepalive_permit_without_calls(true);
+        .keepalive_permit_without_calls(true)
+        .raw_cfg_int(c"grpc.server_handshake_timeout_ms".into(), millis(limits.handshake_timeout));
+    if let Some(bytes) = limits.memory_quota {
+        args = args.set_resource_quota(ResourceQuota::new(Some("greet-server")).resize_memory(bytes));
+    }
     if let Some(age) = limits.max_connection_age {
         args = args
             .raw_cfg_int(c"grpc.max_connection_age_ms".into(), millis(age))
@@ -294,7 +317,8 @@ fn channel_args(env: &Arc<Environment>, config: &ServerConfig) -> Result<Channel
     Ok(args)
 }
 
-/// Calls each completion queue keeps requested from the core ahead of their
+/// The default of [`ServerLimits::request_slots_per_cq`] (`--request-slots`):
+/// calls each completion queue keeps requested from the core ahead of their
 /// arrival (grpcio's default is 1,024). Each slot holds memory while idle; 256
 /// take 0.3 MiB less per queue (bench/README.md) and still cover a burst of 256
 /// new calls at once. Calls beyond that wait in the core's queue until a slot is
@@ -304,9 +328,12 @@ pub const REQUEST_SLOTS_PER_CQ: usize = 256;
 fn build(env: Arc<Environment>, config: &ServerConfig, hosted: Vec<Hosted>) -> Result<Server, StartError> {
     let mut builder = ServerBuilder::new(env.clone())
         .channel_args(channel_args(&env, config)?.build_args())
-        .requests_slot_per_cq(REQUEST_SLOTS_PER_CQ);
+        .requests_slot_per_cq(config.limits.request_slots_per_cq.max(1));
     for service in hosted {
         builder = builder.register_service(service.service);
+    }
+    if let Some(auth) = &config.auth {
+        builder = builder.add_checker(auth.checker());
     }
     builder.build().map_err(StartError::Build)
 }

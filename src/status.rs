@@ -22,14 +22,18 @@ pub enum CallError {
 
 impl From<Error> for CallError {
     /// A request over the receive limit (src/codec.rs) ends the call with
-    /// RESOURCE_EXHAUSTED; every other grpcio error is the transport's.
+    /// RESOURCE_EXHAUSTED; any other request on a stream that does not decode
+    /// is the peer's mistake, and the call can still say so; anything else
+    /// ended the transport. (Unary and server-streaming requests are decoded
+    /// before the handler runs: grpcio ends an undecodable one with INTERNAL,
+    /// the generated wrapper an oversized one with RESOURCE_EXHAUSTED.)
     fn from(e: Error) -> Self {
-        match &e {
-            Error::Codec(inner) => match inner.downcast_ref::<MessageTooLarge>() {
+        match e {
+            Error::Codec(why) => match why.downcast_ref::<MessageTooLarge>() {
                 Some(too_large) => CallError::Status(too_large.status()),
-                None => CallError::Transport(e),
+                None => CallError::Status(invalid_argument(format!("cannot decode the request: {why}"))),
             },
-            _ => CallError::Transport(e),
+            other => CallError::Transport(other),
         }
     }
 }

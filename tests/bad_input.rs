@@ -5,16 +5,33 @@ mod common;
 
 use std::time::Duration;
 
+use common::raw;
 use common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::limits::{MAX_NAMES, MAX_NAME_BYTES};
 use greet::proto::greet::{HelloRequest, HelloResponse, NamesList, NoParam};
 use greet::proto::greet_grpc::GreetServiceClient;
-use grpcio::{CallOption, RpcStatusCode, WriteFlags};
+use grpcio::{CallOption, MethodType, RpcStatusCode, WriteFlags};
 
 fn opt() -> CallOption {
     CallOption::default().timeout(Duration::from_secs(10))
+}
+
+/// Calls `method` with `payload` as its one request message.
+fn call_raw(
+    client: &grpcio::Client,
+    method: &'static str,
+    ty: MethodType,
+    payload: &[u8],
+) -> Result<Vec<Vec<u8>>, (RpcStatusCode, String)> {
+    raw::call(client, method, ty, vec![payload.to_vec()])
+}
+
+/// Field 2, as `depth` nested groups that are never closed: the shape of
+/// RUSTSEC-2024-0437 (unbounded recursion on unknown groups).
+fn nested_groups(depth: usize) -> Vec<u8> {
+    vec![(2 << 3) | 3; depth]
 }
 
 #[test]
@@ -123,6 +140,97 @@ fn a_failing_call_does_not_disturb_a_concurrent_stream() {
         let req = HelloRequest { name: "second".into(), ..Default::default() };
         sink.send((req, WriteFlags::default())).await.unwrap();
         assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello second");
+        greet::client::half_close(&mut sink).await.unwrap();
+        assert!(receiver.try_next().await.unwrap().is_none());
+    });
+}
+
+/// Each payload must end every call with INTERNAL (grpcio's status for a
+/// request it cannot decode before the handler runs) or INVALID_ARGUMENT
+/// (ours, for a stream's request), on every method; the server keeps serving.
+fn assert_every_method_refuses(server: &greet::server::RunningServer, what: &str, payload: &[u8], skip: &[&str]) {
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    for &(method, ty) in raw::METHODS.iter().filter(|(m, _)| !skip.contains(m)) {
+        match call_raw(&client, method, ty, payload) {
+            Err((RpcStatusCode::INTERNAL, _)) | Err((RpcStatusCode::INVALID_ARGUMENT, _)) => {}
+            other => panic!("{what} to {method}: want INTERNAL or INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    assert_eq!(block_on(client_for(server).say_hello()).unwrap(), "Hello", "the server keeps serving after {what}");
+}
+
+#[test]
+fn a_truncated_message_gets_a_status_on_every_method() {
+    let server = start_server(Duration::ZERO);
+    assert_every_method_refuses(&server, "a truncated field", &[0x0a, 0x64, 0xff], &[]);
+}
+
+#[test]
+fn deeply_nested_unknown_groups_get_a_status_on_every_method() {
+    let server = start_server(Duration::ZERO);
+    for depth in [101, 10_000, 1_000_000] {
+        assert_every_method_refuses(&server, &format!("{depth} nested groups"), &nested_groups(depth), &[]);
+    }
+}
+
+#[test]
+fn invalid_utf8_in_a_string_field_gets_a_status_on_every_method_with_one() {
+    let server = start_server(Duration::ZERO);
+    // A string field holding an invalid UTF-8 sequence: field 1 of
+    // HelloRequest, NamesList and HealthCheckRequest, field 2 of RouteNote.
+    // (NoParam, Point and Rectangle have no string: the bytes would be an
+    // unknown field, which is fine.)
+    let field_1 = [0x0a, 0x02, 0xc3, 0x28];
+    let skip = [
+        "/greet_service.GreetService/SayHello",
+        "/routeguide.RouteGuide/GetFeature",
+        "/routeguide.RouteGuide/ListFeatures",
+        "/routeguide.RouteGuide/RecordRoute",
+        "/routeguide.RouteGuide/RouteChat",
+    ];
+    assert_every_method_refuses(&server, "invalid UTF-8", &field_1, &skip);
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    let note = [0x12, 0x02, 0xc3, 0x28];
+    let (code, _) = call_raw(&client, "/routeguide.RouteGuide/RouteChat", MethodType::Duplex, &note).unwrap_err();
+    assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
+    let reply = call_raw(&client, "/greet_service.GreetService/SayHello", MethodType::Unary, &field_1).unwrap();
+    assert_eq!(reply, vec![b"\x0a\x05Hello".to_vec()]);
+}
+
+#[test]
+fn a_bad_request_on_a_stream_gets_invalid_argument_that_says_why() {
+    let server = start_server(Duration::ZERO);
+    let client = grpcio::Client::new(greet::client::connect(server.addr()));
+    let (code, message) = call_raw(
+        &client,
+        "/greet_service.GreetService/SayHelloBidirectionalStreaming",
+        MethodType::Duplex,
+        &[0x0a, 0x02, 0xc3, 0x28],
+    )
+    .unwrap_err();
+    assert_eq!(code, RpcStatusCode::INVALID_ARGUMENT);
+    assert!(message.starts_with("cannot decode the request: "), "{message}");
+    assert!(message.contains("UTF-8"), "{message}");
+}
+
+#[test]
+fn an_oversized_message_fails_alone_while_a_stream_on_the_same_connection_goes_on() {
+    let server = start_server(Duration::ZERO);
+    let client = GreetServiceClient::new(greet::client::connect(server.addr()));
+    let (mut sink, mut receiver) = client.say_hello_bidirectional_streaming_opt(opt()).unwrap();
+    let say = |name: &str| (HelloRequest { name: name.into(), ..Default::default() }, WriteFlags::default());
+    block_on(async {
+        sink.send(say("before")).await.unwrap();
+        assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello before");
+    });
+    for oversized in [greet::limits::MAX_RECEIVE_MESSAGE_BYTES + 1, 16 * 1024 * 1024] {
+        let req = NamesList { names: vec!["n".repeat(oversized)], ..Default::default() };
+        let err = block_on(client.say_hello_server_streaming_opt(&req, opt()).unwrap().try_next()).unwrap_err();
+        assert_eq!(code_of(err).0, RpcStatusCode::RESOURCE_EXHAUSTED);
+    }
+    block_on(async {
+        sink.send(say("after")).await.unwrap();
+        assert_eq!(receiver.try_next().await.unwrap().unwrap().message, "Hello after");
         greet::client::half_close(&mut sink).await.unwrap();
         assert!(receiver.try_next().await.unwrap().is_none());
     });

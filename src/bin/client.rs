@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use futures::executor::block_on;
+use greet::auth;
 use greet::client::channel::{Keepalive, DEFAULT_RETRIES};
 use greet::client::load::{self, LoadConfig, Workload};
 use greet::client::{route_guide, Client, Connector, LbPolicy};
 use greet::duration;
 use greet::status::CliError;
 use greet::tls::ClientTls;
+use grpcio::Metadata;
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser, Debug)]
@@ -51,6 +53,17 @@ struct Args {
     /// Name to expect in the server's TLS certificate instead of the host of --addr.
     #[arg(long, global = true, requires = "tls_ca")]
     tls_server_name: Option<String>,
+    /// Mutual TLS: present this PEM certificate chain to the server (needs
+    /// --tls-ca and --tls-key).
+    #[arg(long, global = true, requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Send `authorization: Bearer <token>` with every call, the token read
+    /// from this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Deadline of each call, e.g. 30s, 500ms.
     #[arg(long, default_value = "30s", value_parser = duration::parse, global = true)]
     timeout: Duration,
@@ -130,14 +143,27 @@ fn connector(args: &Args) -> Result<Connector, String> {
         .connections(args.connections)
         .keepalive(args.keepalive.map(|time| Keepalive { time, timeout: args.keepalive_timeout }));
     if let Some(ca) = &args.tls_ca {
-        connector = connector.tls(ClientTls::from_file(ca, args.tls_server_name.clone())?);
+        let mut tls = ClientTls::from_file(ca, args.tls_server_name.clone())?;
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            tls = tls.with_identity(cert, key)?;
+        }
+        connector = connector.tls(tls);
     }
     Ok(connector)
 }
 
-async fn run(args: &Args, connector: &Connector) -> Result<(), CliError> {
+/// The metadata every call carries: the bearer token of --token-file.
+fn headers(args: &Args) -> Result<Option<Metadata>, String> {
+    let Some(path) = &args.token_file else { return Ok(None) };
+    auth::bearer_metadata(&auth::read_token_file(path)?).map(Some)
+}
+
+async fn run(args: &Args, connector: &Connector, headers: Option<Metadata>) -> Result<(), CliError> {
     let channel = connector.channel();
-    let client = Client::new(channel.clone(), args.timeout);
+    let mut client = Client::new(channel.clone(), args.timeout);
+    if let Some(headers) = headers {
+        client = client.with_headers(headers);
+    }
     let names = &args.names;
     match &args.command {
         Command::Unary => print(client.say_hello().await?),
@@ -191,8 +217,8 @@ fn run_load(args: &Args, load_args: &LoadArgs, connector: &Connector) -> Result<
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let connector = match connector(&args) {
-        Ok(connector) => connector,
+    let (connector, headers) = match connector(&args).and_then(|connector| Ok((connector, headers(&args)?))) {
+        Ok(set_up) => set_up,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -202,10 +228,14 @@ fn main() -> ExitCode {
         Command::Load(load_args) => run_load(&args, load_args, &connector),
         // The route guide client makes its calls one after another, blocking.
         Command::RouteGuide => {
-            route_guide::Client::new(connector.channel(), args.timeout).run_demo(print).map_err(CliError::from)
+            let mut client = route_guide::Client::new(connector.channel(), args.timeout);
+            if let Some(headers) = headers {
+                client = client.with_headers(headers);
+            }
+            client.run_demo(print).map_err(CliError::from)
         }
         // The one place the client blocks.
-        _ => block_on(run(&args, &connector)),
+        _ => block_on(run(&args, &connector, headers)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,7 +64,7 @@ fn target(args: &Args) -> Result<Target, String> {
         match &args.ca_file {
             Some(ca) => Some(ClientTls::from_file(ca, server_name)?),
             None if args.use_test_ca => return Err("--use_test_ca needs --ca_file: no test CA is bundled".to_string()),
-            None => Some(ClientTls { ca_pem: None, server_name }),
+            None => Some(ClientTls { ca_pem: None, server_name, identity: None }),
         }
     };
     let host = &args.server_host;

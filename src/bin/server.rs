@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use greet::auth::Authenticator;
 use greet::duration;
 use greet::server::{self, DrainPolicy, ServerConfig, ServerLimits};
 use greet::tls::ServerTls;
@@ -62,6 +63,26 @@ struct Args {
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Mutual TLS: require client certificates signed by the CA(s) in this
+    /// PEM file (needs --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer <token>` on every call except health
+    /// and reflection; FILE has lines `TOKEN PRINCIPAL` (# comments allowed)
+    /// and is reread on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    auth_tokens: Option<PathBuf>,
+    /// How long a new connection has to finish its handshake (TLS and the
+    /// client's HTTP/2 SETTINGS) before it is closed.
+    #[arg(long, default_value = "10s", value_parser = duration::parse)]
+    handshake_timeout: Duration,
+    /// Calls each completion queue requests from the core ahead of time.
+    #[arg(long, default_value_t = ServerLimits::default().request_slots_per_cq)]
+    request_slots: usize,
+    /// Memory the core may use for connections and calls, in MiB (a
+    /// resource quota); default: no limit.
+    #[arg(long, value_name = "MIB")]
+    memory_quota_mib: Option<usize>,
     /// An integer channel argument for the gRPC C core, KEY=VALUE (e.g.
     /// grpc.max_concurrent_streams=100); repeatable. For tuning.
     #[arg(long = "core-arg", value_parser = parse_core_arg)]
@@ -80,10 +101,8 @@ fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
     Ok((key.to_string(), value))
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-
+/// The server's configuration from its flags; the error is one line.
+fn config(args: Args) -> Result<ServerConfig, String> {
     let mut config = ServerConfig { addr: args.addr, stream_interval: args.stream_interval, ..Default::default() };
     config.route_db = args.route_db;
     config.core_args = args.core_args;
@@ -96,27 +115,41 @@ fn main() -> ExitCode {
         min_ping_interval: args.min_ping_interval,
         max_connection_age: (!args.max_connection_age.is_zero()).then_some(args.max_connection_age),
         max_connection_age_grace: args.max_connection_age_grace,
+        handshake_timeout: args.handshake_timeout,
+        memory_quota: args.memory_quota_mib.map(|mib| mib << 20),
+        request_slots_per_cq: args.request_slots,
     };
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        match ServerTls::from_files(cert, key) {
-            Ok(tls) => config.tls = Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
+        let mut tls = ServerTls::from_files(cert, key)?;
+        if let Some(ca) = &args.tls_client_ca {
+            tls = tls.require_client_certs(ca)?;
         }
+        config.tls = Some(tls);
+    }
+    if let Some(path) = &args.auth_tokens {
+        let auth = Authenticator::from_file(path)?;
+        auth.reload_on_sighup()?;
+        config.auth = Some(auth);
     }
     if let Some(threads) = args.threads {
         config.completion_queues = threads.max(1);
     }
-    let signal = match server::termination_signal() {
-        Ok(signal) => signal,
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let drain = DrainPolicy { delay: args.drain_delay, grace: args.grace };
+    let started = config(args).and_then(|config| Ok((config, server::termination_signal()?)));
+    let (config, signal) = match started {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match server::run(&config, signal, DrainPolicy { delay: args.drain_delay, grace: args.grace }) {
+    match server::run(&config, signal, drain) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -304,6 +304,9 @@ impl Connector {
                 if let Some(ca) = &tls.ca_pem {
                     credentials = credentials.root_cert(ca.clone());
                 }
+                if let Some((cert, key)) = &tls.identity {
+                    credentials = credentials.cert(cert.clone(), key.clone());
+                }
                 let mut builder = builder.set_credentials(credentials.build());
                 if let Some(name) = &tls.server_name {
                     builder = builder.override_ssl_target(name.clone());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{CallOption, Channel, StreamingCallSink, WriteFlags};
+use grpcio::{CallOption, Channel, Metadata, StreamingCallSink, WriteFlags};
 
 use crate::proto::greet::{HelloRequest, NamesList, NoParam};
 use crate::proto::greet_grpc::GreetServiceClient;
@@ -24,6 +24,17 @@ pub struct Client {
     hello: GreeterClient,
     /// Deadline of each call, from its start.
     timeout: Duration,
+    /// Metadata sent with every call (e.g. `authorization`).
+    headers: Option<Metadata>,
+}
+
+/// The options of one call: its deadline, and `headers` if any.
+pub fn call_option(timeout: Duration, headers: Option<&Metadata>) -> CallOption {
+    let option = CallOption::default().timeout(timeout);
+    match headers {
+        Some(headers) => option.headers(headers.clone()),
+        None => option,
+    }
 }
 
 fn request(name: &str) -> HelloRequest {
@@ -32,11 +43,22 @@ fn request(name: &str) -> HelloRequest {
 
 impl Client {
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Client { greet: GreetServiceClient::new(channel.clone()), hello: GreeterClient::new(channel), timeout }
+        Client {
+            greet: GreetServiceClient::new(channel.clone()),
+            hello: GreeterClient::new(channel),
+            timeout,
+            headers: None,
+        }
+    }
+
+    /// Sends `headers` with every call, e.g. [`crate::auth::bearer_metadata`].
+    pub fn with_headers(mut self, headers: Metadata) -> Self {
+        self.headers = Some(headers);
+        self
     }
 
     fn call_option(&self) -> CallOption {
-        CallOption::default().timeout(self.timeout)
+        call_option(self.timeout, self.headers.as_ref())
     }
 
     /// Unary `SayHello`: the server's greeting ("Hello").

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use futures::executor::block_on;
 use futures::prelude::*;
-use grpcio::{CallOption, Channel, WriteFlags};
+use grpcio::{CallOption, Channel, Metadata, WriteFlags};
 
+use super::greet::call_option;
 use super::settle;
 use crate::proto::route_guide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
 use crate::proto::route_guide_grpc::RouteGuideClient;
@@ -19,6 +20,8 @@ pub struct Client {
     stub: RouteGuideClient,
     /// Deadline of each call, from its start.
     timeout: Duration,
+    /// Metadata sent with every call (e.g. `authorization`).
+    headers: Option<Metadata>,
 }
 
 /// A rectangle from its two corners.
@@ -79,11 +82,17 @@ pub fn describe_summary(summary: &RouteSummary) -> String {
 
 impl Client {
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Client { stub: RouteGuideClient::new(channel), timeout }
+        Client { stub: RouteGuideClient::new(channel), timeout, headers: None }
+    }
+
+    /// Sends `headers` with every call, e.g. [`crate::auth::bearer_metadata`].
+    pub fn with_headers(mut self, headers: Metadata) -> Self {
+        self.headers = Some(headers);
+        self
     }
 
     fn call_option(&self) -> CallOption {
-        CallOption::default().timeout(self.timeout)
+        call_option(self.timeout, self.headers.as_ref())
     }
 
     /// GetFeature: the feature at `point` (an empty name if none is known).

@@ -45,28 +45,14 @@ pub fn code_of(error: grpcio::Error) -> (grpcio::RpcStatusCode, String) {
 
 /// A unary method that sends and receives raw bytes: any path, any payload.
 pub fn raw_method(name: &'static str) -> grpcio::Method<Vec<u8>, Vec<u8>> {
-    grpcio::Method {
-        ty: grpcio::MethodType::Unary,
-        name,
-        req_mar: grpcio::Marshaller { ser: raw_ser, de: raw_de },
-        resp_mar: grpcio::Marshaller { ser: raw_ser, de: raw_de },
-    }
-}
-
-fn raw_ser(msg: &Vec<u8>, buf: &mut grpcio::GrpcSlice) -> grpcio::Result<()> {
-    *buf = grpcio::GrpcSlice::from(msg.as_slice());
-    Ok(())
-}
-
-fn raw_de(mut reader: grpcio::MessageReader) -> grpcio::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut reader, &mut out).map_err(|e| grpcio::Error::Codec(Box::new(e)))?;
-    Ok(out)
+    raw::method(grpcio::MethodType::Unary, name)
 }
 
 mod certs;
 mod gotools;
+pub mod h2;
 pub mod process;
+pub mod raw;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]

@@ -120,6 +120,15 @@ fn address_after(line: &str, marker: &str) -> String {
     rest.split_whitespace().next().expect("an address follows").to_string()
 }
 
+/// Starts `command` (the `server` binary with `--addr 127.0.0.1:0`, perhaps
+/// through a wrapper) and waits for it to log where it listens.
+pub fn start_server_command(mut command: Command) -> (Process, String) {
+    command.env("RUST_LOG", "info");
+    let process = Process::spawn(command);
+    let addr = address_after(&process.wait_for_line("Server started at ", READY_TIMEOUT), "Server started at ");
+    (process, addr)
+}
+
 /// The `server` binary on 127.0.0.1 port 0 with an admin port, started and ready.
 pub struct ServerProcess {
     pub process: Process,

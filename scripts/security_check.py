@@ -1,0 +1,239 @@
+#!/usr/bin/python3
+"""`make security-check`: HTTP/2 attacks against three targets on loopback, one
+table of outcomes.
+
+Targets:
+  bare      our `server` binary, alone
+  proxied   our `server` behind HAProxy with the shipped deploy/haproxy/haproxy.cfg
+  grpc-go   grpc-go's official helloworld greeter_server (v1.85, tests/interop/go pins it)
+
+Attacks (each against a freshly started target; bounded, 127.0.0.1 only):
+  rapid reset   scripts/h2flood.py: 4 connections x 5 s of HEADERS+RST_STREAM (CVE-2023-44487),
+                while a well-behaved client calls SayHello at 500 calls/s
+  ping flood    1 connection x 3 s of PING frames, same probe
+  settings flood 1 connection x 3 s of empty SETTINGS frames, same probe
+  h2spec        HTTP/2 conformance (github.com/summerwind/h2spec, pinned in scripts/h2spec/go.mod)
+
+Needs Debian's python3-h2 (run with /usr/bin/python3), haproxy, Go, protoc and our
+release `server` (the Makefile target builds it). Writes the table to stdout and
+every raw figure to $CARGO_TARGET_DIR/security-check.json. About 6 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import gopeers  # noqa: E402
+
+H2FLOOD = HERE / "h2flood.py"
+HAPROXY_TEMPLATE = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+INTEROP_GO = REPO / "tests" / "interop" / "go"
+H2SPEC_GO = HERE / "h2spec"
+GREETER_SERVER_PKG = "google.golang.org/grpc/examples/helloworld/greeter_server"
+H2SPEC_PKG = "github.com/summerwind/h2spec/cmd/h2spec"
+
+ATTACKS = {
+    "rapid reset (4 conns x 5 s)": ["--attack", "rapid-reset", "--connections", "4", "--seconds", "5"],
+    "ping flood (1 conn x 3 s)": ["--attack", "ping", "--connections", "1", "--seconds", "3"],
+    "settings flood (1 conn x 3 s)": ["--attack", "settings", "--connections", "1", "--seconds", "3"],
+}
+
+
+def log(msg: str) -> None:
+    print(f"security-check: {msg}", file=sys.stderr, flush=True)
+
+
+def cargo_target() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", Path.home() / ".cache" / "greet" / "target"))
+
+
+def go_tools(bin_root: Path) -> Path:
+    """grpc-go's greeter_server and h2spec, built from their pinned modules into a cache."""
+    go, protoc = gopeers.find_go(), gopeers.find_protoc()
+    sources = [INTEROP_GO / "go.mod", INTEROP_GO / "go.sum", H2SPEC_GO / "go.mod", H2SPEC_GO / "go.sum"]
+    key = gopeers.source_key(REPO, sources, go, protoc, extra="security-check")
+
+    def build(tmp: Path) -> None:
+        gopeers.go_build(go, INTEROP_GO, tmp / "greeter_server", GREETER_SERVER_PKG)
+        gopeers.go_build(go, H2SPEC_GO, tmp / "h2spec", H2SPEC_PKG)
+
+    return gopeers.cached_build(bin_root, key, ["greeter_server", "h2spec"], build)
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # polling a port that is not up yet; bounded by the deadline
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+class Target:
+    """A started target: `port` for the flood and the probe, `pid` whose RSS to report."""
+
+    def __init__(self, name: str, server_bin: Path, go_bin: Path, tmp: Path):
+        self.name, self.procs, self.port, self.pid = name, [], 0, 0
+        if name == "grpc-go":
+            self.port = gopeers.free_port()
+            self.pid = self.spawn([go_bin / "greeter_server", f"-port={self.port}"], tmp / "greeter_server.log")
+            wait_port(self.port, self.procs[-1])
+            return
+        grpc_port, admin_port = gopeers.free_port(), gopeers.free_port()
+        argv = [server_bin, "--addr", f"127.0.0.1:{grpc_port}", "--stream-interval", "0"]
+        if name == "proxied":
+            argv += ["--admin-addr", f"127.0.0.1:{admin_port}"]
+        self.pid = self.spawn(argv, tmp / f"{name}-server.log")
+        wait_port(grpc_port, self.procs[-1])
+        self.port = grpc_port
+        if name == "proxied":
+            self.port = gopeers.free_port()
+            cfg = tmp / "haproxy.cfg"
+            cfg.write_text(render_haproxy(self.port, [(f"127.0.0.1:{grpc_port}", admin_port)]))
+            self.spawn(["haproxy", "-db", "-f", cfg], tmp / "haproxy.log")
+            wait_port(self.port, self.procs[-1])
+            wait_healthy(self.port)
+
+    def spawn(self, argv: list, log_path: Path) -> int:
+        out = open(log_path, "ab")
+        proc = subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+        self.procs.append(proc)
+        return proc.pid
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            gopeers.stop_process(proc, 5)
+
+
+def render_haproxy(bind_port: int, replicas: list[tuple[str, int]]) -> str:
+    """The shipped template with our ports: @BIND@, and each @NAME@ line once per replica."""
+    lines = []
+    for line in HAPROXY_TEMPLATE.read_text().splitlines():
+        line = line.replace("@BIND@", f"127.0.0.1:{bind_port}")
+        if "@NAME@" not in line or line.lstrip().startswith("#"):
+            lines.append(line)
+            continue
+        for i, (addr, admin_port) in enumerate(replicas):
+            lines.append(line.replace("@NAME@", f"replica{i}").replace("@ADDR@", addr)
+                         .replace("@ADMIN_PORT@", str(admin_port)).replace("@BACKUP@", ""))
+    return "\n".join(lines) + "\n"
+
+
+def wait_healthy(port: int, timeout: float = 20) -> None:
+    """Until one probe call through the proxy is OK (its health check has passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        report = flood(port, 0, ["--attack", "none", "--warmup", "0", "--seconds", "0", "--after", "0.2",
+                                 "--probe-rate", "20"])
+        probe = report["probe"]["after"]
+        if probe["calls"] and probe["ok"] == probe["calls"]:
+            return
+    raise RuntimeError(f"no call through the proxy on :{port} succeeded within {timeout:.0f}s")
+
+
+def flood(port: int, pid: int, args: list) -> dict:
+    argv = ["/usr/bin/python3", H2FLOOD, "--target", f"127.0.0.1:{port}", *args]
+    if pid:
+        argv += ["--server-pid", str(pid)]
+    out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"h2flood failed: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout)
+
+
+def h2spec(h2spec_bin: Path, port: int) -> dict:
+    out = subprocess.run([str(h2spec_bin), "-h", "127.0.0.1", "-p", str(port), "-o", "1"],
+                         capture_output=True, text=True, timeout=600)
+    # "145 tests, 92 passed, 0 skipped, 53 failed"
+    m = re.search(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed", out.stdout)
+    if not m:
+        return {"error": (out.stdout + out.stderr).strip()[-500:]}
+    total, passed, skipped, failed = map(int, m.groups())
+    return {"tests": total, "passed": passed, "skipped": skipped, "failed": failed}
+
+
+def describe_flood(report: dict, pid: int) -> str:
+    probe = report["probe"]["during"]
+    parts = []
+    if probe["calls"]:
+        parts.append(f"{probe['ok']}/{probe['calls']} OK")
+        if probe["p99_ms"] is not None:
+            parts.append(f"p99 {probe['p99_ms']:.0f} ms")
+    recovery = report["probe"]["recovery_s"]
+    parts.append(f"recovered {recovery:.1f} s after" if recovery is not None else "not recovered 5 s after")
+    rss = report["rss_mib"].get(str(pid))
+    if rss:
+        parts.append(f"RSS {rss['before']:.0f}->{rss['peak']:.0f} MB")
+    f = report["flood"]
+    if f["goaway"]:
+        debug = {json.loads(g)["debug"] or f"code {json.loads(g)['error_code']}" for g in f["goaway"]}
+        parts.append("GOAWAY " + "/".join(sorted(debug)))
+    elif f["connections_closed_by_server"]:
+        parts.append(f"{f['connections_closed_by_server']} conn closed")
+    return ", ".join(parts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--server-bin", type=Path, default=cargo_target() / "release" / "server")
+    ap.add_argument("--go-bin-root", type=Path, default=Path.home() / ".cache" / "greet-security" / "bin")
+    ap.add_argument("--targets", default="bare,proxied,grpc-go")
+    ap.add_argument("--no-h2spec", action="store_true")
+    ap.add_argument("--attacks", help="only the attacks whose name starts with one of these, comma separated")
+    ap.add_argument("--json", type=Path, default=cargo_target() / "security-check.json")
+    args = ap.parse_args()
+    targets = args.targets.split(",")
+    go_bin = go_tools(args.go_bin_root)
+    results: dict = {}
+    rows: dict[str, dict[str, str]] = {}
+    with tempfile.TemporaryDirectory(prefix="greet-security-") as tmp_name:
+        tmp = Path(tmp_name)
+        checks = list(ATTACKS) + ([] if args.no_h2spec else ["h2spec (HTTP/2 conformance)"])
+        if args.attacks:
+            checks = [c for c in checks if c.startswith(tuple(args.attacks.split(",")))]
+        for check in checks:
+            for name in targets:
+                log(f"{check} against {name}")
+                target = Target(name, args.server_bin, go_bin, tmp)
+                try:
+                    if check in ATTACKS:
+                        report = flood(target.port, target.pid, ATTACKS[check])
+                        alive = target.procs[0].poll() is None
+                        rows.setdefault(check, {})[name] = describe_flood(report, target.pid) + \
+                            ("" if alive else ", SERVER DIED")
+                    else:
+                        report = h2spec(go_bin / "h2spec", target.port)
+                        rows.setdefault(check, {})[name] = (f"{report['passed']}/{report['tests']} passed"
+                                                            if "passed" in report else report["error"])
+                    results.setdefault(check, {})[name] = report
+                finally:
+                    target.stop()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    header = {"bare": "bare server", "proxied": "proxied (HAProxy)", "grpc-go": "grpc-go greeter_server"}
+    print("| attack | " + " | ".join(header[t] for t in targets) + " |")
+    print("|---|" + "---|" * len(targets))
+    for check, cells in rows.items():
+        print(f"| {check} | " + " | ".join(cells.get(t, "") for t in targets) + " |")
+    print(f"\nraw figures: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
