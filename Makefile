@@ -53,8 +53,9 @@ interop: build
 	scripts/ensure-deps.sh protobuf-compiler
 	python3 tests/interop/run_matrix.py --rust-bin-dir $(BIN) --markdown $(CARGO_TARGET_DIR)/interop-matrix.md
 
-## Ours vs grpc-go side by side: about 4 minutes of measuring, results in bench/results/.
-## BENCH_ARGS=--quick for a one-round check; see bench/README.md.
+## Ours vs grpc-go and tonic side by side: about 6 minutes of measuring, results in
+## $(CARGO_TARGET_DIR)/bench (BENCH_ARGS=--publish also updates bench/results/, the
+## snapshot the README quotes). BENCH_ARGS=--quick for a one-round check; see bench/README.md.
 bench: deps
 	python3 bench/run.py $(BENCH_ARGS)
 	$(MAKE) chat-bench
@@ -74,8 +75,10 @@ security-check: deps
 
 lint: deps
 	$(CARGO) fmt --check
+	$(CARGO) fmt --check --manifest-path bench/tonic-peer/Cargo.toml
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	@unformatted="$$(gofmt -l tests/interop/go bench/go)"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
-	  tests/interop/run_matrix.py bench/run.py scripts/gopeers.py scripts/gotools.py scripts/h2flood.py scripts/security_check.py
+	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/h2flood.py \
+	  scripts/security_check.py

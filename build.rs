@@ -10,7 +10,9 @@
 //! `create_<service>` / `create_<service>_with`: the latter runs the server's
 //! one per-call hook (`crate::services::CallHooks`) before every handler, and
 //! hands handlers the sinks and request streams of `crate::call`, which count
-//! every call in the hooks' metrics (`crate::metrics`).
+//! every call in the hooks' metrics (`crate::metrics`). Requests are decoded
+//! by `crate::codec`, which enforces the server's receive-size limit (the
+//! core's own size filter is left out: it is costly).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -177,6 +179,14 @@ impl Pattern {
         }
     }
 
+    /// How the server decodes this method's requests (see src/codec.rs).
+    fn request_decoder(self) -> &'static str {
+        match self {
+            Pattern::Unary | Pattern::ServerStreaming => "crate::codec::de_request",
+            Pattern::ClientStreaming | Pattern::Duplex => "crate::codec::de_stream_request",
+        }
+    }
+
     fn method_type(self) -> &'static str {
         match self {
             Pattern::Unary => "Unary",
@@ -243,7 +253,7 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
              pub const {c}: ::grpcio::Method<{i}, {o}> = ::grpcio::Method {{\n    \
                 ty: ::grpcio::MethodType::{ty},\n    \
                 name: \"/{full_name}/{p}\",\n    \
-                req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n    \
+                req_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: {de} }},\n    \
                 resp_mar: ::grpcio::Marshaller {{ ser: ::grpcio::pb_ser, de: ::grpcio::pb_de }},\n\
              }};\n",
             p = rpc.proto_name,
@@ -251,6 +261,7 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
             i = rpc.input,
             o = rpc.output,
             ty = rpc.pattern.method_type(),
+            de = rpc.pattern.request_decoder(),
         )
         .unwrap();
     }
@@ -352,14 +363,20 @@ fn write_service(out: &mut String, package: &str, service: &ServiceDescriptorPro
     .unwrap();
     for rpc in &rpcs {
         let f = &rpc.fn_name;
+        // A single request over the receive limit was decoded as empty; the
+        // call is failed here, before the handler sees it (src/codec.rs).
+        let single = |wrap: &str| {
+            format!(
+                "let sink = crate::call::{wrap}(sink, &method);\n        \
+                 if let Some(status) = crate::codec::take_rejected() {{\n            \
+                     return crate::codec::fail_rejected(&ctx, sink, status);\n        \
+                 }}\n        \
+                 instance.{f}(ctx, req, sink)"
+            )
+        };
         let (add, invoke) = match rpc.pattern {
-            Pattern::Unary => {
-                ("add_unary_handler", format!("instance.{f}(ctx, req, crate::call::unary(sink, &method))"))
-            }
-            Pattern::ServerStreaming => (
-                "add_server_streaming_handler",
-                format!("instance.{f}(ctx, req, crate::call::server_streaming(sink, &method))"),
-            ),
+            Pattern::Unary => ("add_unary_handler", single("unary")),
+            Pattern::ServerStreaming => ("add_server_streaming_handler", single("server_streaming")),
             Pattern::ClientStreaming => (
                 "add_client_streaming_handler",
                 format!(

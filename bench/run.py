@@ -1,26 +1,35 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: our server against grpc-go, one machine, one run.
+"""Side-by-side benchmark: our server against grpc-go and tonic, one machine, one run.
 
 `make bench` runs this. It installs what is missing (h2load from nghttp2-client,
 protoc from protobuf-compiler; it says so), builds our release server, builds the
-Go peers from pinned versions, runs every measurement alternating ours / grpc-go,
-writes bench/results/<UTC time>.json (every round, raw), bench/results/latest.md
-and bench/results/latency.svg, and prints the table.
+Go peers from pinned versions and the tonic peer from its own lock file, runs every
+measurement rotating ours / grpc-go / tonic, writes <out-dir>/<UTC time>.json
+(every round, raw), <out-dir>/latest.md and <out-dir>/latency.svg, and prints the
+table. <out-dir> is $CARGO_TARGET_DIR/bench unless --out-dir says otherwise;
+--publish also copies the three files into bench/results/, the snapshot the
+README quotes (replacing the JSON there).
 
 Layout:
   bench/run.py            this runner (Python 3.11 stdlib only)
   bench/go/go.mod, go.sum pin grpc-go, its examples module (the official greeter_server)
                           and the protoc plugins; GHZ_VERSION below pins ghz
+  bench/costs.py          load-independent costs of our server (callgrind instructions,
+                          socket writes, RSS) for comparing builds and settings
   bench/go/loadgen        our Go load generator for the streaming measurements
   bench/go/internal/greetpb  generated from protos/greet.proto at build time (git-ignored)
-  bench/results/          outputs
+  bench/tonic-peer/       the tonic server (its own crate, workspace and Cargo.lock, built
+                          into $CARGO_TARGET_DIR/tonic-peer; the product never depends on it)
+  bench/results/          the published snapshot: latest.md, latency.svg and their JSON
 
 Placement: every server runs on core 0 (`taskset -c 0`; ours with --threads 1,
-grpc-go with GOMAXPROCS=1), every load generator on core 1. Peers:
+grpc-go with GOMAXPROCS=1, tonic's multi-threaded runtime then has one worker),
+every load generator on core 1. Peers:
   helloworld.Greeter/SayHello       grpc-go examples/helloworld/greeter_server, unmodified
   greet_service.GreetService        the grpc-go GreetService server of tests/interop
                                     (built by tests/interop/run_matrix.py --build-only,
                                     or --go-greet-server PATH)
+  both, on tonic                    bench/tonic-peer (tonic + prost, tokio multi-threaded)
 
 Measurements (each one per round and per server, a fresh server each time):
   unary_max        h2load, 50 connections x 4 streams, posts a prebuilt gRPC frame;
@@ -57,6 +66,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 import gopeers  # noqa: E402  (scripts/gopeers.py, shared with tests/interop/run_matrix.py)
 GO_DIR = HERE / "go"
 RESULTS = HERE / "results"
+TONIC_PEER = HERE / "tonic-peer"
+# Every server implementation, in the order of the table's columns.
+IMPLS = ("ours", "grpc-go", "tonic")
 PROTOS = REPO / "protos"
 GREET_PROTO = PROTOS / "greet.proto"
 HELLOWORLD_PROTO = PROTOS / "helloworld.proto"
@@ -130,6 +142,29 @@ def build_ours() -> Path:
     return server
 
 
+def build_tonic_peer() -> Path:
+    """The tonic server, from its own crate and Cargo.lock into $CARGO_TARGET_DIR/tonic-peer:
+    cargo rebuilds it only when its sources or lock change (a no-op build takes a second)."""
+    target = cargo_target() / "tonic-peer"
+    env = dict(os.environ, CARGO_TARGET_DIR=str(target))
+    log(f"building the tonic peer: cargo build --release --locked (bench/tonic-peer, CARGO_TARGET_DIR={target}; "
+        "about 2 CPU-minutes the first time)")
+    started = time.monotonic()
+    run(["cargo", "build", "--release", "--locked", "--manifest-path", TONIC_PEER / "Cargo.toml"], env=env,
+        timeout=3600)
+    log(f"tonic peer ready in {time.monotonic() - started:.0f}s")
+    peer = target / "release" / "tonic-peer"
+    if not os.access(peer, os.X_OK):
+        raise BenchError(f"no tonic peer binary at {peer}")
+    return peer
+
+
+def tonic_version() -> str:
+    lock = (TONIC_PEER / "Cargo.lock").read_text()
+    m = re.search(r'name = "tonic"\nversion = "([^"]+)"', lock)
+    return m[1] if m else "?"
+
+
 def build_go_peers(bin_root: Path) -> Path:
     """ghz, grpc-go's greeter_server and our loadgen, cached under bin_root/<hash of the pins>."""
     go, protoc = gopeers.find_go(), gopeers.find_protoc()
@@ -172,12 +207,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def proc_rss_kib(pid: int) -> int:
+def proc_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """VmRSS (everything resident), or RssAnon (the process's own heap and stacks,
+    without the code and libraries mapped from files, which other processes share)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {field} for pid {pid}")
 
 
 class Server:
@@ -211,8 +248,8 @@ class Server:
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
 
-    def rss_kib(self) -> int:
-        return proc_rss_kib(self.pid)
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        return proc_rss_kib(self.pid, field)
 
     def __exit__(self, *exc) -> None:
         if self.proc:
@@ -221,17 +258,22 @@ class Server:
 
 
 class Peers:
-    def __init__(self, args: argparse.Namespace, ours: Path, go_bin: Path, go_greet: Path, log_dir: Path):
-        self.ours, self.go_bin, self.go_greet, self.log_dir = ours, go_bin, go_greet, log_dir
+    def __init__(self, args: argparse.Namespace, ours: Path, go_bin: Path, go_greet: Path | None,
+                 tonic: Path | None, log_dir: Path):
+        self.ours, self.go_bin, self.go_greet, self.tonic, self.log_dir = ours, go_bin, go_greet, tonic, log_dir
         self.args = args
 
     def server(self, impl: str, service: str) -> Server:
-        """A fresh server: impl 'ours' or 'grpc-go'; service 'helloworld' or 'greet'."""
+        """A fresh server: impl one of IMPLS; service 'helloworld' or 'greet'."""
         port = gopeers.free_port()
         log_path = self.log_dir / f"{impl}-{service}.log"
         if impl == "ours":
             env = dict(os.environ, RUST_LOG="warn")
             argv = [self.ours, "--addr", f"127.0.0.1:{port}", "--stream-interval", "0", "--threads", "1"]
+        elif impl == "tonic":
+            # One binary serves both services, with no per-call log.
+            env = dict(os.environ)
+            argv = [self.tonic, "--addr", f"127.0.0.1:{port}"]
         else:
             env = dict(os.environ, GOMAXPROCS="1")
             if service == "helloworld":
@@ -390,7 +432,7 @@ def loadgen(peers: Peers, server: Server, mode: str, flags: list, timeout: float
 
 
 def memory(peers: Peers, server: Server, streams: int, conns: int) -> dict:
-    idle = server.rss_kib()
+    idle, idle_anon = server.rss_kib(), server.rss_kib("RssAnon")
     argv = ["taskset", "-c", CLIENT_CORE, peers.tool("loadgen"), "hold", "-addr", f"127.0.0.1:{server.port}",
             "-streams", streams, "-conns", conns]
     proc = subprocess.Popen(list(map(str, argv)), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -404,7 +446,7 @@ def memory(peers: Peers, server: Server, streams: int, conns: int) -> dict:
             proc.kill()
             raise BenchError(f"loadgen hold against {server.impl}: {line} {proc.stderr.read() if proc.stderr else ''}")
         time.sleep(1.0)  # let both sides finish whatever the last round trips started
-        held = server.rss_kib()
+        held, held_anon = server.rss_kib(), server.rss_kib("RssAnon")
         proc.stdin.close()
         proc.wait()
     finally:
@@ -413,7 +455,7 @@ def memory(peers: Peers, server: Server, streams: int, conns: int) -> dict:
             proc.kill()
             proc.wait()
     return {"idle_rss_kib": idle, "streams": streams, "connections": conns, "held_rss_kib": held,
-            "per_stream_kib": (held - idle) / streams}
+            "per_stream_kib": (held - idle) / streams, "idle_anon_kib": idle_anon, "held_anon_kib": held_anon}
 
 
 # --------------------------------------------------------------------------- the run
@@ -462,8 +504,9 @@ def run_rounds(peers: Peers, args: argparse.Namespace, tmp: Path) -> list[dict]:
     records = []
     plan = measurement_plan(args)
     for rnd in range(args.rounds):
-        # Alternate who goes first, so drift in the machine's state hits both sides alike.
-        order = ["ours", "grpc-go"] if rnd % 2 == 0 else ["grpc-go", "ours"]
+        # Rotate who goes first, so drift in the machine's state hits every side alike.
+        shift = rnd % len(args.impls)
+        order = args.impls[shift:] + args.impls[:shift]
         for name, service in plan:
             for impl in order:
                 started = time.monotonic()
@@ -477,10 +520,10 @@ def run_rounds(peers: Peers, args: argparse.Namespace, tmp: Path) -> list[dict]:
 
 # --------------------------------------------------------------------------- reporting
 
-# (row label, measurement, field, unit, scale, goal: (op, ratio) or None, higher is better)
+# (row label, measurement, field, unit, scale, goal as (op, ratio ours/grpc-go) or None: issue 10's goals)
 ROWS = [
-    ("unary max req/s (helloworld, h2load 50x4)", "unary_max", "req_per_s", "req/s", 1, (">=", 1.3)),
-    ("server CPU per call at max (helloworld)", "unary_max", "server_cpu_us_per_call", "µs", 1, ("<=", 0.6)),
+    ("unary max req/s (helloworld, h2load 50x4)", "unary_max", "req_per_s", "req/s", 1, (">=", 0.95)),
+    ("server CPU per call at max (helloworld)", "unary_max", "server_cpu_us_per_call", "µs", 1, ("<=", 1.05)),
     ("unary max req/s (GreetService/SayHello, no per-call log either side)", "unary_greet_max", "req_per_s",
      "req/s", 1, None),
     ("server CPU per call at max (GreetService/SayHello)", "unary_greet_max", "server_cpu_us_per_call", "µs", 1,
@@ -489,15 +532,17 @@ ROWS = [
     ("p90 latency at {rps} req/s", "unary_fixed", "p90_us", "ms", 1e-3, None),
     ("p99 latency at {rps} req/s", "unary_fixed", "p99_us", "ms", 1e-3, ("<=", 1.0)),
     ("server CPU per call at {rps} req/s", "unary_fixed", "server_cpu_us_per_call", "µs", 1, ("<=", 0.6)),
-    ("bidi msgs/s, 1 stream", "bidi_1", "msgs_per_s", "msg/s", 1, (">=", 1.5)),
+    ("bidi msgs/s, 1 stream", "bidi_1", "msgs_per_s", "msg/s", 1, (">=", 0.8)),
     ("server CPU per msg, bidi 1 stream", "bidi_1", "server_cpu_us_per_msg", "µs", 1, None),
-    ("bidi msgs/s, 100 streams / 10 conns", "bidi_100", "msgs_per_s", "msg/s", 1, (">=", 1.5)),
+    ("bidi msgs/s, 100 streams / 10 conns", "bidi_100", "msgs_per_s", "msg/s", 1, (">=", 0.6)),
     ("server CPU per msg, bidi 100 streams", "bidi_100", "server_cpu_us_per_msg", "µs", 1, None),
-    ("server-stream msgs/s (100,000 names)", "server_stream", "msgs_per_s", "msg/s", 1, (">=", 1.5)),
+    ("server-stream msgs/s (100,000 names)", "server_stream", "msgs_per_s", "msg/s", 1, (">=", 1.0)),
     ("server CPU per msg, server-stream", "server_stream", "server_cpu_us_per_msg", "µs", 1, None),
     ("RSS idle", "memory", "idle_rss_kib", "MiB", 1 / 1024, None),
-    ("RSS with 1,000 idle bidi streams / 10 conns", "memory", "held_rss_kib", "MiB", 1 / 1024, ("<=", 0.5)),
+    ("RSS with 1,000 idle bidi streams / 10 conns", "memory", "held_rss_kib", "MiB", 1 / 1024, ("<=", 1.0)),
     ("RSS per held stream", "memory", "per_stream_kib", "KiB", 1, None),
+    ("anonymous RSS idle (RssAnon: no code or libraries)", "memory", "idle_anon_kib", "MiB", 1 / 1024, None),
+    ("anonymous RSS with 1,000 idle bidi streams", "memory", "held_anon_kib", "MiB", 1 / 1024, None),
 ]
 
 
@@ -529,38 +574,54 @@ def cell(values: list[float]) -> str:
 
 
 def summarize(records: list[dict], args: argparse.Namespace) -> tuple[str, list[dict]]:
+    """The table: each server's median (min–max), ours over each peer (ratio of the medians,
+    its range over same-round pairs), the goal against grpc-go, and the CPU columns."""
+    impls = list(args.impls)
+    peers = [i for i in impls if i != "ours"]
     rows = []
     for label, meas, field, unit, scale, goal in ROWS:
         by = {impl: {r["round"]: r for r in records if r["measurement"] == meas and r["impl"] == impl}
-              for impl in ("ours", "grpc-go")}
-        if not by["ours"] and not by["grpc-go"]:
+              for impl in impls}
+        if not any(by.values()):
             continue
         vals = {impl: [r[field] * scale for r in by[impl].values()] for impl in by}
         gen = {impl: [r["generator_core_pct"] for r in by[impl].values() if "generator_core_pct" in r] for impl in by}
         srv = {impl: [r["server_core_pct"] for r in by[impl].values() if "server_core_pct" in r] for impl in by}
-        ratios = [by["ours"][k][field] / by["grpc-go"][k][field] for k in by["ours"]
-                  if k in by["grpc-go"] and by["grpc-go"][k][field]]
         med = {impl: statistics.median(v) if v else None for impl, v in vals.items()}
-        ratio = med["ours"] / med["grpc-go"] if med["ours"] is not None and med["grpc-go"] else None
+        ratio, ratios = {}, {}
+        for peer in peers:
+            ratios[peer] = [by["ours"][k][field] / by[peer][k][field] for k in by.get("ours", {})
+                            if k in by[peer] and by[peer][k][field]]
+            ratio[peer] = med["ours"] / med[peer] if med.get("ours") is not None and med[peer] else None
         verdict = ""
-        if goal and ratio is not None:
+        if goal and ratio.get("grpc-go") is not None:
             op, target = goal
-            ok = ratio >= target if op == ">=" else ratio <= target
+            ok = ratio["grpc-go"] >= target if op == ">=" else ratio["grpc-go"] <= target
             verdict = f"{op} {target:g}: {'met' if ok else 'NOT met'}"
-        rows.append({"label": label.format(rps=f"{args.rps:,}"), "unit": unit, "ours": vals["ours"],
-                     "grpc-go": vals["grpc-go"], "ratio": ratio, "ratios": ratios, "goal": verdict,
-                     "gen_ours": gen["ours"], "gen_go": gen["grpc-go"],
-                     "srv_ours": srv["ours"], "srv_go": srv["grpc-go"]})
-    lines = ["| measurement | unit | ours | grpc-go | ratio ours/grpc-go (min–max) | goal "
-             "| server CPU % ours / grpc-go | generator CPU % ours / grpc-go |",
-             "|---|---|---|---|---|---|---|---|"]
+        rows.append({"label": label.format(rps=f"{args.rps:,}"), "unit": unit, "values": vals, "ratio": ratio,
+                     "ratios": ratios, "goal": verdict, "generator_core_pct": gen, "server_core_pct": srv})
+
+    def ratio_cell(r: dict, peer: str) -> str:
+        if r["ratio"].get(peer) is None:
+            return "–"
+        spread = r["ratios"][peer]
+        return f"{r['ratio'][peer]:.2f}" + (f" ({min(spread):.2f}–{max(spread):.2f})" if len(spread) > 1 else "")
+
+    def cpu_cell(by_impl: dict) -> str:
+        if not all(by_impl[i] for i in impls):
+            return "–"
+        return " / ".join(f"{statistics.median(by_impl[i]):.0f}" for i in impls)
+
+    names = " / ".join(impls)
+    head = ["measurement", "unit", *impls, *(f"ours/{p} (min–max)" for p in peers),
+            *(["goal ours/grpc-go"] if "grpc-go" in peers else []), f"server CPU % {names}",
+            f"generator CPU % {names}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        ratio = "–" if r["ratio"] is None else (
-            f"{r['ratio']:.2f}" + (f" ({min(r['ratios']):.2f}–{max(r['ratios']):.2f})" if len(r["ratios"]) > 1 else ""))
-        def pair(a: list, b: list) -> str:
-            return f"{statistics.median(a):.0f} / {statistics.median(b):.0f}" if a and b else "–"
-        lines.append(f"| {r['label']} | {r['unit']} | {cell(r['ours'])} | {cell(r['grpc-go'])} | {ratio} | "
-                     f"{r['goal'] or ''} | {pair(r['srv_ours'], r['srv_go'])} | {pair(r['gen_ours'], r['gen_go'])} |")
+        cells = [r["label"], r["unit"], *(cell(r["values"][i]) for i in impls), *(ratio_cell(r, p) for p in peers),
+                 *([r["goal"]] if "grpc-go" in peers else []), cpu_cell(r["server_core_pct"]),
+                 cpu_cell(r["generator_core_pct"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n", rows
 
 
@@ -574,7 +635,7 @@ def svg_plot(records: list[dict], path: Path, rps: int) -> None:
     xmax = 3.0  # -log10(1 - p): 0 -> p0, 3 -> p99.9
     ymax = max(float(v) for r in runs for k, v in r["latency_quantiles_us"].items() if float(k) <= 99.9) / 1e3
     ymax = max(ymax * 1.05, 0.1)
-    colors = {"ours": "#d95f02", "grpc-go": "#1b9e77"}
+    colors = {"ours": "#d95f02", "grpc-go": "#1b9e77", "tonic": "#7570b3"}
 
     def x(p: float) -> float:
         return L + pw * min(-math.log10(max(1 - p / 100, 1e-3)), xmax) / xmax
@@ -604,7 +665,8 @@ def svg_plot(records: list[dict], path: Path, rps: int) -> None:
         d = " ".join(f"{x(p):.1f},{y(min(ms, ymax)):.1f}" for p, ms in pts)
         out.append(f'<polyline points="{d}" fill="none" stroke="{colors[r["impl"]]}" stroke-width="1.5" '
                    f'stroke-opacity="0.8"><title>{r["impl"]} round {r["round"] + 1}</title></polyline>')
-    for i, (impl, color) in enumerate(colors.items()):
+    shown = [impl for impl in colors if any(r["impl"] == impl for r in runs)]
+    for i, (impl, color) in enumerate((impl, colors[impl]) for impl in shown):
         yy = T + 10 + 22 * i
         out.append(f'<line x1="{L + pw + 15}" y1="{yy}" x2="{L + pw + 40}" y2="{yy}" stroke="{color}" stroke-width="3"/>')
         out.append(f'<text x="{L + pw + 46}" y="{yy + 4}">{impl}</text>')
@@ -619,7 +681,7 @@ def tool_versions(peers: Peers) -> dict:
         except (BenchError, IndexError):
             return "?"
     return {"go": first_line([gopeers.find_go(), "version"]), "h2load": first_line(["h2load", "--version"]),
-            "ghz": GHZ_VERSION, "grpc-go": "see bench/go/go.mod",
+            "ghz": GHZ_VERSION, "grpc-go": "see bench/go/go.mod", "tonic": tonic_version(),
             "rustc": first_line(["rustc", "--version"]), "kernel": os.uname().release}
 
 
@@ -643,12 +705,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--server", type=Path, default=None, help="our server binary (default: cargo build --release)")
     p.add_argument("--bin-dir", type=Path, default=Path(os.environ.get(
         "BENCH_BIN_DIR", Path.home() / ".cache" / "greet" / "bench-bin")), help="cache of the Go peers")
-    p.add_argument("--out-dir", type=Path, default=RESULTS, help="where results go (default bench/results)")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="where results go (default $CARGO_TARGET_DIR/bench, outside the clone)")
+    p.add_argument("--publish", action="store_true",
+                   help="also copy latest.md, latency.svg and their JSON into bench/results/ (the snapshot the "
+                        "README quotes), removing the JSON they replace")
+    p.add_argument("--peers", default=",".join(IMPLS[1:]),
+                   help=f"servers to compare ours with, comma-separated (default {','.join(IMPLS[1:])})")
     p.add_argument("--wait-quiet", type=float, default=0,
                    help="wait up to this many seconds for the 1-minute load average to drop below 0.5")
     p.add_argument("--keep-logs", action="store_true", help="keep server logs (their directory is printed)")
     a = p.parse_args(argv)
     a.only = [s for s in a.only.split(",") if s]
+    peers = [s for s in a.peers.split(",") if s]
+    unknown = [s for s in peers if s not in IMPLS[1:]]
+    if unknown:
+        p.error(f"--peers: unknown {','.join(unknown)} (known: {','.join(IMPLS[1:])})")
+    a.impls = ["ours", *(i for i in IMPLS[1:] if i in peers)]
+    a.out_dir = a.out_dir or cargo_target() / "bench"
     quick = a.quick
     a.rounds = a.rounds or (1 if quick else 3)
     a.duration = a.duration or (1.0 if quick else 5.0)
@@ -656,6 +730,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.fixed_duration = a.fixed_duration or (2.0 if quick else 8.0)
     a.stream_calls = a.stream_calls or (1 if quick else 3)
     return a
+
+
+def publish(out_dir: Path, json_path: Path) -> None:
+    """Makes this run the snapshot in bench/results/: its table, plot and JSON, and no other JSON."""
+    if out_dir.resolve() != RESULTS.resolve():
+        RESULTS.mkdir(exist_ok=True)
+        for name in ("latest.md", "latency.svg"):
+            shutil.copyfile(out_dir / name, RESULTS / name)
+        shutil.copyfile(json_path, RESULTS / json_path.name)
+    for old in RESULTS.glob("*.json"):
+        if old.name != json_path.name:
+            old.unlink()
+    log(f"published into {RESULTS}: latest.md, latency.svg, {json_path.name} (commit them with the README)")
 
 
 def _interrupt(signum, frame) -> None:
@@ -672,8 +759,10 @@ def main(argv: list[str]) -> int:
             raise BenchError("needs 2 cores: servers on core 0, load generators on core 1")
         ensure_apt({"h2load": "nghttp2-client", "protoc": "protobuf-compiler", "taskset": "util-linux"})
         ours = args.server or build_ours()
+        # ghz and loadgen drive every server, so the Go peers are always built.
         go_bin = build_go_peers(args.bin_dir)
-        go_greet = args.go_greet_server or build_go_greet_server()
+        go_greet = (args.go_greet_server or build_go_greet_server()) if "grpc-go" in args.impls else None
+        tonic = build_tonic_peer() if "tonic" in args.impls else None
         deadline = time.monotonic() + args.wait_quiet
         while loadavg()[0] >= 0.5 and time.monotonic() < deadline:
             log(f"load average {loadavg()[0]:.2f}: waiting for < 0.5 (--wait-quiet {args.wait_quiet:g}s)")
@@ -683,7 +772,7 @@ def main(argv: list[str]) -> int:
             log(f"WARNING: load average {load[0]:.2f} >= 0.5: something else is running; numbers may be noisy")
         log_dir = Path(tempfile.mkdtemp(prefix="greet-bench-"))
         tmp = Path(tempfile.mkdtemp(prefix="greet-bench-tmp-"))
-        peers = Peers(args, ours, go_bin, go_greet, log_dir)
+        peers = Peers(args, ours, go_bin, go_greet, tonic, log_dir)
         run_started = time.monotonic()
         try:
             records = run_rounds(peers, args, tmp)
@@ -700,16 +789,18 @@ def main(argv: list[str]) -> int:
             "date": now.isoformat(timespec="seconds"), "quick": args.quick, "rounds": args.rounds,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "placement": {"server_core": SERVER_CORE, "generator_core": CLIENT_CORE,
-                          "ours": "--threads 1", "grpc-go": "GOMAXPROCS=1"},
+                          "ours": "--threads 1", "grpc-go": "GOMAXPROCS=1",
+                          "tonic": "tokio multi-threaded runtime, one worker (affinity)"},
             "loadavg_before": load, "loadavg_after": loadavg(), "tools": tool_versions(peers),
             "run_seconds": time.monotonic() - run_started, "records": records,
         }
         json_path = args.out_dir / f"{now.strftime('%Y-%m-%dT%H%M%SZ')}{'-quick' if args.quick else ''}.json"
         json_path.write_text(json.dumps(raw, indent=1) + "\n")
-        header = (f"# Benchmark: ours vs grpc-go\n\n{now:%Y-%m-%d %H:%M} UTC, {args.rounds} alternating round(s)"
-                  f"{' (--quick)' if args.quick else ''}; each figure is the median (min–max) over rounds; the ratio "
-                  f"is of the medians, its range over same-round pairs. Servers on core 0 (ours `--threads 1`, "
-                  f"grpc-go GOMAXPROCS=1), load generators on core 1. Load average before/after: "
+        header = (f"# Benchmark: {' vs '.join(args.impls)}\n\n{now:%Y-%m-%d %H:%M} UTC, {args.rounds} rotating "
+                  f"round(s){' (--quick)' if args.quick else ''}; each figure is the median (min–max) over rounds; a "
+                  f"ratio is of the medians, its range over same-round pairs; goals are issue 10's, against grpc-go. "
+                  f"Servers on core 0 (ours `--threads 1`, grpc-go GOMAXPROCS=1, tonic {tonic_version()} on a "
+                  f"multi-threaded tokio runtime with one worker), load generators on core 1. Load average before/after: "
                   f"{load[0]:.2f} / {loadavg()[0]:.2f}. Raw: `{json_path.name}`. Generator CPU is % of its one core: "
                   f"near 100 means the generator, not the server, set the rate; server CPU is % of core 0 over the same window (near 100: the server was the bottleneck; well below 100 for both: something waited).\n\n")
         (args.out_dir / "latest.md").write_text(header + table)
@@ -717,6 +808,9 @@ def main(argv: list[str]) -> int:
         print(table, end="")
         log(f"wrote {json_path}, {args.out_dir / 'latest.md'}, {args.out_dir / 'latency.svg'}; "
             f"measurements took {raw['run_seconds']:.0f}s, everything {time.monotonic() - started:.0f}s")
+        if args.publish:
+            publish(args.out_dir, json_path)
+
         return 0
     except (BenchError, gopeers.GoBuildError) as e:
         log(f"error: {e}")

@@ -39,6 +39,8 @@
 //!   reloaded on SIGHUP.
 //! - [`status`]: how errors become gRPC statuses and one-line CLI errors.
 //! - [`limits`]: what a peer may send, and the status it gets beyond that.
+//! - [`codec`]: how requests are decoded, with the receive-size limit
+//!   enforced there rather than by the C core's (costly) size filter.
 //! - [`duration`]: the `2s` / `500ms` / `0` syntax of duration flags.
 //! - `src/bin/`: thin binaries (`server`, `client`, `interop-server`,
 //!   `interop-client`) that parse flags and call into this library.
@@ -48,6 +50,7 @@ pub mod auth;
 pub mod call;
 pub mod chat;
 pub mod client;
+pub mod codec;
 pub mod duration;
 pub mod fanout;
 pub mod limits;

@@ -16,7 +16,6 @@ use log::{info, warn};
 use crate::admin::Admin;
 use crate::auth::Authenticator;
 use crate::chat::{Chat, ChatConfig};
-use crate::limits;
 use crate::metrics::{self, ServerMetrics};
 use crate::proto::health::health_check_response::ServingStatus;
 use crate::proto::{self, chat_grpc, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
@@ -29,6 +28,7 @@ use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
 use crate::services::{CallHooks, CallTracker, Hosted};
 use crate::tls::ServerTls;
+use crate::{codec, limits};
 
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
 pub const INTEROP_SERVICE_NAME: &str = test_grpc::TEST_SERVICE_FULL_NAME;
@@ -72,7 +72,10 @@ pub struct ServerConfig {
 pub struct ServerLimits {
     /// Streams one connection may have open at once (`grpc.max_concurrent_streams`).
     pub max_concurrent_streams: u32,
-    /// Largest message the server accepts, in bytes; larger ones get RESOURCE_EXHAUSTED.
+    /// Largest message the server accepts, in bytes (decompressed); larger ones
+    /// get RESOURCE_EXHAUSTED. Enforced by [`crate::codec`] as requests are
+    /// decoded, not by the core's message-size filter, which stays out of the
+    /// channel stack because of its per-message cost.
     pub max_receive_bytes: usize,
     /// Keepalive enforcement: a client may ping no more often than this when it
     /// has no call running; one that does is sent GOAWAY (`too_many_pings`).
@@ -91,7 +94,7 @@ pub struct ServerLimits {
     /// (README, "Security").
     pub memory_quota: Option<usize>,
     /// Calls each completion queue has requested from the core ahead of
-    /// time (grpcio's `requests_slot_per_cq`).
+    /// time (grpcio's `requests_slot_per_cq`); default [`REQUEST_SLOTS_PER_CQ`].
     pub request_slots_per_cq: usize,
 }
 
@@ -105,7 +108,7 @@ impl Default for ServerLimits {
             max_connection_age_grace: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             memory_quota: None,
-            request_slots_per_cq: 1024,
+            request_slots_per_cq: REQUEST_SLOTS_PER_CQ,
         }
     }
 }
@@ -206,7 +209,15 @@ fn split_addr(addr: &str) -> Result<(&str, u16), StartError> {
 /// Builds the server for `config`, binds it and starts serving.
 pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
     let (host, _) = split_addr(&config.addr)?;
-    let env = Arc::new(EnvBuilder::new().cq_count(config.completion_queues.max(1)).name_prefix("grpc-server").build());
+    // Requests are decoded on these threads; each enforces this server's receive limit (src/codec.rs).
+    let receive_limit = config.limits.max_receive_bytes;
+    let env = Arc::new(
+        EnvBuilder::new()
+            .cq_count(config.completion_queues.max(1))
+            .name_prefix("grpc-server")
+            .after_start(move || codec::set_receive_limit(receive_limit))
+            .build(),
+    );
     let tracker = CallTracker::new();
     let health = HealthService::default();
     let hooks = CallHooks::default();
@@ -298,8 +309,12 @@ fn hosted_services(
 fn channel_args(env: &Arc<Environment>, config: &ServerConfig) -> Result<ChannelBuilder, StartError> {
     let limits = &config.limits;
     let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+    // -1: no receive limit in the core, so no message-size filter in the stack
+    // (the send limit is unset already); src/codec.rs enforces ours.
     let mut args = ChannelBuilder::new(env.clone())
-        .max_receive_message_len(i32::try_from(limits.max_receive_bytes).unwrap_or(i32::MAX))
+        .max_receive_message_len(-1)
+        // Deadlines stay enforced by the core even under `--core-arg grpc.minimal_stack=1`.
+        .raw_cfg_int(c"grpc.enable_deadline_checking".into(), 1)
         .max_concurrent_stream(i32::try_from(limits.max_concurrent_streams).unwrap_or(i32::MAX))
         .http2_min_recv_ping_interval_without_data(limits.min_ping_interval)
         .keepalive_permit_without_calls(true)
@@ -318,6 +333,14 @@ fn channel_args(env: &Arc<Environment>, config: &ServerConfig) -> Result<Channel
     }
     Ok(args)
 }
+
+/// The default of [`ServerLimits::request_slots_per_cq`] (`--request-slots`):
+/// calls each completion queue keeps requested from the core ahead of their
+/// arrival (grpcio's default is 1,024). Each slot holds memory while idle; 256
+/// take 0.3 MiB less per queue (bench/README.md) and still cover a burst of 256
+/// new calls at once. Calls beyond that wait in the core's queue until a slot is
+/// requested again, which happens as each call starts: none is refused.
+pub const REQUEST_SLOTS_PER_CQ: usize = 256;
 
 fn build(env: Arc<Environment>, config: &ServerConfig, hosted: Vec<Hosted>) -> Result<Server, StartError> {
     let mut builder = ServerBuilder::new(env.clone())

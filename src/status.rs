@@ -8,6 +8,7 @@ use grpcio::{ClientStreamingSinkResult, Error, RpcStatus, RpcStatusCode, UnarySi
 use log::{debug, warn};
 
 use crate::call::{ClientStreamingSink, UnarySink};
+use crate::codec::MessageTooLarge;
 
 /// Why a handler stopped early.
 #[derive(Debug)]
@@ -20,13 +21,18 @@ pub enum CallError {
 }
 
 impl From<Error> for CallError {
-    /// A request on a stream that does not decode is the peer's mistake, and
-    /// the call can still say so; anything else ended the transport.
-    /// (Unary and server-streaming requests are decoded by grpcio before the
-    /// handler runs; it ends those calls with INTERNAL.)
+    /// A request over the receive limit (src/codec.rs) ends the call with
+    /// RESOURCE_EXHAUSTED; any other request on a stream that does not decode
+    /// is the peer's mistake, and the call can still say so; anything else
+    /// ended the transport. (Unary and server-streaming requests are decoded
+    /// before the handler runs: grpcio ends an undecodable one with INTERNAL,
+    /// the generated wrapper an oversized one with RESOURCE_EXHAUSTED.)
     fn from(e: Error) -> Self {
         match e {
-            Error::Codec(why) => CallError::Status(invalid_argument(format!("cannot decode the request: {why}"))),
+            Error::Codec(why) => match why.downcast_ref::<MessageTooLarge>() {
+                Some(too_large) => CallError::Status(too_large.status()),
+                None => CallError::Status(invalid_argument(format!("cannot decode the request: {why}"))),
+            },
             other => CallError::Transport(other),
         }
     }

@@ -108,3 +108,37 @@ fn helloworld_greeter_answers_hello_name() {
     let server = start_server(Duration::ZERO);
     assert_eq!(block_on(client_for(&server).greet("world")).unwrap(), "Hello world");
 }
+
+#[test]
+fn more_streams_at_once_than_request_slots_are_all_served() {
+    // One completion queue, so its request slots are all there are.
+    let config = greet::server::ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        stream_interval: Duration::ZERO,
+        completion_queues: 1,
+        ..Default::default()
+    };
+    let server = greet::server::start(&config).expect("a server starts on a free loopback port");
+    let client = GreetServiceClient::new(greet::client::connect(server.addr()));
+    let count = 2 * greet::server::REQUEST_SLOTS_PER_CQ + 10;
+    let opt = || CallOption::default().timeout(Duration::from_secs(30));
+    let mut streams: Vec<_> =
+        (0..count).map(|_| client.say_hello_bidirectional_streaming_opt(opt()).unwrap()).collect();
+    block_on(async {
+        for (i, (sink, _)) in streams.iter_mut().enumerate() {
+            let req = HelloRequest { name: format!("n{i}"), ..Default::default() };
+            sink.send((req, WriteFlags::default())).await.unwrap();
+        }
+        for (i, (_, receiver)) in streams.iter_mut().enumerate() {
+            assert_eq!(receiver.try_next().await.unwrap().unwrap().message, format!("Hello n{i}"));
+        }
+    });
+    // Every call is running on the server at once, well past the slots.
+    assert_eq!(server.tracker().active(), count);
+    block_on(async {
+        for (sink, receiver) in streams.iter_mut() {
+            greet::client::half_close(sink).await.unwrap();
+            assert!(receiver.try_next().await.unwrap().is_none());
+        }
+    });
+}

@@ -6,7 +6,10 @@
 // Modes (the first argument):
 //
 //	bidi           SayHelloBidirectionalStreaming on -streams streams over -conns
-//	               connections, -window requests in flight per stream; counts echoes.
+//	               connections, -window requests in flight per stream; counts echoes
+//	               over -duration, or, with -messages N, sends exactly N requests per
+//	               stream and measures until every answer is in (bench/costs.py
+//	               counts instructions for a fixed amount of work that way).
 //	server-stream  -calls SayHelloServerStreaming calls one after another, each
 //	               with -names names; counts messages.
 //	hold           opens -streams bidi streams over -conns connections, makes one
@@ -47,6 +50,7 @@ var (
 	names    = flag.Int("names", 100000, "names in one server-streaming call")
 	calls    = flag.Int("calls", 1, "server-streaming calls, one after another")
 	name     = flag.String("name", "world", "name sent in bidi requests")
+	messages = flag.Int("messages", 0, "bidi: requests per stream, then close (0: run for -duration)")
 )
 
 type result struct {
@@ -129,7 +133,7 @@ func runBidi() {
 		wg.Add(2)
 		go func() { // sender
 			defer wg.Done()
-			for !stop.Load() {
+			for sent := 0; !stop.Load() && (*messages == 0 || sent < *messages); sent++ {
 				credits <- struct{}{}
 				if err := stream.Send(req); err != nil {
 					errs.Add(1)
@@ -169,6 +173,18 @@ func runBidi() {
 	}
 	for i := 0; i < *streams; i++ {
 		<-ready
+	}
+	if *messages > 0 {
+		// Fixed work: the window is the whole run, from the first answers to the last.
+		var m marks
+		m.open()
+		wg.Wait()
+		m.close()
+		secs := m.end.Sub(m.start).Seconds()
+		n := received.Load()
+		emit(result{Mode: "bidi", Messages: n, Seconds: secs, PerSecond: float64(n) / secs,
+			CPUSeconds: m.cpuEnd - m.cpuStart, Errors: errs.Load() + int64(*streams**messages) - n})
+		return
 	}
 	time.Sleep(*warmup)
 	var m marks
