@@ -149,19 +149,9 @@ fn server_rejects_a_core_arg_that_is_not_a_grpc_integer_argument() {
     }
 }
 
-fn instance_server(instance: &str) -> greet::server::RunningServer {
-    let config = greet::server::ServerConfig {
-        addr: "127.0.0.1:0".to_string(),
-        completion_queues: 1,
-        instance_id: Some(instance.to_string()),
-        ..Default::default()
-    };
-    greet::server::start(&config).expect("a server starts on a free loopback port")
-}
-
 #[test]
 fn client_load_prints_a_json_summary_with_calls_per_instance() {
-    let (a, b) = (instance_server("a"), instance_server("b"));
+    let (a, b) = (start_instance("a"), start_instance("b"));
     let addrs = format!("{},{}", a.addr(), b.addr());
     let out = Command::new(CLIENT)
         .args(["--addr", &addrs, "--lb", "round_robin", "load", "--calls", "200", "--concurrency", "4", "--json"])
@@ -184,7 +174,7 @@ fn client_load_prints_a_json_summary_with_calls_per_instance() {
 
 #[test]
 fn client_load_over_bidi_streams_counts_streams() {
-    let server = instance_server("only");
+    let server = start_instance("only");
     let out = Command::new(CLIENT)
         .args(["--addr", server.addr(), "load", "--streams", "20", "--messages", "5", "--json"])
         .output()

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::process::{http_get_status, ServerProcess};
+use common::start_instance;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::client::load::{self, LoadConfig, Summary, Workload};
@@ -20,19 +21,8 @@ use greet::proto::greet_grpc::GreetServiceClient;
 use greet::proto::health::health_check_response::ServingStatus;
 use greet::proto::health::HealthCheckRequest;
 use greet::proto::health_grpc::HealthClient;
-use greet::server::{self, RunningServer, ServerConfig};
+use greet::server::RunningServer;
 use grpcio::{CallOption, WriteFlags};
-
-fn in_process_server(instance: &str) -> RunningServer {
-    let config = ServerConfig {
-        addr: "127.0.0.1:0".to_string(),
-        stream_interval: Duration::ZERO,
-        completion_queues: 1,
-        instance_id: Some(instance.to_string()),
-        ..Default::default()
-    };
-    server::start(&config).expect("a server starts on a free loopback port")
-}
 
 fn unary_load(calls: usize, concurrency: usize) -> LoadConfig {
     LoadConfig {
@@ -54,7 +44,7 @@ fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 
 #[test]
 fn round_robin_spreads_calls_evenly_over_three_servers() {
-    let servers: Vec<RunningServer> = ["a", "b", "c"].into_iter().map(in_process_server).collect();
+    let servers: Vec<RunningServer> = ["a", "b", "c"].into_iter().map(start_instance).collect();
     let addrs: Vec<&str> = servers.iter().map(|s| s.addr()).collect();
     let connector = Connector::new(&addrs.join(",")).unwrap().lb(LbPolicy::RoundRobin);
     let summary = run_load(&connector, &unary_load(3000, 8));
@@ -71,8 +61,8 @@ fn round_robin_spreads_calls_evenly_over_three_servers() {
 
 #[test]
 fn pick_first_stays_on_the_first_server_until_it_dies_then_uses_the_backup() {
-    let first = in_process_server("first");
-    let backup = in_process_server("backup");
+    let first = start_instance("first");
+    let backup = start_instance("backup");
     let connector = Connector::new(&format!("{},{}", first.addr(), backup.addr())).unwrap();
     let summary = run_load(&connector, &unary_load(300, 4));
     assert_eq!(summary.instances, counts(&[("first", 300)]), "{}", summary.to_text());
@@ -214,7 +204,7 @@ fn established_to(port: u16) -> usize {
 #[test]
 fn a_pool_of_four_opens_four_connections_and_one_opens_one() {
     for connections in [4, 1] {
-        let server = in_process_server("pooled");
+        let server = start_instance("pooled");
         let pool = Connector::new(server.addr()).unwrap().connections(connections).pool();
         let summary = load::run(&pool, &unary_load(40, 4), &|_, _| {});
         assert_eq!(summary.ok(), 40);

@@ -17,6 +17,19 @@ pub fn start_server(interval: Duration) -> RunningServer {
     server::start(&config).expect("a server starts on a free loopback port")
 }
 
+/// A server on 127.0.0.1:0 with one completion queue that names itself
+/// `instance` in every response's `x-served-by` header.
+pub fn start_instance(instance: &str) -> RunningServer {
+    let config = ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        stream_interval: Duration::ZERO,
+        completion_queues: 1,
+        instance_id: Some(instance.to_string()),
+        ..Default::default()
+    };
+    server::start(&config).expect("a server starts on a free loopback port")
+}
+
 /// A client for `server` with a generous deadline.
 pub fn client_for(server: &RunningServer) -> Client {
     Client::new(client::connect(server.addr()), Duration::from_secs(30))
