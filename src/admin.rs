@@ -5,6 +5,8 @@
 //! - `GET /healthz`: `200 SERVING` while the server serves, `503 NOT_SERVING`
 //!   from the moment a drain starts (HAProxy's `option httpchk` reads it).
 //! - Routes added with [`Admin::route`] (e.g. `/metrics`).
+//!
+//! It knows nothing of the rest of the crate: the server hands it closures.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,8 +16,6 @@ use std::thread::JoinHandle;
 use log::{debug, warn};
 use tiny_http::{Header, Method, Response, Server};
 
-use crate::proto::health::health_check_response::ServingStatus;
-use crate::services::health::HealthService;
 
 /// What a route answers: status code, content type, body.
 pub struct Reply {
@@ -43,17 +43,17 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Listens on `addr` (port 0 picks a free one) and serves `/healthz`
-    /// from `health`'s whole-server status.
-    pub fn start(addr: &str, health: HealthService) -> Result<Admin, String> {
+    /// Listens on `addr` (port 0 picks a free one) and serves `/healthz`:
+    /// 200 while `serving` says so, else 503.
+    pub fn start(addr: &str, serving: impl Fn() -> bool + Send + Sync + 'static) -> Result<Admin, String> {
         let http = Arc::new(Server::http(addr).map_err(|e| format!("admin port: cannot listen on {addr}: {e}"))?);
         let bound = http.server_addr().to_ip().ok_or_else(|| format!("admin port: {addr} is not an IP address"))?;
         let mut routes: HashMap<String, Handler> = HashMap::new();
         routes.insert(
             "/healthz".to_string(),
-            Arc::new(move || match health.status("") {
-                Some(ServingStatus::SERVING) => Reply::text(200, "SERVING\n"),
-                _ => Reply::text(503, "NOT_SERVING\n"),
+            Arc::new(move || match serving() {
+                true => Reply::text(200, "SERVING\n"),
+                false => Reply::text(503, "NOT_SERVING\n"),
             }),
         );
         let routes = Arc::new(RwLock::new(routes));

@@ -17,13 +17,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use grpcio::{CheckResult, Metadata, MetadataBuilder, RpcContext, RpcStatus, RpcStatusCode, ServerChecker};
+use grpcio::{CheckResult, Metadata, RpcContext, RpcStatus, RpcStatusCode, ServerChecker};
+
+use crate::wire::AUTHORIZATION;
 use log::{error, info};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-/// The metadata key that carries credentials.
-pub const AUTHORIZATION: &str = "authorization";
 
 /// Method prefixes any caller may use without a token.
 pub const OPEN_METHOD_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -182,13 +182,6 @@ impl Authenticator {
         }
     }
 
-    /// The principal of the caller of `ctx`, for handlers (e.g. the user
-    /// name a chat message is sent as). `None` if the call carries no valid
-    /// token — which, behind [`AuthChecker`], only open methods do.
-    pub fn principal(&self, ctx: &RpcContext) -> Option<String> {
-        self.authenticate(ctx.request_headers()).ok()
-    }
-
     /// The `ServerChecker` that enforces these tokens on every call.
     pub fn checker(&self) -> AuthChecker {
         AuthChecker { auth: self.clone() }
@@ -231,26 +224,6 @@ impl ServerChecker for AuthChecker {
     fn box_clone(&self) -> Box<dyn ServerChecker> {
         Box::new(self.clone())
     }
-}
-
-/// The first token in a client's token file (surrounding whitespace
-/// ignored); the error is one line naming the file.
-pub fn read_token_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
-    let token = text.trim();
-    if !is_token(token) {
-        return Err(format!("token file {} must hold one token of visible ASCII characters", path.display()));
-    }
-    Ok(token.to_string())
-}
-
-/// Call metadata carrying `token` as `authorization: Bearer <token>`.
-pub fn bearer_metadata(token: &str) -> Result<Metadata, String> {
-    let mut builder = MetadataBuilder::with_capacity(1);
-    builder
-        .add_str(AUTHORIZATION, &format!("Bearer {token}"))
-        .map_err(|e| format!("the token cannot be sent as metadata: {e}"))?;
-    Ok(builder.build())
 }
 
 #[cfg(test)]

@@ -7,14 +7,16 @@
 //! | bytes in one name | 1,024 | a greeting is for a name, not a payload |
 //! | names in one `NamesList` | 100,000 | bounds one server-stream's work |
 //! | names in one client stream | 100,000 | bounds the `MessagesList` the server keeps in memory |
-//! | bytes in one received message | 4 MiB | gRPC's default; larger messages get RESOURCE_EXHAUSTED where requests are decoded ([`crate::codec`]) |
+//! | bytes in one received message | 4 MiB | gRPC's default; larger messages get RESOURCE_EXHAUSTED where requests are decoded ([`crate::rpc::codec`]) |
 //!
 //! Bidirectional streams have no count limit: each answer is sent as its
 //! request arrives, so the server keeps nothing per name.
 
-use grpcio::RpcStatus;
+use grpcio::{RpcStatus, RpcStatusCode};
 
-use crate::status::invalid_argument;
+fn invalid_argument(message: String) -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, message)
+}
 
 /// Longest accepted name, in UTF-8 bytes.
 pub const MAX_NAME_BYTES: usize = 1024;

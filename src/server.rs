@@ -16,9 +16,13 @@ use log::{info, warn};
 use crate::admin::Admin;
 use crate::auth::Authenticator;
 use crate::chat::{Chat, ChatConfig};
-use crate::metrics::{self, ServerMetrics};
+use crate::admin::Reply;
+use crate::health::HealthReporter;
 use crate::proto::health::health_check_response::ServingStatus;
-use crate::proto::{self, chat_grpc, greet_grpc, health_grpc, helloworld_grpc, route_guide_grpc, test_grpc};
+use crate::proto;
+use crate::rpc::api::{chat, greet, health, helloworld, route_guide as route_guide_api, test};
+use crate::rpc::metrics::ServerMetrics;
+use crate::rpc::{codec, CallTracker, Runtime};
 use crate::services::chat::ChatService;
 use crate::services::greet::Greeter;
 use crate::services::health::HealthService;
@@ -26,12 +30,11 @@ use crate::services::helloworld::HelloWorld;
 use crate::services::interop::InteropService;
 use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
-use crate::services::{CallHooks, CallTracker, Hosted};
 use crate::tls::ServerTls;
-use crate::{codec, limits};
+use crate::limits;
 
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
-pub const INTEROP_SERVICE_NAME: &str = test_grpc::TEST_SERVICE_FULL_NAME;
+pub const INTEROP_SERVICE_NAME: &str = test::TEST_SERVICE_FULL_NAME;
 
 /// How to build a server.
 #[derive(Debug, Clone)]
@@ -179,10 +182,9 @@ impl std::error::Error for StartError {}
 pub struct RunningServer {
     server: Server,
     addr: String,
-    tracker: Arc<CallTracker>,
-    health: HealthService,
+    runtime: Runtime,
+    health: HealthReporter,
     chat: Chat,
-    metrics: Arc<ServerMetrics>,
     /// Stops with the server (dropped after it).
     admin: Option<Admin>,
 }
@@ -218,12 +220,11 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .after_start(move || codec::set_receive_limit(receive_limit))
             .build(),
     );
-    let tracker = CallTracker::new();
-    let health = HealthService::default();
-    let hooks = CallHooks::default();
+    let runtime = Runtime::new(CallTracker::new());
+    let health = HealthReporter::default();
     let chat = Chat::start(&config.chat).map_err(StartError::Chat)?;
-    chat.register_metrics(hooks.metrics().registry()).map_err(StartError::Chat)?;
-    let hosted = hosted_services(config, tracker.clone(), health.clone(), chat.clone(), hooks.clone())?;
+    chat.register_metrics(runtime.metrics().registry()).map_err(StartError::Chat)?;
+    let hosted = hosted_services(config, health.clone(), chat.clone(), &runtime)?;
     let names: Vec<&'static str> = hosted.iter().map(|h| h.name).collect();
     let mut server = build(env, config, hosted)?;
     let credentials = config.tls.as_ref().map_or_else(ServerCredentials::insecure, ServerTls::credentials);
@@ -231,31 +232,44 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
         .add_listening_port(config.addr.clone(), credentials)
         .map_err(|_| StartError::Bind(config.addr.clone()))?;
     let addr = format!("{host}:{port}");
-    hooks.set_served_by(config.instance_id.as_deref().unwrap_or(&addr)).map_err(StartError::InstanceId)?;
+    runtime.set_served_by(config.instance_id.as_deref().unwrap_or(&addr)).map_err(StartError::InstanceId)?;
     server.start();
     for name in names.iter().chain(&[""]) {
         health.set_status(name, ServingStatus::SERVING);
     }
-    let metrics = hooks.metrics().clone();
     let admin = match &config.admin_addr {
         Some(admin_addr) => {
-            let admin = Admin::start(admin_addr, health.clone()).map_err(StartError::Admin)?;
-            admin.route("/metrics", metrics::admin_handler(metrics.clone()));
+            let reporter = health.clone();
+            let serving = move || reporter.status("") == Some(ServingStatus::SERVING);
+            let admin = Admin::start(admin_addr, serving).map_err(StartError::Admin)?;
+            let metrics = runtime.metrics().clone();
+            admin.route(
+                "/metrics",
+                Arc::new(move || Reply { status: 200, content_type: prometheus::TEXT_FORMAT, body: metrics.render() }),
+            );
             Some(admin)
         }
         None => None,
     };
-    Ok(RunningServer { server, addr, tracker, health, chat, metrics, admin })
+    Ok(RunningServer { server, addr, runtime, health, chat, admin })
+}
+
+/// One service a server hosts: its full name (what health checking and
+/// reflection call it), the file that declares it, and the handlers to
+/// register. The server's list of these is the one place a service is added.
+pub struct Hosted {
+    pub name: &'static str,
+    pub file: &'static protobuf::reflect::FileDescriptor,
+    pub service: grpcio::Service,
 }
 
 /// Every service the server hosts: the one list that registration, health
 /// and reflection read. Adding a service is one entry here.
 fn hosted_services(
     config: &ServerConfig,
-    tracker: Arc<CallTracker>,
-    health: HealthService,
+    health: HealthReporter,
     chat: Chat,
-    hooks: CallHooks,
+    runtime: &Runtime,
 ) -> Result<Vec<Hosted>, StartError> {
     let features = match &config.route_db {
         Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
@@ -263,44 +277,43 @@ fn hosted_services(
     };
     let mut hosted = vec![
         Hosted {
-            name: greet_grpc::GREET_SERVICE_FULL_NAME,
+            name: greet::GREET_SERVICE_FULL_NAME,
             file: proto::greet::file_descriptor(),
-            service: greet_grpc::create_greet_service_with(
-                Greeter::new(config.stream_interval, tracker.clone()),
-                hooks.clone(),
-            ),
+            service: greet::register_greet_service(Greeter::new(config.stream_interval), runtime),
         },
         Hosted {
-            name: helloworld_grpc::GREETER_FULL_NAME,
+            name: helloworld::GREETER_FULL_NAME,
             file: proto::helloworld::file_descriptor(),
-            service: helloworld_grpc::create_greeter_with(HelloWorld, hooks.clone()),
+            service: helloworld::register_greeter(HelloWorld, runtime),
         },
         Hosted {
-            name: route_guide_grpc::ROUTE_GUIDE_FULL_NAME,
+            name: route_guide_api::ROUTE_GUIDE_FULL_NAME,
             file: proto::route_guide::file_descriptor(),
-            service: route_guide_grpc::create_route_guide_with(RouteGuideService::new(features), hooks.clone()),
+            service: route_guide_api::register_route_guide(RouteGuideService::new(features), runtime),
         },
         Hosted {
-            name: health_grpc::HEALTH_FULL_NAME,
+            name: health::HEALTH_FULL_NAME,
             file: proto::health::file_descriptor(),
-            service: health_grpc::create_health_with(health, hooks.clone()),
+            service: health::register_health(HealthService::new(health), runtime),
         },
         Hosted {
-            name: chat_grpc::CHAT_FULL_NAME,
+            name: chat::CHAT_FULL_NAME,
             file: proto::chat::file_descriptor(),
-            service: chat_grpc::create_chat_with(ChatService::new(chat, tracker), hooks.clone()),
+            service: chat::register_chat(ChatService::new(chat, config.auth.clone()), runtime),
         },
     ];
     if config.interop {
         hosted.push(Hosted {
-            name: test_grpc::TEST_SERVICE_FULL_NAME,
+            name: test::TEST_SERVICE_FULL_NAME,
             file: proto::test::file_descriptor(),
-            service: test_grpc::create_test_service_with(InteropService::default(), hooks.clone()),
+            service: test::register_test_service(InteropService::default(), runtime),
         });
     }
     if config.reflection {
-        let services = reflection::hosted(&hosted, &hooks).map_err(StartError::Reflection)?;
-        hosted.extend(services);
+        let reflected: Vec<_> = hosted.iter().map(|h| (h.name, h.file)).collect();
+        for (name, file, service) in reflection::services(&reflected, runtime).map_err(StartError::Reflection)? {
+            hosted.push(Hosted { name, file, service });
+        }
     }
     Ok(hosted)
 }
@@ -367,13 +380,13 @@ impl RunningServer {
         self.addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)
     }
 
-    /// Counts the streaming calls running now.
+    /// Counts the calls running now.
     pub fn tracker(&self) -> &Arc<CallTracker> {
-        &self.tracker
+        self.runtime.tracker()
     }
 
-    /// The health service, to mark services (not) serving.
-    pub fn health(&self) -> &HealthService {
+    /// The server's health, to mark services (not) serving.
+    pub fn health(&self) -> &HealthReporter {
         &self.health
     }
 
@@ -384,7 +397,7 @@ impl RunningServer {
 
     /// The server's metrics (what the admin port's `/metrics` serves).
     pub fn metrics(&self) -> &Arc<ServerMetrics> {
-        &self.metrics
+        self.runtime.metrics()
     }
 
     /// Where the admin HTTP port listens, if the server has one.
@@ -430,7 +443,7 @@ impl RunningServer {
                 Shutdown::Drained
             }
             Either::Right((_, drained)) => {
-                warn!("shutdown: {} call(s) still running after {grace:?}; cancelling them", self.tracker.active());
+                warn!("shutdown: {} call(s) still running after {grace:?}; cancelling them", self.tracker().active());
                 self.server.cancel_all_calls();
                 if let Err(e) = block_on(drained) {
                     warn!("shutdown: {e}");

@@ -1,11 +1,11 @@
-//! `chat-bench`: measures a running chat (see `greet::chat::bench`):
+//! `chat-bench`: measures a running chat (see `greet::client::chat_bench`):
 //! deliveries per second to the subscribers of one room, and latency.
 //! Prints one JSON object.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use greet::chat::bench::{self, BenchOptions};
+use greet::client::chat_bench::{self, BenchOptions};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Measures chat.v1.Chat fan-out: messages/s to N subscribers and latency")]
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         burst: args.burst,
         threads: args.threads,
     };
-    match bench::run(&options) {
+    match chat_bench::run(&options) {
         Ok(r) => {
             let json = serde_json::json!({
                 "subscribers": r.subscribers,

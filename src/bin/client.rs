@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use futures::executor::block_on;
-use greet::auth;
 use greet::client::channel::{Keepalive, DEFAULT_RETRIES};
 use greet::client::chat::{self, ChatOptions, Output};
 use greet::client::load::{self, LoadConfig, Workload};
 use greet::client::{route_guide, Client, Connector, LbPolicy};
 use greet::duration;
-use greet::status::CliError;
+use greet::client::CliError;
 use greet::tls::ClientTls;
 use grpcio::Metadata;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -176,14 +175,14 @@ fn client_tls(args: &Args) -> Result<Option<ClientTls>, String> {
 /// The metadata every call carries: the bearer token of --token-file.
 fn headers(args: &Args) -> Result<Option<Metadata>, String> {
     let Some(path) = &args.token_file else { return Ok(None) };
-    auth::bearer_metadata(&auth::read_token_file(path)?).map(Some)
+    client::bearer_metadata(&client::read_token_file(path)?).map(Some)
 }
 
 async fn run(args: &Args, connector: &Connector, headers: Option<Metadata>) -> Result<(), CliError> {
     let channel = connector.channel();
     let mut client = Client::new(channel.clone(), args.timeout);
-    if let Some(headers) = headers {
-        client = client.with_headers(headers);
+    if let Some(headers) = &headers {
+        client = client.with_headers(headers.clone());
     }
     let names = &args.names;
     match &args.command {
@@ -198,15 +197,22 @@ async fn run(args: &Args, connector: &Connector, headers: Option<Metadata>) -> R
             client.bidi(names, args.interval, print).await?;
         }
         Command::Greet { name } => print(client.greet(name).await?),
-        // These block on their own (see main).
-        Command::RouteGuide | Command::Load(_) | Command::Chat { .. } => unreachable!("run from main"),
+        Command::RouteGuide => {
+            let mut client = route_guide::Client::new(channel, args.timeout);
+            if let Some(headers) = headers {
+                client = client.with_headers(headers);
+            }
+            client.run_demo(print).await?
+        }
+        Command::Load(load_args) => run_load(args, load_args, connector, headers).await?,
+        Command::Chat { room, user, history } => run_chat(args, room, user, *history, headers).await?,
     }
     Ok(())
 }
 
 /// `client load`: the run, a progress bar on stderr (shown on a terminal
 /// only), the summary on stdout. Fails if any call failed.
-fn run_load(
+async fn run_load(
     args: &Args,
     load_args: &LoadArgs,
     connector: &Connector,
@@ -228,7 +234,7 @@ fn run_load(
         bar.set_style(style);
     }
     let pool = connector.pool();
-    let summary = load::run(&pool, &config, &|done, _| bar.set_position(done));
+    let summary = load::run(&pool, &config, &|done, _| bar.set_position(done)).await;
     bar.finish_and_clear();
     if load_args.json {
         print(summary.to_json().to_string());
@@ -243,7 +249,7 @@ fn run_load(
 
 /// `client chat`: stdin lines in, room events out. Each address of --addr
 /// gets a channel with the flags' settings; the chat client moves between them.
-fn run_chat(
+async fn run_chat(
     args: &Args,
     room: &str,
     user: &str,
@@ -290,6 +296,7 @@ fn run_chat(
             }
         }
     })
+    .await
 }
 
 fn main() -> ExitCode {
@@ -302,20 +309,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match &args.command {
-        Command::Load(load_args) => run_load(&args, load_args, &connector, headers),
-        Command::Chat { room, user, history } => run_chat(&args, room, user, *history, headers),
-        // The route guide client makes its calls one after another, blocking.
-        Command::RouteGuide => {
-            let mut client = route_guide::Client::new(connector.channel(), args.timeout);
-            if let Some(headers) = headers {
-                client = client.with_headers(headers);
-            }
-            client.run_demo(print).map_err(CliError::from)
-        }
-        // The one place the client blocks.
-        _ => block_on(run(&args, &connector, headers)),
-    };
+    // The one place the client blocks.
+    let result = block_on(run(&args, &connector, headers));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -101,17 +101,21 @@ fn main() -> ExitCode {
         vec![args.test_case.as_str()]
     };
     // `all` runs every case and reports each failure; any failure fails the run.
-    let mut failed = false;
-    for case in cases {
-        match client.run(case) {
-            Ok(()) => log::info!("{case}: passed"),
-            Err(why) => {
-                // One line, whatever a peer put in a status message.
-                eprintln!("error: {case}: {}", why.replace(['\n', '\r'], " "));
-                failed = true;
+    // The one place the client blocks.
+    let failed = futures::executor::block_on(async {
+        let mut failed = false;
+        for case in cases {
+            match client.run(case).await {
+                Ok(()) => log::info!("{case}: passed"),
+                Err(why) => {
+                    // One line, whatever a peer put in a status message.
+                    eprintln!("error: {case}: {}", why.replace(['\n', '\r'], " "));
+                    failed = true;
+                }
             }
         }
-    }
+        failed
+    });
     if failed {
         return ExitCode::FAILURE;
     }

@@ -1,5 +1,5 @@
-//! What a chat peer may send. Beyond a limit the call fails with
-//! INVALID_ARGUMENT and a message that says what to change.
+//! What a chat peer may send. Beyond a limit the operation fails with
+//! [`ChatError::InvalidArgument`] and a message that says what to change.
 //!
 //! | limit | value |
 //! |---|---|
@@ -8,9 +8,11 @@
 //! | messages replayed by a fresh join, or returned by `History` | 1,000 |
 //! | messages a resume may replay | 10,000 (more: OUT_OF_RANGE, join afresh) |
 
-use grpcio::RpcStatus;
+use super::ChatError;
 
-use crate::status::invalid_argument;
+fn invalid_argument(message: impl Into<String>) -> ChatError {
+    ChatError::InvalidArgument(message.into())
+}
 
 /// Longest room or user name, in UTF-8 bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -24,7 +26,7 @@ pub const MAX_RESUME: u64 = 10_000;
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 
 /// Checks a room or user name; `what` is "room" or "user".
-pub fn check_name(what: &str, name: &str) -> Result<(), RpcStatus> {
+pub fn check_name(what: &str, name: &str) -> Result<(), ChatError> {
     if name.trim().is_empty() {
         return Err(invalid_argument(format!("{what} is empty; give a {what} name")));
     }
@@ -44,7 +46,7 @@ pub fn check_name(what: &str, name: &str) -> Result<(), RpcStatus> {
 }
 
 /// Checks a message's text.
-pub fn check_text(text: &str) -> Result<(), RpcStatus> {
+pub fn check_text(text: &str) -> Result<(), ChatError> {
     if text.is_empty() {
         return Err(invalid_argument("message text is empty"));
     }
@@ -63,7 +65,7 @@ pub fn check_text(text: &str) -> Result<(), RpcStatus> {
 }
 
 /// Checks how many messages a join or a History call asks for.
-pub fn check_history(count: u32) -> Result<usize, RpcStatus> {
+pub fn check_history(count: u32) -> Result<usize, ChatError> {
     let count = count as usize;
     if count > MAX_HISTORY {
         return Err(invalid_argument(format!("{count} messages of history asked for; at most {MAX_HISTORY}")));
@@ -74,22 +76,21 @@ pub fn check_history(count: u32) -> Result<usize, RpcStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use grpcio::RpcStatusCode;
 
     #[test]
     fn names_must_be_printable_non_empty_and_bounded() {
         assert!(check_name("room", "lobby").is_ok());
         assert!(check_name("user", "Zoë Ω").is_ok());
-        assert_eq!(check_name("room", " ").unwrap_err().message(), "room is empty; give a room name");
+        assert_eq!(check_name("room", " ").unwrap_err().to_string(), "room is empty; give a room name");
         let long = "r".repeat(MAX_NAME_BYTES + 1);
         assert_eq!(
-            check_name("room", &long).unwrap_err().message(),
+            check_name("room", &long).unwrap_err().to_string(),
             "room name is 65 bytes long; room names are limited to 64 bytes"
         );
-        let status = check_name("user", "a\u{7}b").unwrap_err();
-        assert_eq!(status.code(), RpcStatusCode::INVALID_ARGUMENT);
+        let error = check_name("user", "a\u{7}b").unwrap_err();
+        assert!(matches!(error, ChatError::InvalidArgument(_)), "{error:?}");
         assert_eq!(
-            status.message(),
+            error.to_string(),
             "user name \"a\\u{7}b\" contains the control character '\\u{7}'; use printable characters"
         );
     }
@@ -98,9 +99,9 @@ mod tests {
     fn texts_must_be_non_empty_bounded_and_without_control_characters() {
         assert!(check_text("hi\tthere\nsecond line").is_ok());
         assert!(check_text(&"x".repeat(MAX_TEXT_BYTES)).is_ok());
-        assert_eq!(check_text("").unwrap_err().message(), "message text is empty");
+        assert_eq!(check_text("").unwrap_err().to_string(), "message text is empty");
         assert_eq!(
-            check_text(&"x".repeat(MAX_TEXT_BYTES + 1)).unwrap_err().message(),
+            check_text(&"x".repeat(MAX_TEXT_BYTES + 1)).unwrap_err().to_string(),
             "message text is 4097 bytes long; messages are limited to 4096 bytes"
         );
         assert!(check_text("bell\u{7}").is_err());

@@ -22,7 +22,6 @@
 //!   and misses are counted ([`ChatStats`]) and misses are logged.
 //! - [`limits`]: what a peer may send.
 
-pub mod bench;
 pub mod broker;
 pub mod cache;
 mod hub;
@@ -97,9 +96,11 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-/// Why a chat operation failed; [`crate::status`] turns it into a status.
+/// Why a chat operation failed; the service turns it into a status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatError {
+    /// What the peer sent breaks a limit ([`limits`]); the message says which.
+    InvalidArgument(String),
     /// The store or the broker failed; the operation did not happen.
     Unavailable(String),
     /// A resume point whose messages are no longer kept.
@@ -111,7 +112,9 @@ pub enum ChatError {
 impl fmt::Display for ChatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChatError::Unavailable(why) | ChatError::OutOfRange(why) => f.write_str(why),
+            ChatError::InvalidArgument(why) | ChatError::Unavailable(why) | ChatError::OutOfRange(why) => {
+                f.write_str(why)
+            }
             ChatError::ShuttingDown => f.write_str("the server is shutting down; reconnect to resume"),
         }
     }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use grpcio::{Channel, ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder, Environment, RpcStatusCode};
 use serde_json::{json, Value};
 
-use crate::status::code_name;
+use crate::wire::code_name;
 use crate::tls::ClientTls;
 
 /// The client environment every channel of this process shares: one

@@ -19,7 +19,7 @@ use super::channel::{Connector, Keepalive};
 
 use crate::proto::chat::{client_frame, server_event, ClientFrame, Join, Message, Say, ServerEvent};
 use crate::proto::chat_grpc::ChatClient;
-use crate::status::CliError;
+use super::CliError;
 
 /// What the client reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,7 +133,7 @@ fn frame(frame: client_frame::Frame) -> ClientFrame {
 /// for `give_up_after`.
 /// `connect` makes the channel to one address (e.g. [`plaintext`], or
 /// through [`connector`] with the caller's settings).
-pub fn run(
+pub async fn run(
     options: &ChatOptions,
     connect: impl Fn(&str) -> Result<Channel, String>,
     lines: async_channel::Receiver<String>,
@@ -145,44 +145,42 @@ pub fn run(
     let mut state = State {
         last_seq: None,
         pending: VecDeque::new(),
-        run_id: format!("{:x}{:x}", std::process::id(), crate::chat::now_unix_ms()),
+        run_id: format!("{:x}{:x}", std::process::id(), crate::wire::now_unix_ms()),
         said: 0,
         input_done: false,
     };
     let mut index = 0;
     let mut failing_since: Option<Instant> = None;
     let mut failures_in_a_row = 0;
-    futures::executor::block_on(async {
-        loop {
-            let addr = &options.addrs[index % options.addrs.len()];
-            let client = ChatClient::new(connect(addr).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?);
-            let mut connected = false;
-            match session(&client, addr, options, &mut state, &lines, &mut output, &mut connected).await {
-                Ok(Ended::Left) => return Ok(()),
-                Ok(Ended::Lost(e)) => {
-                    if connected {
-                        failing_since = None;
-                        failures_in_a_row = 0;
-                    }
-                    let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= options.give_up_after {
-                        return Err(e);
-                    }
-                    failures_in_a_row += 1;
-                    index += 1;
-                    let next = &options.addrs[index % options.addrs.len()];
-                    let why = format!("{}: {}", e.code, e.message);
-                    output(Output::Notice(format!("lost {addr} ({why}); reconnecting to {next}")));
-                    // Try every address at once, then back off, up to 2 s.
-                    if failures_in_a_row >= options.addrs.len() {
-                        let rounds = (failures_in_a_row / options.addrs.len()) as u32;
-                        Delay::new(Duration::from_millis(100 * 2u64.pow(rounds.min(4)).min(20))).await;
-                    }
+    loop {
+        let addr = &options.addrs[index % options.addrs.len()];
+        let client = ChatClient::new(connect(addr).map_err(|e| CliError::new("INVALID_ARGUMENT", e))?);
+        let mut connected = false;
+        match session(&client, addr, options, &mut state, &lines, &mut output, &mut connected).await {
+            Ok(Ended::Left) => return Ok(()),
+            Ok(Ended::Lost(e)) => {
+                if connected {
+                    failing_since = None;
+                    failures_in_a_row = 0;
                 }
-                Err(e) => return Err(e),
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= options.give_up_after {
+                    return Err(e);
+                }
+                failures_in_a_row += 1;
+                index += 1;
+                let next = &options.addrs[index % options.addrs.len()];
+                let why = format!("{}: {}", e.code, e.message);
+                output(Output::Notice(format!("lost {addr} ({why}); reconnecting to {next}")));
+                // Try every address at once, then back off, up to 2 s.
+                if failures_in_a_row >= options.addrs.len() {
+                    let rounds = (failures_in_a_row / options.addrs.len()) as u32;
+                    Delay::new(Duration::from_millis(100 * 2u64.pow(rounds.min(4)).min(20))).await;
+                }
             }
+            Err(e) => return Err(e),
         }
-    })
+    }
 }
 
 /// One connection: join (resuming if anything was seen), then relay until

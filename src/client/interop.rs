@@ -13,12 +13,11 @@
 //! cannot check request compression fails them; the `*_noprobe` variants
 //! (grpc-java's names) skip the probe.
 
-use std::thread;
 use std::time::{Duration, Instant};
 
-use futures::executor::block_on;
 use futures::prelude::*;
-use grpcio::{CallOption, Channel, Metadata, MetadataBuilder, RpcStatusCode, WriteFlags};
+use futures_timer::Delay;
+use grpcio::{CallOption, Channel, ClientUnaryReceiver, Metadata, MetadataBuilder, RpcStatusCode, WriteFlags};
 
 use super::half_close;
 use super::Connector;
@@ -28,8 +27,7 @@ use crate::proto::messages::{
     StreamingInputCallRequest, StreamingOutputCallRequest, StreamingOutputCallResponse,
 };
 use crate::proto::test_grpc::{TestServiceClient, UnimplementedServiceClient};
-use crate::services::interop::{COMPRESSION_REQUEST_KEY, ECHO_INITIAL_KEY, ECHO_TRAILING_KEY};
-use crate::status::code_name;
+use crate::wire::{code_name, COMPRESSION_REQUEST_KEY, ECHO_INITIAL_KEY, ECHO_TRAILING_KEY};
 use crate::tls::ClientTls;
 
 /// Every test case [`InteropClient::run`] knows, in the order `all` runs them.
@@ -241,57 +239,57 @@ impl InteropClient {
     }
 
     /// Runs the test case named `case`.
-    pub fn run(&self, case: &str) -> Result<(), String> {
+    pub async fn run(&self, case: &str) -> Result<(), String> {
         match case {
-            "empty_unary" => self.empty_unary(),
-            "large_unary" => self.large_unary(),
-            "client_streaming" => self.client_streaming(),
-            "server_streaming" => self.server_streaming(),
-            "ping_pong" => self.ping_pong(),
-            "empty_stream" => self.empty_stream(),
-            "timeout_on_sleeping_server" => self.timeout_on_sleeping_server(),
-            "cancel_after_begin" => self.cancel_after_begin(),
-            "cancel_after_first_response" => self.cancel_after_first_response(),
-            "status_code_and_message" => self.status_code_and_message(),
-            "special_status_message" => self.special_status_message(),
-            "custom_metadata" => self.custom_metadata(),
-            "unimplemented_method" => self.unimplemented_method(),
-            "unimplemented_service" => self.unimplemented_service(),
-            "client_compressed_unary" => self.client_compressed_unary(true),
-            "client_compressed_unary_noprobe" => self.client_compressed_unary(false),
-            "server_compressed_unary" => self.server_compressed_unary(),
-            "client_compressed_streaming" => self.client_compressed_streaming(true),
-            "client_compressed_streaming_noprobe" => self.client_compressed_streaming(false),
-            "server_compressed_streaming" => self.server_compressed_streaming(),
-            "pick_first_unary" => self.pick_first_unary(),
-            "rpc_soak" => self.soak(false),
-            "channel_soak" => self.soak(true),
+            "empty_unary" => self.empty_unary().await,
+            "large_unary" => self.large_unary().await,
+            "client_streaming" => self.client_streaming().await,
+            "server_streaming" => self.server_streaming().await,
+            "ping_pong" => self.ping_pong().await,
+            "empty_stream" => self.empty_stream().await,
+            "timeout_on_sleeping_server" => self.timeout_on_sleeping_server().await,
+            "cancel_after_begin" => self.cancel_after_begin().await,
+            "cancel_after_first_response" => self.cancel_after_first_response().await,
+            "status_code_and_message" => self.status_code_and_message().await,
+            "special_status_message" => self.special_status_message().await,
+            "custom_metadata" => self.custom_metadata().await,
+            "unimplemented_method" => self.unimplemented_method().await,
+            "unimplemented_service" => self.unimplemented_service().await,
+            "client_compressed_unary" => self.client_compressed_unary(true).await,
+            "client_compressed_unary_noprobe" => self.client_compressed_unary(false).await,
+            "server_compressed_unary" => self.server_compressed_unary().await,
+            "client_compressed_streaming" => self.client_compressed_streaming(true).await,
+            "client_compressed_streaming_noprobe" => self.client_compressed_streaming(false).await,
+            "server_compressed_streaming" => self.server_compressed_streaming().await,
+            "pick_first_unary" => self.pick_first_unary().await,
+            "rpc_soak" => self.soak(false).await,
+            "channel_soak" => self.soak(true).await,
             other => Err(format!("unknown test case {other:?}; known: {}", TEST_CASES.join(", "))),
         }
     }
 
     /// EmptyCall with an empty message succeeds.
-    pub fn empty_unary(&self) -> Result<(), String> {
-        self.test.empty_call_opt(&Empty::default(), self.option()).map_err(|e| failed("EmptyCall", &e))?;
+    pub async fn empty_unary(&self) -> Result<(), String> {
+        unary(self.test.empty_call_async_opt(&Empty::default(), self.option())).await.map_err(|e| failed("EmptyCall", &e))?;
         Ok(())
     }
 
     /// A 271,828-byte request gets a 314,159-byte response.
-    pub fn large_unary(&self) -> Result<(), String> {
+    pub async fn large_unary(&self) -> Result<(), String> {
         let response =
-            self.test.unary_call_opt(&large_request(), self.option()).map_err(|e| failed("UnaryCall", &e))?;
+            unary(self.test.unary_call_async_opt(&large_request(), self.option())).await.map_err(|e| failed("UnaryCall", &e))?;
         check_payload("UnaryCall", &response.payload, LARGE_RESPONSE)
     }
 
     /// Four requests streamed in; the server answers their total size.
-    pub fn client_streaming(&self) -> Result<(), String> {
+    pub async fn client_streaming(&self) -> Result<(), String> {
         let requests: Vec<_> = REQUEST_SIZES.iter().map(|&n| (n, None)).collect();
-        self.stream_in("StreamingInputCall", &requests, self.option(), 74_922)
+        self.stream_in("StreamingInputCall", &requests, self.option(), 74_922).await
     }
 
     /// Sends `(size, expect_compressed)` requests (a `Some(false)` one
     /// uncompressed) and checks the aggregated size.
-    fn stream_in(
+    async fn stream_in(
         &self,
         what: &str,
         requests: &[(usize, Option<bool>)],
@@ -299,7 +297,7 @@ impl InteropClient {
         want: i32,
     ) -> Result<(), String> {
         let (mut sink, receiver) = self.test.streaming_input_call_opt(option).map_err(|e| failed(what, &e))?;
-        let sent = block_on(async {
+        let sent = async {
             for &(size, expect_compressed) in requests {
                 let req = StreamingInputCallRequest {
                     payload: Some(zeros(size)).into(),
@@ -310,8 +308,8 @@ impl InteropClient {
                 sink.send((req, flags)).await?;
             }
             sink.close().await
-        });
-        let response = super::settle(sent, block_on(receiver)).map_err(|e| failed(what, &e))?;
+        }.await;
+        let response = super::settle(sent, receiver.await).map_err(|e| failed(what, &e))?;
         if response.aggregated_payload_size != want {
             return Err(format!("{what}: aggregated_payload_size {}, want {want}", response.aggregated_payload_size));
         }
@@ -319,18 +317,18 @@ impl InteropClient {
     }
 
     /// Four responses of the requested sizes, in order.
-    pub fn server_streaming(&self) -> Result<(), String> {
+    pub async fn server_streaming(&self) -> Result<(), String> {
         let req = StreamingOutputCallRequest {
             response_parameters: RESPONSE_SIZES.iter().map(|&n| parameters(n)).collect(),
             ..Default::default()
         };
-        self.stream_out("StreamingOutputCall", &req, &RESPONSE_SIZES)
+        self.stream_out("StreamingOutputCall", &req, &RESPONSE_SIZES).await
     }
 
-    fn stream_out(&self, what: &str, req: &StreamingOutputCallRequest, sizes: &[usize]) -> Result<(), String> {
+    async fn stream_out(&self, what: &str, req: &StreamingOutputCallRequest, sizes: &[usize]) -> Result<(), String> {
         let stream = self.test.streaming_output_call_opt(req, self.option()).map_err(|e| failed(what, &e))?;
         let responses: Vec<StreamingOutputCallResponse> =
-            block_on(stream.try_collect()).map_err(|e| failed(what, &e))?;
+            stream.try_collect().await.map_err(|e| failed(what, &e))?;
         if responses.len() != sizes.len() {
             return Err(format!("{what}: {} responses, want {}", responses.len(), sizes.len()));
         }
@@ -341,10 +339,10 @@ impl InteropClient {
     }
 
     /// Four request/response rounds on one FullDuplexCall, then a clean end.
-    pub fn ping_pong(&self) -> Result<(), String> {
+    pub async fn ping_pong(&self) -> Result<(), String> {
         const WHAT: &str = "FullDuplexCall";
         let (mut sink, mut receiver) = self.test.full_duplex_call_opt(self.option()).map_err(|e| failed(WHAT, &e))?;
-        block_on(async {
+        async {
             for (i, (&request, &response)) in REQUEST_SIZES.iter().zip(&RESPONSE_SIZES).enumerate() {
                 let round = format!("{WHAT} round {}", i + 1);
                 sink.send((ping(response, request), WriteFlags::default())).await.map_err(|e| failed(&round, &e))?;
@@ -355,22 +353,22 @@ impl InteropClient {
             }
             half_close(&mut sink).await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
             expect_end(WHAT, receiver.try_next().await)
-        })
+        }.await
     }
 
     /// A FullDuplexCall closed at once ends OK with no response.
-    pub fn empty_stream(&self) -> Result<(), String> {
+    pub async fn empty_stream(&self) -> Result<(), String> {
         const WHAT: &str = "FullDuplexCall";
         let (mut sink, mut receiver) = self.test.full_duplex_call_opt(self.option()).map_err(|e| failed(WHAT, &e))?;
-        block_on(async {
+        async {
             half_close(&mut sink).await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
             expect_end(WHAT, receiver.try_next().await)
-        })
+        }.await
     }
 
     /// A FullDuplexCall with a 1 ms deadline that the server never answers
     /// ends DEADLINE_EXCEEDED.
-    pub fn timeout_on_sleeping_server(&self) -> Result<(), String> {
+    pub async fn timeout_on_sleeping_server(&self) -> Result<(), String> {
         const WHAT: &str = "FullDuplexCall with a 1ms deadline";
         let option = CallOption::default().timeout(Duration::from_millis(1));
         let (mut sink, mut receiver) = match self.test.full_duplex_call_opt(option) {
@@ -378,28 +376,28 @@ impl InteropClient {
             Err(e) => return expect_status(WHAT, Err::<(), _>(e), RpcStatusCode::DEADLINE_EXCEEDED, None),
         };
         let req = StreamingOutputCallRequest { payload: Some(zeros(27_182)).into(), ..Default::default() };
-        block_on(async {
+        async {
             // The deadline may pass before the send does; the status comes
             // from the receiving side either way.
             let _ = sink.send((req, WriteFlags::default())).await;
             let received = receiver.try_next().await;
             expect_status(WHAT, received, RpcStatusCode::DEADLINE_EXCEEDED, None)
-        })
+        }.await
     }
 
     /// A StreamingInputCall cancelled before any message ends CANCELLED.
-    pub fn cancel_after_begin(&self) -> Result<(), String> {
+    pub async fn cancel_after_begin(&self) -> Result<(), String> {
         const WHAT: &str = "StreamingInputCall cancelled after begin";
         let (mut sink, receiver) = self.test.streaming_input_call_opt(self.option()).map_err(|e| failed(WHAT, &e))?;
         sink.cancel();
-        expect_status(WHAT, block_on(receiver), RpcStatusCode::CANCELLED, None)
+        expect_status(WHAT, receiver.await, RpcStatusCode::CANCELLED, None)
     }
 
     /// A FullDuplexCall cancelled after its first response ends CANCELLED.
-    pub fn cancel_after_first_response(&self) -> Result<(), String> {
+    pub async fn cancel_after_first_response(&self) -> Result<(), String> {
         const WHAT: &str = "FullDuplexCall cancelled after the first response";
         let (mut sink, mut receiver) = self.test.full_duplex_call_opt(self.option()).map_err(|e| failed(WHAT, &e))?;
-        block_on(async {
+        async {
             sink.send((ping(31_415, 27_182), WriteFlags::default())).await.map_err(|e| failed(WHAT, &e))?;
             match receiver.try_next().await.map_err(|e| failed(WHAT, &e))? {
                 Some(reply) => check_payload(WHAT, &reply.payload, 31_415)?,
@@ -407,37 +405,37 @@ impl InteropClient {
             }
             receiver.cancel();
             expect_status(WHAT, receiver.try_next().await, RpcStatusCode::CANCELLED, None)
-        })
+        }.await
     }
 
     /// The server ends UnaryCall and FullDuplexCall with the code and message asked for.
-    pub fn status_code_and_message(&self) -> Result<(), String> {
+    pub async fn status_code_and_message(&self) -> Result<(), String> {
         let req = SimpleRequest { response_status: echo_status(STATUS_MESSAGE), ..Default::default() };
-        let unary = self.test.unary_call_opt(&req, self.option());
+        let unary = unary(self.test.unary_call_async_opt(&req, self.option())).await;
         expect_status("UnaryCall", unary, RpcStatusCode::UNKNOWN, Some(STATUS_MESSAGE))?;
 
         const WHAT: &str = "FullDuplexCall";
         let (mut sink, mut receiver) = self.test.full_duplex_call_opt(self.option()).map_err(|e| failed(WHAT, &e))?;
         let req = StreamingOutputCallRequest { response_status: echo_status(STATUS_MESSAGE), ..Default::default() };
-        block_on(async {
+        async {
             // The server may end the call before the close goes out.
             let _ = sink.send((req, WriteFlags::default())).await;
             let _ = sink.close().await;
             expect_status(WHAT, receiver.try_next().await, RpcStatusCode::UNKNOWN, Some(STATUS_MESSAGE))
-        })
+        }.await
     }
 
     /// Whitespace and non-ASCII survive in a status message.
-    pub fn special_status_message(&self) -> Result<(), String> {
+    pub async fn special_status_message(&self) -> Result<(), String> {
         let req = SimpleRequest { response_status: echo_status(SPECIAL_STATUS_MESSAGE), ..Default::default() };
-        let unary = self.test.unary_call_opt(&req, self.option());
+        let unary = unary(self.test.unary_call_async_opt(&req, self.option())).await;
         expect_status("UnaryCall", unary, RpcStatusCode::UNKNOWN, Some(SPECIAL_STATUS_MESSAGE))
     }
 
     /// `x-grpc-test-echo-initial` comes back as initial metadata on UnaryCall
     /// and FullDuplexCall, `x-grpc-test-echo-trailing-bin` as trailing
     /// metadata on UnaryCall (grpcio exposes no trailers of a duplex call).
-    pub fn custom_metadata(&self) -> Result<(), String> {
+    pub async fn custom_metadata(&self) -> Result<(), String> {
         let headers = || {
             let mut builder = MetadataBuilder::new();
             // Constant, valid keys and values: cannot fail.
@@ -463,7 +461,7 @@ impl InteropClient {
         const DUPLEX: &str = "FullDuplexCall";
         let (mut sink, mut receiver) =
             self.test.full_duplex_call_opt(self.option().headers(headers())).map_err(|e| failed(DUPLEX, &e))?;
-        block_on(async {
+        async {
             sink.send((ping(LARGE_RESPONSE, LARGE_REQUEST), WriteFlags::default()))
                 .await
                 .map_err(|e| failed(DUPLEX, &e))?;
@@ -480,29 +478,29 @@ impl InteropClient {
             }
             half_close(&mut sink).await.map_err(|e| failed(&format!("{DUPLEX} close"), &e))?;
             expect_end(DUPLEX, receiver.try_next().await)
-        })
+        }.await
     }
 
     /// TestService/UnimplementedCall answers UNIMPLEMENTED.
-    pub fn unimplemented_method(&self) -> Result<(), String> {
-        let result = self.test.unimplemented_call_opt(&Empty::default(), self.option());
+    pub async fn unimplemented_method(&self) -> Result<(), String> {
+        let result = unary(self.test.unimplemented_call_async_opt(&Empty::default(), self.option())).await;
         expect_status("TestService/UnimplementedCall", result, RpcStatusCode::UNIMPLEMENTED, None)
     }
 
     /// UnimplementedService/UnimplementedCall answers UNIMPLEMENTED.
-    pub fn unimplemented_service(&self) -> Result<(), String> {
-        let result = self.unimplemented.unimplemented_call_opt(&Empty::default(), self.option());
+    pub async fn unimplemented_service(&self) -> Result<(), String> {
+        let result = unary(self.unimplemented.unimplemented_call_async_opt(&Empty::default(), self.option())).await;
         expect_status("UnimplementedService/UnimplementedCall", result, RpcStatusCode::UNIMPLEMENTED, None)
     }
 
     /// With `probe`, an uncompressed request marked `expect_compressed` must
     /// fail INVALID_ARGUMENT; then a compressed one marked so and an
     /// uncompressed one not marked both succeed.
-    pub fn client_compressed_unary(&self, probe: bool) -> Result<(), String> {
+    pub async fn client_compressed_unary(&self, probe: bool) -> Result<(), String> {
         let request =
             |expect_compressed| SimpleRequest { expect_compressed: flag(expect_compressed), ..large_request() };
         if probe {
-            let result = self.test.unary_call_opt(&request(true), self.option());
+            let result = unary(self.test.unary_call_async_opt(&request(true), self.option())).await;
             expect_status(
                 "UnaryCall probe (uncompressed, expect_compressed)",
                 result,
@@ -513,20 +511,20 @@ impl InteropClient {
         }
         for (what, compressed) in [("UnaryCall (compressed)", true), ("UnaryCall (uncompressed)", false)] {
             let option = if compressed { self.option().headers(compression_headers()) } else { self.option() };
-            let response = self.test.unary_call_opt(&request(compressed), option).map_err(|e| failed(what, &e))?;
+            let response = unary(self.test.unary_call_async_opt(&request(compressed), option)).await.map_err(|e| failed(what, &e))?;
             check_payload(what, &response.payload, LARGE_RESPONSE)?;
         }
         Ok(())
     }
 
     /// UnaryCall asking for a compressed, then an uncompressed response.
-    pub fn server_compressed_unary(&self) -> Result<(), String> {
+    pub async fn server_compressed_unary(&self) -> Result<(), String> {
         for (what, compressed) in
             [("UnaryCall (compressed response)", true), ("UnaryCall (uncompressed response)", false)]
         {
             let req = SimpleRequest { response_compressed: flag(compressed), ..large_request() };
             let response: SimpleResponse =
-                self.test.unary_call_opt(&req, self.option()).map_err(|e| failed(what, &e))?;
+                unary(self.test.unary_call_async_opt(&req, self.option())).await.map_err(|e| failed(what, &e))?;
             check_payload(what, &response.payload, LARGE_RESPONSE)?;
         }
         Ok(())
@@ -535,7 +533,7 @@ impl InteropClient {
     /// With `probe`, an uncompressed request marked `expect_compressed` must
     /// fail INVALID_ARGUMENT; then one call with a compressed message marked
     /// so and an uncompressed one not marked sums 73,086 bytes.
-    pub fn client_compressed_streaming(&self, probe: bool) -> Result<(), String> {
+    pub async fn client_compressed_streaming(&self, probe: bool) -> Result<(), String> {
         if probe {
             const WHAT: &str = "StreamingInputCall probe (uncompressed, expect_compressed)";
             let (mut sink, receiver) =
@@ -545,11 +543,11 @@ impl InteropClient {
                 expect_compressed: flag(true),
                 ..Default::default()
             };
-            let _ = block_on(async {
+            let _ = async {
                 sink.send((req, WriteFlags::default())).await?;
                 sink.close().await
-            });
-            expect_status(WHAT, block_on(receiver), RpcStatusCode::INVALID_ARGUMENT, None)
+            }.await;
+            expect_status(WHAT, receiver.await, RpcStatusCode::INVALID_ARGUMENT, None)
                 .map_err(|e| format!("{e}: the server does not check request compression"))?;
         }
         let option = self.option().headers(compression_headers());
@@ -558,12 +556,12 @@ impl InteropClient {
             &[(27_182, Some(true)), (45_904, Some(false))],
             option,
             73_086,
-        )
+        ).await
     }
 
     /// StreamingOutputCall asking for a compressed 31,415-byte response, then
     /// an uncompressed 92,653-byte one.
-    pub fn server_compressed_streaming(&self) -> Result<(), String> {
+    pub async fn server_compressed_streaming(&self) -> Result<(), String> {
         let req = StreamingOutputCallRequest {
             response_parameters: vec![
                 ResponseParameters { compressed: flag(true), ..parameters(31_415) },
@@ -571,11 +569,11 @@ impl InteropClient {
             ],
             ..Default::default()
         };
-        self.stream_out("StreamingOutputCall (compressed, then uncompressed)", &req, &[31_415, 92_653])
+        self.stream_out("StreamingOutputCall (compressed, then uncompressed)", &req, &[31_415, 92_653]).await
     }
 
     /// 100 UnaryCalls on one channel all reach the same server.
-    pub fn pick_first_unary(&self) -> Result<(), String> {
+    pub async fn pick_first_unary(&self) -> Result<(), String> {
         let req = SimpleRequest {
             response_size: 1,
             payload: Some(zeros(1)).into(),
@@ -585,7 +583,7 @@ impl InteropClient {
         let mut first: Option<String> = None;
         for i in 1..=100 {
             let what = format!("UnaryCall #{i}");
-            let response = self.test.unary_call_opt(&req, self.option()).map_err(|e| failed(&what, &e))?;
+            let response = unary(self.test.unary_call_async_opt(&req, self.option())).await.map_err(|e| failed(&what, &e))?;
             if response.server_id.is_empty() {
                 return Err(format!("{what}: empty server_id"));
             }
@@ -602,7 +600,7 @@ impl InteropClient {
 
     /// Large unary calls in a loop, on this client's channel (rpc_soak) or
     /// on a new channel each time (channel_soak), within the soak bounds.
-    pub fn soak(&self, new_channel_each_time: bool) -> Result<(), String> {
+    pub async fn soak(&self, new_channel_each_time: bool) -> Result<(), String> {
         let soak = &self.soak;
         let start = Instant::now();
         let mut failures = Vec::new();
@@ -623,8 +621,8 @@ impl InteropClient {
                 self.test.clone()
             };
             let option = CallOption::default().timeout(left);
-            let outcome = stub
-                .unary_call_opt(&large_request(), option)
+            let outcome = unary(stub
+                .unary_call_async_opt(&large_request(), option)).await
                 .map_err(|e| failed("UnaryCall", &e))
                 .and_then(|r| check_payload("UnaryCall", &r.payload, LARGE_RESPONSE));
             let latency = iteration_start.elapsed();
@@ -645,12 +643,16 @@ impl InteropClient {
             }
             let wait = soak.min_time_between_rpcs.saturating_sub(iteration_start.elapsed());
             if !wait.is_zero() && i < soak.iterations {
-                // The client's own thread: pacing the next call, not a server thread.
-                thread::sleep(wait);
+                Delay::new(wait).await;
             }
         }
         Ok(())
     }
+}
+
+/// A unary call made with `*_async_opt`, awaited.
+async fn unary<T>(call: grpcio::Result<ClientUnaryReceiver<T>>) -> grpcio::Result<T> {
+    call?.await
 }
 
 /// Checks a stream ended OK with no further message.

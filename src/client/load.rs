@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use super::channel::Pool;
 use crate::proto::greet::{HelloRequest, NoParam};
 use crate::proto::greet_grpc::GreetServiceClient;
-use crate::services::SERVED_BY_HEADER;
-use crate::status::CliError;
+use crate::wire::SERVED_BY_HEADER;
+use super::CliError;
 
 /// What to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,9 +166,9 @@ fn code_of(error: grpcio::Error) -> String {
 
 /// Runs `config` over `pool` and summarises it. `on_done` is told of each
 /// call (or stream) as it ends, with the number ended so far: the CLI's
-/// progress bar, a test's trigger for a fault. Blocks the calling thread,
-/// which must not be a completion-queue thread.
-pub fn run(pool: &Pool, config: &LoadConfig, on_done: &(dyn Fn(u64, &Outcome) + Sync)) -> Summary {
+/// progress bar, a test's trigger for a fault. Its workers are futures
+/// polled by whoever awaits this one (the CLI blocks on it once, in `main`).
+pub async fn run(pool: &Pool, config: &LoadConfig, on_done: &(dyn Fn(u64, &Outcome) + Sync)) -> Summary {
     let total = config.workload.calls();
     let next = AtomicUsize::new(0);
     // The workers run on this thread only, so plain cells are enough.
@@ -216,7 +216,7 @@ pub fn run(pool: &Pool, config: &LoadConfig, on_done: &(dyn Fn(u64, &Outcome) + 
         }
     };
     let workers: Vec<_> = (0..config.concurrency.clamp(1, total.max(1))).map(|_| worker()).collect();
-    futures::executor::block_on(future::join_all(workers));
+    future::join_all(workers).await;
     Summary {
         workload: config.workload,
         codes: codes.into_inner(),

@@ -8,13 +8,19 @@
 //! - [`route_guide`]: the four `routeguide.RouteGuide` calls, like grpc-go's client.
 //! - [`interop`]: the interop suite's test cases, one function each.
 //! - [`load`]: `client load`, concurrent unary calls or bidi streams over a pool, with a summary.
+//! - [`chat_bench`]: `chat-bench`, fan-out throughput and latency of a running chat.
 
 pub mod channel;
 pub mod chat;
+pub mod chat_bench;
+mod error;
 pub mod greet;
 pub mod interop;
 pub mod load;
 pub mod route_guide;
+mod token;
 
 pub use channel::{connect, Connector, LbPolicy, Pool, RetryPolicy, ServiceConfig};
+pub use error::CliError;
 pub use greet::{half_close, settle, Client, DEMO_NAMES};
+pub use token::{bearer_metadata, read_token_file};

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use futures::executor::block_on;
 use futures::prelude::*;
 use grpcio::{CallOption, Channel, Metadata, WriteFlags};
 
@@ -12,7 +11,6 @@ use super::greet::call_option;
 use super::settle;
 use crate::proto::route_guide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
 use crate::proto::route_guide_grpc::RouteGuideClient;
-use crate::services::route_guide::point;
 
 /// Calls `routeguide.RouteGuide`.
 #[derive(Clone)]
@@ -27,6 +25,11 @@ pub struct Client {
 /// A rectangle from its two corners.
 pub fn rectangle(lo: Point, hi: Point) -> Rectangle {
     Rectangle { lo: Some(lo).into(), hi: Some(hi).into(), ..Default::default() }
+}
+
+/// A point from E7 coordinates.
+pub fn point(latitude: i32, longitude: i32) -> Point {
+    Point { latitude, longitude, ..Default::default() }
 }
 
 /// A note at `(latitude, longitude)`.
@@ -85,7 +88,7 @@ impl Client {
         Client { stub: RouteGuideClient::new(channel), timeout, headers: None }
     }
 
-    /// Sends `headers` with every call, e.g. [`crate::auth::bearer_metadata`].
+    /// Sends `headers` with every call, e.g. [`super::bearer_metadata`].
     pub fn with_headers(mut self, headers: Metadata) -> Self {
         self.headers = Some(headers);
         self
@@ -96,37 +99,36 @@ impl Client {
     }
 
     /// GetFeature: the feature at `point` (an empty name if none is known).
-    pub fn get_feature(&self, point: &Point) -> grpcio::Result<Feature> {
-        self.stub.get_feature_opt(point, self.call_option())
+    pub async fn get_feature(&self, point: &Point) -> grpcio::Result<Feature> {
+        self.stub.get_feature_async_opt(point, self.call_option())?.await
     }
 
     /// ListFeatures: each feature inside `rect`, passed to `on_feature` as it arrives.
-    pub fn list_features(&self, rect: &Rectangle, mut on_feature: impl FnMut(Feature)) -> grpcio::Result<()> {
+    pub async fn list_features(&self, rect: &Rectangle, mut on_feature: impl FnMut(Feature)) -> grpcio::Result<()> {
         let mut stream = self.stub.list_features_opt(rect, self.call_option())?;
-        block_on(async {
-            while let Some(feature) = stream.try_next().await? {
-                on_feature(feature);
-            }
-            Ok(())
-        })
+        while let Some(feature) = stream.try_next().await? {
+            on_feature(feature);
+        }
+        Ok(())
     }
 
     /// RecordRoute: sends the points, closes its side and returns the summary.
-    pub fn record_route(&self, points: &[Point]) -> grpcio::Result<RouteSummary> {
+    pub async fn record_route(&self, points: &[Point]) -> grpcio::Result<RouteSummary> {
         let (mut sink, receiver) = self.stub.record_route_opt(self.call_option())?;
-        let sent = block_on(async {
+        let sent = async {
             for (i, point) in points.iter().enumerate() {
                 let flags = WriteFlags::default().buffer_hint(i + 1 < points.len());
                 sink.send((point.clone(), flags)).await?;
             }
             sink.close().await
-        });
-        settle(sent, block_on(receiver))
+        }
+        .await;
+        settle(sent, receiver.await)
     }
 
     /// RouteChat: sends the notes while receiving, concurrently, the notes
     /// the server sends back, each passed to `on_note` as it arrives.
-    pub fn route_chat(&self, notes: &[RouteNote], mut on_note: impl FnMut(RouteNote)) -> grpcio::Result<()> {
+    pub async fn route_chat(&self, notes: &[RouteNote], mut on_note: impl FnMut(RouteNote)) -> grpcio::Result<()> {
         let (mut sink, mut receiver) = self.stub.route_chat_opt(self.call_option())?;
         let send = async {
             for note in notes {
@@ -140,7 +142,7 @@ impl Client {
             }
             Ok::<(), grpcio::Error>(())
         };
-        let (sent, received) = block_on(future::join(send, receive));
+        let (sent, received) = future::join(send, receive).await;
         settle(sent, received)
     }
 
@@ -148,13 +150,13 @@ impl Client {
     /// unknown point, ListFeatures between (40, -75) and (42, -73),
     /// RecordRoute over ten points and RouteChat with the six demo notes.
     /// Each message received becomes one line for `print`.
-    pub fn run_demo(&self, mut print: impl FnMut(String)) -> grpcio::Result<()> {
+    pub async fn run_demo(&self, mut print: impl FnMut(String)) -> grpcio::Result<()> {
         for at in [point(409_146_138, -746_188_906), point(0, 0)] {
-            print(describe_feature(&self.get_feature(&at)?));
+            print(describe_feature(&self.get_feature(&at).await?));
         }
         let rect = rectangle(point(400_000_000, -750_000_000), point(420_000_000, -730_000_000));
-        self.list_features(&rect, |f| print(describe_feature(&f)))?;
-        print(describe_summary(&self.record_route(&demo_route(10))?));
-        self.route_chat(&demo_notes(), |n| print(describe_note(&n)))
+        self.list_features(&rect, |f| print(describe_feature(&f))).await?;
+        print(describe_summary(&self.record_route(&demo_route(10)).await?));
+        self.route_chat(&demo_notes(), |n| print(describe_note(&n))).await
     }
 }

@@ -2,38 +2,67 @@
 //! The rooms themselves live in [`crate::chat`]; this file is the gRPC side.
 
 use std::pin::pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{self, Either};
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
+use grpcio::{RpcStatusCode, WriteFlags};
 
-use crate::call::{DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
-
+use crate::auth::Authenticator;
 use crate::chat::limits::{self, check_history, check_name, check_text};
-use crate::chat::{now_unix_ms, Chat, ChatError, Event};
+use crate::chat::{Chat, ChatError, Event};
 use crate::fanout::Ended;
 use crate::proto::chat::{
     client_frame, server_event, ClientFrame, Heartbeat, HistoryRequest, RoomsRequest, RoomsResponse, ServerEvent,
     Welcome,
 };
-use crate::proto::chat_grpc;
-use crate::services::CallTracker;
-use crate::status::{finish_stream, invalid_argument, log_transport_error, reply, CallError};
+use crate::rpc::api::chat as api;
+use crate::rpc::{Call, CallError, DuplexSink, RequestStream, ServerStreamingSink};
+use crate::wire::now_unix_ms;
 
 /// Serves `chat.v1.Chat`; clones share one [`Chat`].
 #[derive(Clone)]
 pub struct ChatService {
     chat: Chat,
-    /// Counts Connect calls, so that tests and shutdown can wait for them.
-    tracker: Arc<CallTracker>,
+    /// With `--auth-tokens`, a member is its token's principal.
+    auth: Option<Authenticator>,
 }
 
 impl ChatService {
-    pub fn new(chat: Chat, tracker: Arc<CallTracker>) -> Self {
-        ChatService { chat, tracker }
+    pub fn new(chat: Chat, auth: Option<Authenticator>) -> Self {
+        ChatService { chat, auth }
+    }
+}
+
+impl From<ChatError> for CallError {
+    fn from(e: ChatError) -> Self {
+        let code = match e {
+            ChatError::InvalidArgument(_) => RpcStatusCode::INVALID_ARGUMENT,
+            ChatError::Unavailable(_) | ChatError::ShuttingDown => RpcStatusCode::UNAVAILABLE,
+            ChatError::OutOfRange(_) => RpcStatusCode::OUT_OF_RANGE,
+        };
+        CallError::new(code, e.to_string())
+    }
+}
+
+/// Who a join speaks as. Without tokens, the name it chose. With tokens,
+/// its token's principal: a join naming nobody takes it, a join naming
+/// anyone else is refused.
+fn member_name(requested: &str, principal: Option<&str>) -> Result<String, CallError> {
+    match principal {
+        None => {
+            check_name("user", requested)?;
+            Ok(requested.to_string())
+        }
+        Some(principal) if requested.is_empty() || requested == principal => {
+            check_name("user", principal)?;
+            Ok(principal.to_string())
+        }
+        Some(principal) => Err(CallError::new(
+            RpcStatusCode::PERMISSION_DENIED,
+            format!("this call's token is {principal:?}'s; it cannot join as {requested:?} (leave user empty or give {principal:?})"),
+        )),
     }
 }
 
@@ -85,21 +114,22 @@ impl ChatService {
     /// call fails, or the room cuts this subscriber off.
     async fn serve_connect(
         &self,
+        principal: Option<&str>,
         frames: &mut RequestStream<ClientFrame>,
         sink: &mut DuplexSink<ServerEvent>,
     ) -> Result<(), CallError> {
         let join = match frames.try_next().await? {
             None => return Ok(()),
             Some(ClientFrame { frame: Some(client_frame::Frame::Join(join)), .. }) => join,
-            Some(_) => return Err(invalid_argument("the first frame of Connect must be a join (room and user)").into()),
+            Some(_) => return Err(CallError::invalid_argument("the first frame of Connect must be a join (room and user)")),
         };
         check_name("room", &join.room)?;
-        check_name("user", &join.user)?;
+        let user = member_name(&join.user, principal)?;
         let history = match join.history {
             Some(n) => check_history(n)?,
             None => self.chat.config().join_history as usize,
         };
-        let (room, user) = (join.room, join.user);
+        let room = join.room;
         let joined = self.chat.join(&room, &user, join.resume_after, history).await?;
         // Leaves the room when this function returns, however it returns.
         let _membership = joined.membership;
@@ -125,22 +155,20 @@ impl ChatService {
                     Some(client_frame::Frame::Say(say)) => {
                         check_text(&say.text)?;
                         if say.client_id.len() > limits::MAX_NAME_BYTES {
-                            return Err(invalid_argument(format!(
+                            return Err(CallError::invalid_argument(format!(
                                 "client_id is {} bytes long; at most {} bytes",
                                 say.client_id.len(),
                                 limits::MAX_NAME_BYTES
-                            ))
-                            .into());
+                            )));
                         }
                         chat.say(&room, &user, say.text, say.client_id).await?;
                     }
                     Some(client_frame::Frame::Join(_)) => {
-                        return Err(invalid_argument(format!(
+                        return Err(CallError::invalid_argument(format!(
                             "already joined {room:?}; one Connect call is one room, open another call for another room"
-                        ))
-                        .into())
+                        )))
                     }
-                    None => return Err(invalid_argument("empty frame: send a join or a say").into()),
+                    None => return Err(CallError::invalid_argument("empty frame: send a join or a say")),
                 }
             }
             Ok::<(), CallError>(())
@@ -161,13 +189,12 @@ impl ChatService {
         // (Bound to a name, so that the futures borrowing `room`, `user` and
         // `events` are dropped before those are.)
         let ended = match future::select(pin!(cut_off), future::select(pin!(inbound), pin!(outbound))).await {
-            Either::Left((bound, _)) => Err(RpcStatus::with_message(
+            Either::Left((bound, _)) => Err(CallError::new(
                 RpcStatusCode::RESOURCE_EXHAUSTED,
                 format!(
                     "disconnected: fell behind the room by {bound} events (not reading fast enough); reconnect with resume_after to catch up"
                 ),
-            )
-            .into()),
+            )),
             // The client closed its side: it left the room.
             Either::Right((Either::Left((result, _)), _)) => result,
             // The room closed this subscription: the server is shutting down.
@@ -180,58 +207,46 @@ impl ChatService {
     }
 }
 
-impl chat_grpc::Chat for ChatService {
+impl api::Chat for ChatService {
     /// Joins a room, then relays the client's messages to it and its
     /// events to the client; see `protos/chat.proto`.
-    fn connect(&mut self, ctx: RpcContext, mut frames: RequestStream<ClientFrame>, mut sink: DuplexSink<ServerEvent>) {
-        let service = self.clone();
-        let call = self.tracker.enter();
-        ctx.spawn(async move {
-            let result = service.serve_connect(&mut frames, &mut sink).await;
-            // The membership was dropped (its leave queued) inside serve_connect.
-            drop(call);
-            match result {
-                Ok(()) => {
-                    if let Err(e) = sink.close().await {
-                        log_transport_error("Chat/Connect", &e);
-                    }
-                }
-                Err(e) => finish_stream("Chat/Connect", Err(e), |status| sink.fail(status)).await,
-            }
-        });
+    async fn connect(
+        &self,
+        call: &mut Call,
+        mut frames: RequestStream<ClientFrame>,
+        sink: &mut DuplexSink<ServerEvent>,
+    ) -> Result<(), CallError> {
+        // Behind the token checker every Connect carries a valid token.
+        let principal = match &self.auth {
+            None => None,
+            Some(auth) => Some(auth.authenticate(call.request_headers())?),
+        };
+        self.serve_connect(principal.as_deref(), &mut frames, sink).await
     }
 
     /// The last messages of a room, oldest first.
-    fn history(&mut self, ctx: RpcContext, req: HistoryRequest, mut sink: ServerStreamingSink<ServerEvent>) {
-        let checked = check_name("room", &req.room).and_then(|()| check_history(req.limit));
-        let chat = self.chat.clone();
-        ctx.spawn(async move {
-            let result = async {
-                let limit = match checked? {
-                    0 => limits::DEFAULT_HISTORY_LIMIT,
-                    n => n,
-                };
-                let messages = chat.history(&req.room, limit, req.before_seq).await?;
-                let count = messages.len();
-                for (i, message) in messages.into_iter().enumerate() {
-                    let flags = WriteFlags::default().buffer_hint(i + 1 < count);
-                    sink.send((server_event(server_event::Event::Message(message)), flags)).await?;
-                }
-                sink.close().await?;
-                Ok::<(), CallError>(())
-            }
-            .await;
-            finish_stream("Chat/History", result, |status| sink.fail(status)).await;
-        });
+    async fn history(
+        &self,
+        _call: &mut Call,
+        request: HistoryRequest,
+        sink: &mut ServerStreamingSink<ServerEvent>,
+    ) -> Result<(), CallError> {
+        check_name("room", &request.room)?;
+        let limit = match check_history(request.limit)? {
+            0 => limits::DEFAULT_HISTORY_LIMIT,
+            n => n,
+        };
+        let messages = self.chat.history(&request.room, limit, request.before_seq).await?;
+        let count = messages.len();
+        for (i, message) in messages.into_iter().enumerate() {
+            let flags = WriteFlags::default().buffer_hint(i + 1 < count);
+            sink.send((server_event(server_event::Event::Message(message)), flags)).await?;
+        }
+        Ok(())
     }
 
     /// The rooms with members, and how many.
-    fn rooms(&mut self, ctx: RpcContext, _req: RoomsRequest, sink: UnarySink<RoomsResponse>) {
-        let chat = self.chat.clone();
-        ctx.spawn(async move {
-            let answer =
-                chat.rooms().await.map(|rooms| RoomsResponse { rooms, ..Default::default() }).map_err(CallError::from);
-            reply("Chat/Rooms", sink, answer).await;
-        });
+    async fn rooms(&self, _call: &mut Call, _request: RoomsRequest) -> Result<RoomsResponse, CallError> {
+        Ok(RoomsResponse { rooms: self.chat.rooms().await?, ..Default::default() })
     }
 }

@@ -24,24 +24,21 @@ use std::time::Duration;
 
 use futures::prelude::*;
 use futures_timer::Delay;
-use grpcio::{Metadata, MetadataBuilder, RpcContext, RpcStatus, WriteFlags};
+use grpcio::{Metadata, MetadataBuilder, RpcStatus, RpcStatusCode, WriteFlags};
 
-use crate::call::{ClientStreamingSink, DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
 use crate::limits;
 use crate::proto::empty::Empty;
 use crate::proto::messages::{
     EchoStatus, Payload, PayloadType, ResponseParameters, SimpleRequest, SimpleResponse, StreamingInputCallRequest,
     StreamingInputCallResponse, StreamingOutputCallRequest, StreamingOutputCallResponse,
 };
-use crate::proto::test_grpc::TestService;
-use crate::status::{finish_stream, invalid_argument, reply, CallError};
+use crate::rpc::api::test::TestService;
+use crate::rpc::{Call, CallError, DuplexSink, RequestStream, ServerStreamingSink};
+use crate::wire::{COMPRESSION_REQUEST_KEY, ECHO_INITIAL_KEY};
 
-/// Metadata the client asks to get back as initial metadata.
-pub const ECHO_INITIAL_KEY: &str = "x-grpc-test-echo-initial";
-/// Metadata the client asks to get back as trailing metadata.
-pub const ECHO_TRAILING_KEY: &str = "x-grpc-test-echo-trailing-bin";
-/// The C core's per-call compression request (`GRPC_COMPRESSION_REQUEST_ALGORITHM_MD_KEY`).
-pub const COMPRESSION_REQUEST_KEY: &str = "grpc-internal-encoding-request";
+fn invalid_argument(message: String) -> RpcStatus {
+    RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, message)
+}
 /// Largest payload the server builds on request: the largest message it
 /// accepts. The interop cases ask for at most 314,159 bytes.
 pub const MAX_PAYLOAD_BYTES: usize = limits::MAX_RECEIVE_MESSAGE_BYTES;
@@ -86,10 +83,10 @@ fn echo_status(status: Option<&EchoStatus>) -> Option<RpcStatus> {
 
 /// Initial metadata to send: the echoed `x-grpc-test-echo-initial` and, when
 /// `compress`, the request for a gzip-compressed response.
-fn response_headers(ctx: &RpcContext, compress: bool) -> Option<Metadata> {
+fn response_headers(call: &Call, compress: bool) -> Option<Metadata> {
     let mut builder = MetadataBuilder::new();
     let mut any = false;
-    for (key, value) in ctx.request_headers().iter() {
+    for (key, value) in call.request_headers().iter() {
         if key == ECHO_INITIAL_KEY {
             // The core only delivers printable ASCII in non-binary values.
             if let Ok(value) = std::str::from_utf8(value) {
@@ -133,150 +130,113 @@ where
 
 impl TestService for InteropService {
     /// Answers the empty message.
-    fn empty_call(&mut self, ctx: RpcContext, _req: Empty, sink: UnarySink<Empty>) {
-        ctx.spawn(reply("TestService/EmptyCall", sink, Ok(Empty::default())));
+    async fn empty_call(&self, _call: &mut Call, _request: Empty) -> Result<Empty, CallError> {
+        Ok(Empty::default())
     }
 
     /// Answers a payload of `response_size` zero bytes, or ends with
     /// `response_status` when it has a non-zero code; echoes
     /// `x-grpc-test-echo-initial`; compresses the response when asked.
-    fn unary_call(&mut self, ctx: RpcContext, req: SimpleRequest, mut sink: UnarySink<SimpleResponse>) {
-        if let Some(headers) = response_headers(&ctx, is_set(&req.response_compressed)) {
-            sink.set_headers(headers);
+    async fn unary_call(&self, call: &mut Call, request: SimpleRequest) -> Result<SimpleResponse, CallError> {
+        if let Some(headers) = response_headers(call, is_set(&request.response_compressed)) {
+            call.set_response_headers(headers);
         }
-        let answer = match echo_status(req.response_status.as_ref()) {
-            Some(status) => Err(status),
-            None => payload_type(req.response_type).and_then(|kind| payload(kind, req.response_size)).map(|p| {
-                SimpleResponse {
-                    payload: Some(p).into(),
-                    server_id: if req.fill_server_id { self.server_id.to_string() } else { String::new() },
-                    ..Default::default()
-                }
-            }),
-        };
-        ctx.spawn(reply("TestService/UnaryCall", sink, answer.map_err(CallError::from)));
+        if let Some(status) = echo_status(request.response_status.as_ref()) {
+            return Err(status.into());
+        }
+        let payload = payload(payload_type(request.response_type)?, request.response_size)?;
+        Ok(SimpleResponse {
+            payload: Some(payload).into(),
+            server_id: if request.fill_server_id { self.server_id.to_string() } else { String::new() },
+            ..Default::default()
+        })
     }
 
     /// One response per `response_parameters`, in order, each after its
     /// `interval_us`; then OK.
-    fn streaming_output_call(
-        &mut self,
-        ctx: RpcContext,
-        req: StreamingOutputCallRequest,
-        mut sink: ServerStreamingSink<StreamingOutputCallResponse>,
-    ) {
-        const METHOD: &str = "TestService/StreamingOutputCall";
-        let compress = req.response_parameters.iter().any(|p| is_set(&p.compressed));
-        if let Some(headers) = response_headers(&ctx, compress) {
+    async fn streaming_output_call(
+        &self,
+        call: &mut Call,
+        request: StreamingOutputCallRequest,
+        sink: &mut ServerStreamingSink<StreamingOutputCallResponse>,
+    ) -> Result<(), CallError> {
+        let compress = request.response_parameters.iter().any(|p| is_set(&p.compressed));
+        if let Some(headers) = response_headers(call, compress) {
             sink.set_headers(headers);
         }
-        let checked = match echo_status(req.response_status.as_ref()) {
-            Some(status) => Err(status),
-            None => payload_type(req.response_type),
-        };
-        ctx.spawn(async move {
-            let result = async {
-                let kind = checked?;
-                send_responses(&mut sink, kind, &req.response_parameters).await?;
-                sink.close().await?;
-                Ok(())
-            }
-            .await;
-            finish_stream(METHOD, result, |status| sink.fail(status)).await;
-        });
+        if let Some(status) = echo_status(request.response_status.as_ref()) {
+            return Err(status.into());
+        }
+        let kind = payload_type(request.response_type)?;
+        send_responses(sink, kind, &request.response_parameters).await
     }
 
     /// Sums the payload sizes received; answers the sum when the client
     /// closes its side.
-    fn streaming_input_call(
-        &mut self,
-        ctx: RpcContext,
-        mut stream: RequestStream<StreamingInputCallRequest>,
-        sink: ClientStreamingSink<StreamingInputCallResponse>,
-    ) {
-        const METHOD: &str = "TestService/StreamingInputCall";
-        ctx.spawn(async move {
-            let summed: Result<i32, CallError> = async {
-                let mut sum: usize = 0;
-                while let Some(req) = stream.try_next().await? {
-                    sum = sum.saturating_add(req.payload.as_ref().map_or(0, |p| p.body.len()));
-                }
-                i32::try_from(sum).map_err(|_| {
-                    CallError::Status(invalid_argument(format!("{sum} payload bytes received: over the int32 range")))
-                })
-            }
-            .await;
-            let response =
-                summed.map(|sum| StreamingInputCallResponse { aggregated_payload_size: sum, ..Default::default() });
-            reply(METHOD, sink, response).await;
-        });
+    async fn streaming_input_call(
+        &self,
+        _call: &mut Call,
+        mut requests: RequestStream<StreamingInputCallRequest>,
+    ) -> Result<StreamingInputCallResponse, CallError> {
+        let mut sum: usize = 0;
+        while let Some(request) = requests.try_next().await? {
+            sum = sum.saturating_add(request.payload.as_ref().map_or(0, |p| p.body.len()));
+        }
+        let sum = i32::try_from(sum)
+            .map_err(|_| invalid_argument(format!("{sum} payload bytes received: over the int32 range")))?;
+        Ok(StreamingInputCallResponse { aggregated_payload_size: sum, ..Default::default() })
     }
 
     /// Answers each request as it arrives, one response per parameter;
     /// a request with a non-zero `response_status` ends the call with it.
     /// Echoes `x-grpc-test-echo-initial`.
-    fn full_duplex_call(
-        &mut self,
-        ctx: RpcContext,
-        mut stream: RequestStream<StreamingOutputCallRequest>,
-        mut sink: DuplexSink<StreamingOutputCallResponse>,
-    ) {
-        const METHOD: &str = "TestService/FullDuplexCall";
-        if let Some(headers) = response_headers(&ctx, false) {
+    async fn full_duplex_call(
+        &self,
+        call: &mut Call,
+        mut requests: RequestStream<StreamingOutputCallRequest>,
+        sink: &mut DuplexSink<StreamingOutputCallResponse>,
+    ) -> Result<(), CallError> {
+        if let Some(headers) = response_headers(call, false) {
             sink.set_headers(headers);
         }
-        ctx.spawn(async move {
-            let result = async {
-                while let Some(req) = stream.try_next().await? {
-                    if let Some(status) = echo_status(req.response_status.as_ref()) {
-                        return Err(CallError::Status(status));
-                    }
-                    let kind = payload_type(req.response_type)?;
-                    send_responses(&mut sink, kind, &req.response_parameters).await?;
-                }
-                sink.close().await?;
-                Ok(())
+        while let Some(request) = requests.try_next().await? {
+            if let Some(status) = echo_status(request.response_status.as_ref()) {
+                return Err(status.into());
             }
-            .await;
-            finish_stream(METHOD, result, |status| sink.fail(status)).await;
-        });
+            let kind = payload_type(request.response_type)?;
+            send_responses(sink, kind, &request.response_parameters).await?;
+        }
+        Ok(())
     }
 
     /// Buffers every request until the client closes its side, then answers
     /// them in order like FullDuplexCall.
-    fn half_duplex_call(
-        &mut self,
-        ctx: RpcContext,
-        mut stream: RequestStream<StreamingOutputCallRequest>,
-        mut sink: DuplexSink<StreamingOutputCallResponse>,
-    ) {
-        const METHOD: &str = "TestService/HalfDuplexCall";
-        if let Some(headers) = response_headers(&ctx, false) {
+    async fn half_duplex_call(
+        &self,
+        call: &mut Call,
+        mut requests: RequestStream<StreamingOutputCallRequest>,
+        sink: &mut DuplexSink<StreamingOutputCallResponse>,
+    ) -> Result<(), CallError> {
+        if let Some(headers) = response_headers(call, false) {
             sink.set_headers(headers);
         }
-        ctx.spawn(async move {
-            let result = async {
-                let mut requests = Vec::new();
-                while let Some(req) = stream.try_next().await? {
-                    if requests.len() == MAX_HALF_DUPLEX_REQUESTS {
-                        return Err(CallError::Status(invalid_argument(format!(
-                            "more than {MAX_HALF_DUPLEX_REQUESTS} requests in one HalfDuplexCall"
-                        ))));
-                    }
-                    requests.push(req);
-                }
-                for req in requests {
-                    if let Some(status) = echo_status(req.response_status.as_ref()) {
-                        return Err(CallError::Status(status));
-                    }
-                    let kind = payload_type(req.response_type)?;
-                    send_responses(&mut sink, kind, &req.response_parameters).await?;
-                }
-                sink.close().await?;
-                Ok(())
+        let mut buffered = Vec::new();
+        while let Some(request) = requests.try_next().await? {
+            if buffered.len() == MAX_HALF_DUPLEX_REQUESTS {
+                return Err(invalid_argument(format!(
+                    "more than {MAX_HALF_DUPLEX_REQUESTS} requests in one HalfDuplexCall"
+                ))
+                .into());
             }
-            .await;
-            finish_stream(METHOD, result, |status| sink.fail(status)).await;
-        });
+            buffered.push(request);
+        }
+        for request in buffered {
+            if let Some(status) = echo_status(request.response_status.as_ref()) {
+                return Err(status.into());
+            }
+            let kind = payload_type(request.response_type)?;
+            send_responses(sink, kind, &request.response_parameters).await?;
+        }
+        Ok(())
     }
 }

@@ -12,41 +12,35 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use futures::prelude::*;
-use grpcio::{RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
+use grpcio::{RpcStatusCode, WriteFlags};
 use protobuf::descriptor::{DescriptorProto, FileDescriptorProto};
 use protobuf::reflect::FileDescriptor;
 use protobuf::Message;
 
-use crate::call::{DuplexSink, RequestStream};
 use crate::proto::reflection_v1::server_reflection_request::Message_request as Request;
 use crate::proto::reflection_v1::server_reflection_response::Message_response as Response;
 use crate::proto::reflection_v1::{
     ErrorResponse, ExtensionNumberResponse, FileDescriptorResponse, ListServiceResponse, ServerReflectionRequest,
     ServerReflectionResponse, ServiceResponse,
 };
-use crate::proto::{reflection_v1, reflection_v1_grpc, reflection_v1alpha, reflection_v1alpha_grpc};
-use crate::services::{CallHooks, Hosted};
-use crate::status::{finish_stream, invalid_argument, CallError};
+use crate::proto::{reflection_v1, reflection_v1alpha};
+use crate::rpc::api::{reflection_v1 as v1_api, reflection_v1alpha as v1alpha_api};
+use crate::rpc::{Call, CallError, DuplexSink, RequestStream, Runtime};
 
-/// The two reflection services, ready to host, answering for `others` and
-/// for themselves; their calls run `hooks` like every other service's.
-pub fn hosted(others: &[Hosted], hooks: &CallHooks) -> Result<[Hosted; 2], String> {
-    let v1 = (reflection_v1_grpc::SERVER_REFLECTION_FULL_NAME, reflection_v1::file_descriptor());
-    let v1alpha = (reflection_v1alpha_grpc::SERVER_REFLECTION_FULL_NAME, reflection_v1alpha::file_descriptor());
-    let mut reflected: Vec<(&str, &FileDescriptor)> = others.iter().map(|h| (h.name, h.file)).collect();
+/// The two reflection services, ready to host (full name, file, service),
+/// answering for `others` (full name, file) and for themselves.
+pub fn services(
+    others: &[(&'static str, &'static FileDescriptor)],
+    runtime: &Runtime,
+) -> Result<[(&'static str, &'static FileDescriptor, grpcio::Service); 2], String> {
+    let v1 = (v1_api::SERVER_REFLECTION_FULL_NAME, reflection_v1::file_descriptor());
+    let v1alpha = (v1alpha_api::SERVER_REFLECTION_FULL_NAME, reflection_v1alpha::file_descriptor());
+    let mut reflected: Vec<(&str, &FileDescriptor)> = others.to_vec();
     reflected.extend([v1, v1alpha]);
     let service = ReflectionService::new(ReflectionIndex::new(&reflected)?);
     Ok([
-        Hosted {
-            name: v1.0,
-            file: v1.1,
-            service: reflection_v1_grpc::create_server_reflection_with(service.clone(), hooks.clone()),
-        },
-        Hosted {
-            name: v1alpha.0,
-            file: v1alpha.1,
-            service: reflection_v1alpha_grpc::create_server_reflection_with(service, hooks.clone()),
-        },
+        (v1.0, v1.1, v1_api::register_server_reflection(service.clone(), runtime)),
+        (v1alpha.0, v1alpha.1, v1alpha_api::register_server_reflection(service, runtime)),
     ])
 }
 
@@ -152,7 +146,7 @@ impl ReflectionIndex {
         &self,
         sent: &mut HashSet<String>,
         request: &ServerReflectionRequest,
-    ) -> Result<ServerReflectionResponse, RpcStatus> {
+    ) -> Result<ServerReflectionResponse, grpcio::RpcStatus> {
         let answer = match &request.message_request {
             Some(Request::ListServices(_)) => Response::ListServicesResponse(ListServiceResponse {
                 service: self
@@ -185,9 +179,11 @@ impl ReflectionIndex {
                 not_found(format!("message type {message:?} is not defined by any file this server hosts"))
             }
             None => {
-                return Err(invalid_argument(
+                return Err(grpcio::RpcStatus::with_message(
+                    RpcStatusCode::INVALID_ARGUMENT,
                     "a reflection request must set one of file_by_filename, file_containing_symbol, \
-                     file_containing_extension, all_extension_numbers_of_type, list_services",
+                     file_containing_extension, all_extension_numbers_of_type, list_services"
+                        .to_string(),
                 ))
             }
         };
@@ -243,27 +239,27 @@ impl ReflectionService {
     }
 }
 
-impl reflection_v1_grpc::ServerReflection for ReflectionService {
+impl v1_api::ServerReflection for ReflectionService {
     /// Answers each request in order until the client closes its side.
-    fn server_reflection_info(
-        &mut self,
-        ctx: RpcContext,
-        stream: RequestStream<ServerReflectionRequest>,
-        sink: DuplexSink<ServerReflectionResponse>,
-    ) {
-        ctx.spawn(serve("v1.ServerReflection/ServerReflectionInfo", self.index.clone(), stream, sink));
+    async fn server_reflection_info(
+        &self,
+        _call: &mut Call,
+        requests: RequestStream<ServerReflectionRequest>,
+        sink: &mut DuplexSink<ServerReflectionResponse>,
+    ) -> Result<(), CallError> {
+        serve(&self.index, requests, sink).await
     }
 }
 
-impl reflection_v1alpha_grpc::ServerReflection for ReflectionService {
+impl v1alpha_api::ServerReflection for ReflectionService {
     /// The same answers, in v1alpha's messages (identical on the wire).
-    fn server_reflection_info(
-        &mut self,
-        ctx: RpcContext,
-        stream: RequestStream<reflection_v1alpha::ServerReflectionRequest>,
-        sink: DuplexSink<reflection_v1alpha::ServerReflectionResponse>,
-    ) {
-        ctx.spawn(serve("v1alpha.ServerReflection/ServerReflectionInfo", self.index.clone(), stream, sink));
+    async fn server_reflection_info(
+        &self,
+        _call: &mut Call,
+        requests: RequestStream<reflection_v1alpha::ServerReflectionRequest>,
+        sink: &mut DuplexSink<reflection_v1alpha::ServerReflectionResponse>,
+    ) -> Result<(), CallError> {
+        serve(&self.index, requests, sink).await
     }
 }
 
@@ -271,30 +267,22 @@ impl reflection_v1alpha_grpc::ServerReflection for ReflectionService {
 /// messages and responses written in the caller's version, by re-encoding
 /// (both versions have the same fields and numbers).
 async fn serve<Req: Message, Resp: Message>(
-    method: &'static str,
-    index: Arc<ReflectionIndex>,
-    mut stream: RequestStream<Req>,
-    mut sink: DuplexSink<Resp>,
-) {
-    let result = async {
-        let mut sent = HashSet::new();
-        while let Some(request) = stream.try_next().await? {
-            let request: ServerReflectionRequest = recode(&request)?;
-            let response = index.answer(&mut sent, &request)?;
-            sink.send((recode(&response)?, WriteFlags::default())).await?;
-        }
-        sink.close().await?;
-        Ok(())
+    index: &ReflectionIndex,
+    mut requests: RequestStream<Req>,
+    sink: &mut DuplexSink<Resp>,
+) -> Result<(), CallError> {
+    let mut sent = HashSet::new();
+    while let Some(request) = requests.try_next().await? {
+        let request: ServerReflectionRequest = recode(&request)?;
+        let response = index.answer(&mut sent, &request)?;
+        sink.send((recode(&response)?, WriteFlags::default())).await?;
     }
-    .await;
-    finish_stream(method, result, |status| sink.fail(status)).await;
+    Ok(())
 }
 
 /// A message as another message type with the same fields.
 fn recode<From: Message, To: Message>(message: &From) -> Result<To, CallError> {
-    let internal = |e: protobuf::Error| {
-        CallError::Status(RpcStatus::with_message(RpcStatusCode::INTERNAL, format!("reflection: {e}")))
-    };
+    let internal = |e: protobuf::Error| CallError::new(RpcStatusCode::INTERNAL, format!("reflection: {e}"));
     To::parse_from_bytes(&message.write_to_bytes().map_err(internal)?).map_err(internal)
 }
 

@@ -11,18 +11,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::prelude::*;
-use grpcio::{RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
+use grpcio::{RpcStatusCode, WriteFlags};
 use serde_json::Value;
 
-use crate::call::{ClientStreamingSink, DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
 use crate::proto::route_guide::{Feature, Point, Rectangle, RouteNote, RouteSummary};
-use crate::proto::route_guide_grpc::RouteGuide;
-use crate::status::{finish_stream, log_transport_error, reply, CallError};
+use crate::rpc::api::route_guide::RouteGuide;
+use crate::rpc::{Call, CallError, DuplexSink, RequestStream, ServerStreamingSink};
 
 /// Most notes RouteChat keeps, over all locations and calls; beyond it a
 /// RouteChat call fails with RESOURCE_EXHAUSTED instead of growing memory
 /// without bound.
 pub const MAX_STORED_NOTES: usize = 100_000;
+/// Most notes RouteChat keeps at one location. Each note is answered with
+/// every note at its location, so this bounds the work one note costs (and
+/// the time the notes' lock is held) whatever other peers send.
+pub const MAX_NOTES_PER_LOCATION: usize = 100;
 
 /// Earth's mean radius in metres, as grpc-go's server uses it.
 const EARTH_RADIUS_M: f64 = 6_371_000.0;
@@ -125,7 +128,9 @@ fn location_key(point: Option<&Point>) -> (i32, i32) {
 
 #[derive(Default)]
 struct RouteNotes {
-    by_location: HashMap<(i32, i32), Vec<RouteNote>>,
+    /// Shared, so that answering a note copies pointers under the lock,
+    /// not messages.
+    by_location: HashMap<(i32, i32), Vec<Arc<RouteNote>>>,
     total: usize,
 }
 
@@ -150,21 +155,33 @@ impl RouteGuideService {
     }
 
     /// Stores `note` and returns every note at its location so far, the new
-    /// one last. The copy lets the caller send without holding the lock.
-    fn record_note(&self, note: RouteNote) -> Result<Vec<RouteNote>, RpcStatus> {
+    /// one last. The copy (of at most [`MAX_NOTES_PER_LOCATION`] pointers)
+    /// lets the caller send without holding the lock.
+    fn record_note(&self, note: RouteNote) -> Result<Vec<Arc<RouteNote>>, CallError> {
+        let key = location_key(note.location.as_ref());
         // Every update is one push and one increment: a poisoned lock still
         // holds a consistent map.
         let mut notes = self.route_notes.lock().unwrap_or_else(|e| e.into_inner());
         if notes.total >= MAX_STORED_NOTES {
-            return Err(RpcStatus::with_message(
+            return Err(CallError::new(
                 RpcStatusCode::RESOURCE_EXHAUSTED,
                 format!("the server already keeps {MAX_STORED_NOTES} route notes; no more are accepted"),
             ));
         }
+        let at_location = notes.by_location.entry(key).or_default();
+        if at_location.len() >= MAX_NOTES_PER_LOCATION {
+            return Err(CallError::new(
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                format!(
+                    "location ({}, {}) already has {MAX_NOTES_PER_LOCATION} route notes; no more are accepted there",
+                    key.0, key.1
+                ),
+            ));
+        }
+        at_location.push(Arc::new(note));
+        let copy = at_location.clone();
         notes.total += 1;
-        let at_location = notes.by_location.entry(location_key(note.location.as_ref())).or_default();
-        at_location.push(note);
-        Ok(at_location.clone())
+        Ok(copy)
     }
 }
 
@@ -176,90 +193,64 @@ impl Default for RouteGuideService {
 
 impl RouteGuide for RouteGuideService {
     /// The feature at the point, or a feature with an empty name there.
-    fn get_feature(&mut self, ctx: RpcContext, point: Point, sink: UnarySink<Feature>) {
-        let feature = self
-            .feature_at(&point)
-            .cloned()
-            .unwrap_or_else(|| Feature { location: Some(point).into(), ..Default::default() });
-        ctx.spawn(reply("RouteGuide/GetFeature", sink, Ok(feature)));
+    async fn get_feature(&self, _call: &mut Call, point: Point) -> Result<Feature, CallError> {
+        Ok(self.feature_at(&point).cloned().unwrap_or_else(|| Feature { location: Some(point).into(), ..Default::default() }))
     }
 
     /// Streams every feature inside the rectangle, in database order.
-    fn list_features(&mut self, ctx: RpcContext, rect: Rectangle, mut sink: ServerStreamingSink<Feature>) {
-        const METHOD: &str = "RouteGuide/ListFeatures";
-        let found: Vec<Feature> =
-            self.features.iter().filter(|f| in_range(f.location.get_or_default(), &rect)).cloned().collect();
-        ctx.spawn(async move {
-            let result = async {
-                let last = found.len().saturating_sub(1);
-                for (i, feature) in found.into_iter().enumerate() {
-                    sink.send((feature, WriteFlags::default().buffer_hint(i < last))).await?;
-                }
-                sink.close().await
-            }
-            .await;
-            if let Err(e) = result {
-                log_transport_error(METHOD, &e);
-            }
-        });
+    async fn list_features(
+        &self,
+        _call: &mut Call,
+        rect: Rectangle,
+        sink: &mut ServerStreamingSink<Feature>,
+    ) -> Result<(), CallError> {
+        let found: Vec<&Feature> = self.features.iter().filter(|f| in_range(f.location.get_or_default(), &rect)).collect();
+        let last = found.len().saturating_sub(1);
+        for (i, feature) in found.into_iter().enumerate() {
+            sink.send((feature.clone(), WriteFlags::default().buffer_hint(i < last))).await?;
+        }
+        Ok(())
     }
 
     /// Reads the points of a route; when the client closes its side, answers
     /// how many points and known features it had, how far it went and how
     /// many seconds the call took.
-    fn record_route(
-        &mut self,
-        ctx: RpcContext,
-        mut points: RequestStream<Point>,
-        sink: ClientStreamingSink<RouteSummary>,
-    ) {
-        const METHOD: &str = "RouteGuide/RecordRoute";
-        let service = self.clone();
-        ctx.spawn(async move {
-            let start = Instant::now();
-            let summary: Result<RouteSummary, CallError> = async {
-                let mut summary = RouteSummary::default();
-                let mut last: Option<Point> = None;
-                while let Some(point) = points.try_next().await? {
-                    // Go's int32 counters wrap; ours do the same rather than panic.
-                    summary.point_count = summary.point_count.wrapping_add(1);
-                    if service.feature_at(&point).is_some() {
-                        summary.feature_count = summary.feature_count.wrapping_add(1);
-                    }
-                    if let Some(last) = &last {
-                        summary.distance = summary.distance.wrapping_add(distance(last, &point));
-                    }
-                    last = Some(point);
-                }
-                summary.elapsed_time = i32::try_from(start.elapsed().as_secs()).unwrap_or(i32::MAX);
-                Ok(summary)
+    async fn record_route(&self, _call: &mut Call, mut points: RequestStream<Point>) -> Result<RouteSummary, CallError> {
+        let start = Instant::now();
+        let mut summary = RouteSummary::default();
+        let mut last: Option<Point> = None;
+        while let Some(point) = points.try_next().await? {
+            // Go's int32 counters wrap; ours do the same rather than panic.
+            summary.point_count = summary.point_count.wrapping_add(1);
+            if self.feature_at(&point).is_some() {
+                summary.feature_count = summary.feature_count.wrapping_add(1);
             }
-            .await;
-            reply(METHOD, sink, summary).await;
-        });
+            if let Some(last) = &last {
+                summary.distance = summary.distance.wrapping_add(distance(last, &point));
+            }
+            last = Some(point);
+        }
+        summary.elapsed_time = i32::try_from(start.elapsed().as_secs()).unwrap_or(i32::MAX);
+        Ok(summary)
     }
 
     /// For each note received, stores it and sends back every note at its
     /// location so far (the new one included, last), until the client
     /// closes its side.
-    fn route_chat(&mut self, ctx: RpcContext, mut notes: RequestStream<RouteNote>, mut sink: DuplexSink<RouteNote>) {
-        const METHOD: &str = "RouteGuide/RouteChat";
-        let service = self.clone();
-        ctx.spawn(async move {
-            let result = async {
-                while let Some(note) = notes.try_next().await? {
-                    let at_location = service.record_note(note)?;
-                    let last = at_location.len().saturating_sub(1);
-                    for (i, note) in at_location.into_iter().enumerate() {
-                        sink.send((note, WriteFlags::default().buffer_hint(i < last))).await?;
-                    }
-                }
-                sink.close().await?;
-                Ok(())
+    async fn route_chat(
+        &self,
+        _call: &mut Call,
+        mut notes: RequestStream<RouteNote>,
+        sink: &mut DuplexSink<RouteNote>,
+    ) -> Result<(), CallError> {
+        while let Some(note) = notes.try_next().await? {
+            let at_location = self.record_note(note)?;
+            let last = at_location.len().saturating_sub(1);
+            for (i, note) in at_location.into_iter().enumerate() {
+                sink.send(((*note).clone(), WriteFlags::default().buffer_hint(i < last))).await?;
             }
-            .await;
-            finish_stream(METHOD, result, |status| sink.fail(status)).await;
-        });
+        }
+        Ok(())
     }
 }
 

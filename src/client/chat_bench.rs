@@ -92,7 +92,7 @@ async fn subscribe(
             None => return Err(format!("{user}: the call ended after {got} messages")),
         }
     }
-    let _ = crate::client::half_close(&mut sink).await;
+    let _ = super::half_close(&mut sink).await;
     Ok((latencies, last))
 }
 
@@ -117,7 +117,7 @@ pub fn run(options: &BenchOptions) -> Result<Report, String> {
         .flat_map(|addr| (0..4).map(move |_| addr))
         .map(|addr| ChatClient::new(ChannelBuilder::new(env.clone()).connect(addr)))
         .collect();
-    let room = format!("bench-{}", crate::chat::now_unix_ms());
+    let room = format!("bench-{}", crate::wire::now_unix_ms());
     let start = Instant::now();
     let expect = options.paced + options.burst;
     let (joined_tx, joined_rx) = async_channel::unbounded();
@@ -165,7 +165,7 @@ pub fn run(options: &BenchOptions) -> Result<Report, String> {
                 let flags = WriteFlags::default().buffer_hint(n + 1 < options.burst);
                 sink.send((say(format!("b {}", start.elapsed().as_nanos())), flags)).await?;
             }
-            crate::client::half_close(&mut sink).await?;
+            super::half_close(&mut sink).await?;
             Ok::<Instant, grpcio::Error>(burst_start)
         };
         let (sent, drained) = future::join(send, drain).await;

@@ -18,18 +18,16 @@
 use std::cell::Cell;
 use std::fmt;
 
-use grpcio::{MessageReader, RpcContext, RpcStatus, RpcStatusCode};
+use grpcio::{MessageReader, RpcStatus, RpcStatusCode};
 use protobuf::Message;
 
-use crate::call::FailSink;
 use crate::limits::MAX_RECEIVE_MESSAGE_BYTES;
-use crate::status::log_transport_error;
 
 thread_local! {
     /// The receive limit of the server whose completion-queue thread this is.
     static RECEIVE_LIMIT: Cell<usize> = const { Cell::new(MAX_RECEIVE_MESSAGE_BYTES) };
     /// An oversized request that [`de_request`] decoded as empty, for the
-    /// generated handler wrapper to fail (it runs right after, on this thread).
+    /// call runtime to fail (it runs right after, on this thread).
     static REJECTED: Cell<Option<MessageTooLarge>> = const { Cell::new(None) };
 }
 
@@ -74,7 +72,7 @@ fn check(reader: &MessageReader) -> Result<(), MessageTooLarge> {
 /// Decodes the request of a unary or server-streaming call. grpcio ends a
 /// call whose single request fails to decode with INTERNAL, so an oversized
 /// one is decoded as an empty message instead and left for the generated
-/// wrapper to fail with RESOURCE_EXHAUSTED ([`take_rejected`]) before the
+/// runtime to fail with RESOURCE_EXHAUSTED ([`take_rejected`]) before the
 /// handler sees it.
 pub fn de_request<T: Message>(reader: MessageReader) -> grpcio::Result<T> {
     match check(&reader) {
@@ -87,7 +85,7 @@ pub fn de_request<T: Message>(reader: MessageReader) -> grpcio::Result<T> {
 }
 
 /// Decodes a request of a client-streaming or bidi call: an oversized one is
-/// an error from the request stream, which [`crate::status::CallError`] turns
+/// an error from the request stream, which [`super::CallError`] turns
 /// into RESOURCE_EXHAUSTED.
 pub fn de_stream_request<T: Message>(reader: MessageReader) -> grpcio::Result<T> {
     check(&reader).map_err(|too_large| grpcio::Error::Codec(Box::new(too_large)))?;
@@ -98,15 +96,4 @@ pub fn de_stream_request<T: Message>(reader: MessageReader) -> grpcio::Result<T>
 /// it refused one; clears it.
 pub fn take_rejected() -> Option<RpcStatus> {
     REJECTED.with(Cell::take).map(|too_large| too_large.status())
-}
-
-/// Ends a call whose request was refused with `status` (the generated
-/// wrapper calls it instead of the handler); the call's metrics count it.
-pub fn fail_rejected(ctx: &RpcContext, sink: impl FailSink, status: RpcStatus) {
-    let failed = sink.fail_call(status);
-    ctx.spawn(async move {
-        if let Err(e) = failed.await {
-            log_transport_error("a refused call", &e);
-        }
-    });
 }

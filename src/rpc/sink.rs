@@ -1,11 +1,11 @@
 //! The server side of one call: grpcio's sinks and request stream, each
 //! carrying the call's [`CallRecord`], so that every call is measured in one
-//! place (see [`crate::metrics`]).
+//! place (see [`super::metrics`]).
 //!
-//! The generated `create_<service>` functions (build.rs) wrap what grpcio
-//! hands them and pass these types to the handlers, whose code is the same
-//! as with grpcio's own: `sink.send((msg, flags)).await?`, `sink.close()`,
-//! `sink.fail(status)`, `stream.try_next().await?`.
+//! The call runtime ([`super`]) wraps what grpcio hands the generated
+//! registration and passes these types to the handlers, which use them as
+//! grpcio's own: `sink.send((msg, flags)).await?`, `requests.try_next().await?`.
+//! Ending the call (the reply, `close`, or the status) is the runtime's job.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,8 +17,7 @@ use grpcio::{
     ServerStreamingSinkFailure, UnarySinkResult, WriteFlags,
 };
 
-use crate::metrics::{CallRecord, MethodMetrics};
-use crate::status::log_transport_error;
+use super::metrics::{CallRecord, MethodMetrics};
 
 /// The messages of a client-streaming or bidirectional call; counts each one.
 pub struct RequestStream<T> {
@@ -50,7 +49,7 @@ macro_rules! measured_sink {
 
         impl<T> $name<T> {
             /// Ends the call with `status`.
-            pub fn fail(self, status: RpcStatus) -> $failed {
+            pub(super) fn fail(self, status: RpcStatus) -> $failed {
                 self.call.finish(status.code());
                 self.inner.fail(status)
             }
@@ -58,12 +57,6 @@ macro_rules! measured_sink {
             /// Initial metadata to send before the first message.
             pub fn set_headers(&mut self, headers: Metadata) {
                 self.inner.set_headers(headers);
-            }
-        }
-
-        impl<T: Send + 'static> FailSink for $name<T> {
-            fn fail_call(self, status: RpcStatus) -> impl Future<Output = grpcio::Result<()>> + Send + 'static {
-                self.fail(status)
             }
         }
     };
@@ -95,7 +88,7 @@ macro_rules! reply_sink {
     ($name:ident, $sent:ty) => {
         impl<T> $name<T> {
             /// Sends the response and the OK status.
-            pub fn success(self, message: T) -> $sent {
+            pub(super) fn success(self, message: T) -> $sent {
                 self.call.sent();
                 self.call.finish(RpcStatusCode::OK);
                 self.inner.success(message)
@@ -143,21 +136,21 @@ streaming_sink!(ServerStreamingSink);
 streaming_sink!(DuplexSink);
 
 /// Measures a unary call; its request is its one message received.
-pub fn unary<T>(sink: grpcio::UnarySink<T>, method: &MethodMetrics) -> UnarySink<T> {
+pub(super) fn unary<T>(sink: grpcio::UnarySink<T>, method: &MethodMetrics) -> UnarySink<T> {
     let call = method.start();
     call.received();
     UnarySink { inner: sink, call }
 }
 
 /// Measures a server-streaming call; its request is its one message received.
-pub fn server_streaming<T>(sink: grpcio::ServerStreamingSink<T>, method: &MethodMetrics) -> ServerStreamingSink<T> {
+pub(super) fn server_streaming<T>(sink: grpcio::ServerStreamingSink<T>, method: &MethodMetrics) -> ServerStreamingSink<T> {
     let call = method.start();
     call.received();
     ServerStreamingSink { inner: sink, call }
 }
 
 /// Measures a client-streaming call.
-pub fn client_streaming<Req, Resp>(
+pub(super) fn client_streaming<Req, Resp>(
     stream: grpcio::RequestStream<Req>,
     sink: grpcio::ClientStreamingSink<Resp>,
     method: &MethodMetrics,
@@ -167,29 +160,11 @@ pub fn client_streaming<Req, Resp>(
 }
 
 /// Measures a bidirectional call.
-pub fn duplex<Req, Resp>(
+pub(super) fn duplex<Req, Resp>(
     stream: grpcio::RequestStream<Req>,
     sink: grpcio::DuplexSink<Resp>,
     method: &MethodMetrics,
 ) -> (RequestStream<Req>, DuplexSink<Resp>) {
     let call = method.start();
     (RequestStream { inner: stream, call: call.clone() }, DuplexSink { inner: sink, call })
-}
-
-/// A sink that can end its call with a status: every sink above.
-pub trait FailSink {
-    fn fail_call(self, status: RpcStatus) -> impl Future<Output = grpcio::Result<()>> + Send + 'static;
-}
-
-/// What a method the service does not implement answers (the default of
-/// every generated server trait method): UNIMPLEMENTED, naming the method.
-pub fn unimplemented(ctx: RpcContext, sink: impl FailSink, method: &'static str) {
-    let status =
-        RpcStatus::with_message(RpcStatusCode::UNIMPLEMENTED, format!("{method} is not implemented by this server"));
-    let failed = sink.fail_call(status);
-    ctx.spawn(async move {
-        if let Err(e) = failed.await {
-            log_transport_error(method, &e);
-        }
-    });
 }

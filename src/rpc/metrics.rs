@@ -1,12 +1,11 @@
 //! Prometheus metrics of a server, with the names dashboards already know
 //! from go-grpc-prometheus, rendered in the text exposition format for the
-//! admin port's `/metrics` ([`admin_handler`]).
+//! admin port's `/metrics` ([`ServerMetrics::render`]).
 //!
-//! Every call is measured in one place: the generated `create_<service>`
-//! functions (build.rs) hand handlers the sinks and request streams of
-//! [`crate::call`], which count the call's start, its messages and its
-//! outcome against the [`MethodMetrics`] of its method. No handler counts
-//! anything itself.
+//! Every call is measured in one place: the call runtime ([`super`]) hands
+//! handlers sinks and request streams that count the call's start, its
+//! messages and its outcome against the [`MethodMetrics`] of its method. No
+//! handler counts anything itself.
 //!
 //! Each server has its own [`Registry`], so servers started side by side (as
 //! the tests do) never mix their counts.
@@ -18,7 +17,6 @@ use std::time::Instant;
 use grpcio::{MethodType, RpcStatusCode};
 use log::warn;
 
-use crate::admin::{Handler, Reply};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
@@ -109,12 +107,6 @@ impl Default for ServerMetrics {
         register_process_metrics(&registry);
         ServerMetrics { registry, started, handled, received, sent, handling }
     }
-}
-
-/// The admin port's `/metrics`: `metrics` in the text format, rendered on
-/// the admin thread at each scrape.
-pub fn admin_handler(metrics: Arc<ServerMetrics>) -> Handler {
-    Arc::new(move || Reply { status: 200, content_type: prometheus::TEXT_FORMAT, body: metrics.render() })
 }
 
 #[cfg(target_os = "linux")]
@@ -279,7 +271,7 @@ mod tests {
     #[test]
     fn a_call_counts_once_whatever_ends_it() {
         let metrics = ServerMetrics::new();
-        let method = metrics.method(&crate::proto::greet_grpc::METHOD_GREET_SERVICE_SAY_HELLO);
+        let method = metrics.method(&crate::rpc::api::greet::METHOD_GREET_SERVICE_SAY_HELLO);
         let call = method.start();
         call.received();
         call.finish(RpcStatusCode::INVALID_ARGUMENT);
