@@ -288,7 +288,7 @@ fn hosted_services(
         Hosted {
             name: chat_grpc::CHAT_FULL_NAME,
             file: proto::chat::file_descriptor(),
-            service: chat_grpc::create_chat_with(ChatService::new(chat, tracker), hooks.clone()),
+            service: chat_grpc::create_chat_with(ChatService::new(chat, tracker, config.auth.clone()), hooks.clone()),
         },
     ];
     if config.interop {

@@ -10,8 +10,8 @@ use futures::prelude::*;
 use futures_timer::Delay;
 use grpcio::{RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
 
+use crate::auth::Authenticator;
 use crate::call::{DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
-
 use crate::chat::limits::{self, check_history, check_name, check_text};
 use crate::chat::{now_unix_ms, Chat, ChatError, Event};
 use crate::fanout::Ended;
@@ -29,11 +29,33 @@ pub struct ChatService {
     chat: Chat,
     /// Counts Connect calls, so that tests and shutdown can wait for them.
     tracker: Arc<CallTracker>,
+    /// With `--auth-tokens`, a member is its token's principal.
+    auth: Option<Authenticator>,
 }
 
 impl ChatService {
-    pub fn new(chat: Chat, tracker: Arc<CallTracker>) -> Self {
-        ChatService { chat, tracker }
+    pub fn new(chat: Chat, tracker: Arc<CallTracker>, auth: Option<Authenticator>) -> Self {
+        ChatService { chat, tracker, auth }
+    }
+}
+
+/// Who a join speaks as. Without tokens, the name it chose. With tokens,
+/// its token's principal: a join naming nobody takes it, a join naming
+/// anyone else is refused.
+fn member_name(requested: &str, principal: Option<&str>) -> Result<String, RpcStatus> {
+    match principal {
+        None => {
+            check_name("user", requested)?;
+            Ok(requested.to_string())
+        }
+        Some(principal) if requested.is_empty() || requested == principal => {
+            check_name("user", principal)?;
+            Ok(principal.to_string())
+        }
+        Some(principal) => Err(RpcStatus::with_message(
+            RpcStatusCode::PERMISSION_DENIED,
+            format!("this call's token is {principal:?}'s; it cannot join as {requested:?} (leave user empty or give {principal:?})"),
+        )),
     }
 }
 
@@ -85,6 +107,7 @@ impl ChatService {
     /// call fails, or the room cuts this subscriber off.
     async fn serve_connect(
         &self,
+        principal: Option<&str>,
         frames: &mut RequestStream<ClientFrame>,
         sink: &mut DuplexSink<ServerEvent>,
     ) -> Result<(), CallError> {
@@ -94,12 +117,12 @@ impl ChatService {
             Some(_) => return Err(invalid_argument("the first frame of Connect must be a join (room and user)").into()),
         };
         check_name("room", &join.room)?;
-        check_name("user", &join.user)?;
+        let user = member_name(&join.user, principal)?;
         let history = match join.history {
             Some(n) => check_history(n)?,
             None => self.chat.config().join_history as usize,
         };
-        let (room, user) = (join.room, join.user);
+        let room = join.room;
         let joined = self.chat.join(&room, &user, join.resume_after, history).await?;
         // Leaves the room when this function returns, however it returns.
         let _membership = joined.membership;
@@ -186,8 +209,14 @@ impl chat_grpc::Chat for ChatService {
     fn connect(&mut self, ctx: RpcContext, mut frames: RequestStream<ClientFrame>, mut sink: DuplexSink<ServerEvent>) {
         let service = self.clone();
         let call = self.tracker.enter();
+        // Behind the token checker every Connect carries a valid token.
+        let principal = self.auth.as_ref().map(|auth| auth.authenticate(ctx.request_headers()));
         ctx.spawn(async move {
-            let result = service.serve_connect(&mut frames, &mut sink).await;
+            let result = match principal {
+                Some(Err(status)) => Err(status.into()),
+                Some(Ok(principal)) => service.serve_connect(Some(&principal), &mut frames, &mut sink).await,
+                None => service.serve_connect(None, &mut frames, &mut sink).await,
+            };
             // The membership was dropped (its leave queued) inside serve_connect.
             drop(call);
             match result {

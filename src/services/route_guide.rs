@@ -23,6 +23,10 @@ use crate::status::{finish_stream, log_transport_error, reply, CallError};
 /// RouteChat call fails with RESOURCE_EXHAUSTED instead of growing memory
 /// without bound.
 pub const MAX_STORED_NOTES: usize = 100_000;
+/// Most notes RouteChat keeps at one location. Each note is answered with
+/// every note at its location, so this bounds the work one note costs (and
+/// the time the notes' lock is held) whatever other peers send.
+pub const MAX_NOTES_PER_LOCATION: usize = 100;
 
 /// Earth's mean radius in metres, as grpc-go's server uses it.
 const EARTH_RADIUS_M: f64 = 6_371_000.0;
@@ -125,7 +129,9 @@ fn location_key(point: Option<&Point>) -> (i32, i32) {
 
 #[derive(Default)]
 struct RouteNotes {
-    by_location: HashMap<(i32, i32), Vec<RouteNote>>,
+    /// Shared, so that answering a note copies pointers under the lock,
+    /// not messages.
+    by_location: HashMap<(i32, i32), Vec<Arc<RouteNote>>>,
     total: usize,
 }
 
@@ -150,8 +156,10 @@ impl RouteGuideService {
     }
 
     /// Stores `note` and returns every note at its location so far, the new
-    /// one last. The copy lets the caller send without holding the lock.
-    fn record_note(&self, note: RouteNote) -> Result<Vec<RouteNote>, RpcStatus> {
+    /// one last. The copy (of at most [`MAX_NOTES_PER_LOCATION`] pointers)
+    /// lets the caller send without holding the lock.
+    fn record_note(&self, note: RouteNote) -> Result<Vec<Arc<RouteNote>>, RpcStatus> {
+        let key = location_key(note.location.as_ref());
         // Every update is one push and one increment: a poisoned lock still
         // holds a consistent map.
         let mut notes = self.route_notes.lock().unwrap_or_else(|e| e.into_inner());
@@ -161,10 +169,20 @@ impl RouteGuideService {
                 format!("the server already keeps {MAX_STORED_NOTES} route notes; no more are accepted"),
             ));
         }
+        let at_location = notes.by_location.entry(key).or_default();
+        if at_location.len() >= MAX_NOTES_PER_LOCATION {
+            return Err(RpcStatus::with_message(
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                format!(
+                    "location ({}, {}) already has {MAX_NOTES_PER_LOCATION} route notes; no more are accepted there",
+                    key.0, key.1
+                ),
+            ));
+        }
+        at_location.push(Arc::new(note));
+        let copy = at_location.clone();
         notes.total += 1;
-        let at_location = notes.by_location.entry(location_key(note.location.as_ref())).or_default();
-        at_location.push(note);
-        Ok(at_location.clone())
+        Ok(copy)
     }
 }
 
@@ -251,7 +269,7 @@ impl RouteGuide for RouteGuideService {
                     let at_location = service.record_note(note)?;
                     let last = at_location.len().saturating_sub(1);
                     for (i, note) in at_location.into_iter().enumerate() {
-                        sink.send((note, WriteFlags::default().buffer_hint(i < last))).await?;
+                        sink.send(((*note).clone(), WriteFlags::default().buffer_hint(i < last))).await?;
                     }
                 }
                 sink.close().await?;
