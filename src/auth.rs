@@ -10,7 +10,7 @@
 //! Tokens are kept only as SHA-256 digests and a lookup compares the
 //! presented token's digest with every entry in constant time, so the time a
 //! lookup takes says nothing about how close a guess was. SIGHUP reloads the
-//! file ([`Authenticator::reload_on_sighup`]); a file that does not parse
+//! file ([`reload_on_sighup`]); a file that does not parse
 //! leaves the tokens in force unchanged.
 
 use std::collections::HashSet;
@@ -144,26 +144,6 @@ impl Authenticator {
         Ok(count)
     }
 
-    /// Reloads the token file at every SIGHUP, on a thread of its own.
-    pub fn reload_on_sighup(&self) -> Result<(), String> {
-        use signal_hook::consts::SIGHUP;
-        let mut signals = signal_hook::iterator::Signals::new([SIGHUP])
-            .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
-        let auth = self.clone();
-        std::thread::Builder::new()
-            .name("auth-reload".to_string())
-            .spawn(move || {
-                for _ in signals.forever() {
-                    match auth.reload() {
-                        Ok(count) => info!("SIGHUP: reloaded {count} token(s)"),
-                        Err(e) => error!("SIGHUP: keeping the previous tokens: {e}"),
-                    }
-                }
-            })
-            .map_err(|e| format!("cannot start the token reload thread: {e}"))?;
-        Ok(())
-    }
-
     /// Who the call's bearer token says the caller is, or the
     /// UNAUTHENTICATED status to end it with.
     pub fn authenticate(&self, headers: &Metadata) -> Result<String, RpcStatus> {
@@ -196,6 +176,28 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
     let end = rest.iter().rposition(|b| !b.is_ascii_whitespace())? + 1;
     scheme.eq_ignore_ascii_case(b"bearer").then_some(&rest[start..end])
+}
+
+/// Handles SIGHUP for the life of the process, on a thread of its own: it
+/// reloads `auth`'s token file, or, on a server without tokens, logs that
+/// there is nothing to reload (SIGHUP's default action would end the server).
+pub fn reload_on_sighup(auth: Option<Authenticator>) -> Result<(), String> {
+    use signal_hook::consts::SIGHUP;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGHUP]).map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    std::thread::Builder::new()
+        .name("sighup".to_string())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match auth.as_ref().map(Authenticator::reload) {
+                    Some(Ok(count)) => info!("SIGHUP: reloaded {count} token(s)"),
+                    Some(Err(e)) => error!("SIGHUP: keeping the previous tokens: {e}"),
+                    None => info!("SIGHUP: nothing to reload (the server runs without --auth-tokens)"),
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the SIGHUP thread: {e}"))?;
+    Ok(())
 }
 
 /// Whether `method` (`/package.Service/Method`) may be called without a token.

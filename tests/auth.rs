@@ -230,3 +230,28 @@ fn client_load_sends_the_token_with_every_call() {
     assert_eq!(load(Some(&good)), serde_json::json!({ "OK": 50 }));
     assert_eq!(load(None), serde_json::json!({ "UNAUTHENTICATED": 50 }));
 }
+
+#[test]
+fn sighup_on_a_server_without_tokens_is_logged_and_the_server_keeps_serving() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+    command.args(["--addr", "127.0.0.1:0", "--stream-interval", "0"]);
+    let (mut server, addr) = start_server_command(command);
+    server.signal("HUP");
+    server.wait_for_line("SIGHUP: nothing to reload (the server runs without --auth-tokens)", Duration::from_secs(10));
+    assert_eq!(block_on(client_with(&addr, None).say_hello()).unwrap(), "Hello");
+}
+
+/// grpcio routes a call before any `ServerChecker` runs, and answers a method
+/// it has no handler for with a bare UNIMPLEMENTED: an unknown method is not
+/// asked for a token. It names no method; reflection, open by design, lists
+/// them anyway. Pinned here so that the README's statement fails loudly if a
+/// grpcio release changes it.
+#[test]
+fn an_unknown_method_gets_unimplemented_before_the_token_check() {
+    let server = start_auth_server();
+    let channel = client::connect(server.addr());
+    let raw = grpcio::Client::new(channel);
+    let method = raw_method("/greet_service.GreetService/NoSuchMethod");
+    let err = raw.unary_call(&method, &Vec::new(), CallOption::default().timeout(Duration::from_secs(10))).unwrap_err();
+    assert_eq!(code_of(err), (RpcStatusCode::UNIMPLEMENTED, String::new()));
+}

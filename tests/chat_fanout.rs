@@ -173,9 +173,9 @@ fn a_thousand_join_and_leave_cycles_leave_no_room_or_subscriber_behind() {
                 _ => {
                     let opt = CallOption::default().timeout(Duration::from_millis(100));
                     let (mut sink, mut events) = client.connect_opt(opt).unwrap();
-                    sink.send((join_frame(&room, &format!("u{i}"), None, Some(0)), WriteFlags::default()))
-                        .await
-                        .unwrap();
+                    // On a loaded machine the 100 ms may pass before the join is sent.
+                    let _ =
+                        sink.send((join_frame(&room, &format!("u{i}"), None, Some(0)), WriteFlags::default())).await;
                     let _ = sink.send((say_frame("bye"), WriteFlags::default())).await;
                     while events.try_next().await.is_ok_and(|e| e.is_some()) {}
                 }

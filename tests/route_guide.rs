@@ -7,7 +7,7 @@ use std::time::Duration;
 use greet::client;
 use greet::client::route_guide::{self as rg, Client};
 use greet::server::{self, RunningServer, ServerConfig, StartError};
-use greet::services::route_guide::{distance, point};
+use greet::services::route_guide::{distance, point, MAX_NOTES_PER_LOCATION};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
@@ -191,4 +191,42 @@ fn client_route_guide_prints_one_line_per_message_like_grpc_go() {
     assert!(lines[8].starts_with("Route summary: point_count:10 feature_count:0 distance:"), "{}", lines[8]);
     assert_eq!(lines[9], "Got message First message at point(0, 1)");
     assert_eq!(lines[17], "Got message Sixth message at point(0, 3)");
+}
+
+#[test]
+fn route_chat_keeps_a_bounded_number_of_notes_at_one_location_and_other_locations_stay_answered() {
+    let server = start(None).unwrap();
+    let flooder = client_for(&server);
+    // One peer fills a location to its cap on its own thread, reading every
+    // answer (1 + 2 + ... + cap notes), while another peer chats elsewhere.
+    let flood = std::thread::spawn(move || {
+        let notes: Vec<_> = (0..MAX_NOTES_PER_LOCATION).map(|i| rg::note(7, 7, &format!("note {i}"))).collect();
+        let mut answered = 0;
+        flooder.route_chat(&notes, |_| answered += 1).map(|()| answered)
+    });
+    let other = Client::new(client::connect(server.addr()), Duration::from_secs(5));
+    for i in 0..20 {
+        let mut got = Vec::new();
+        other.route_chat(&[rg::note(8, i, "elsewhere")], |n| got.push(n.message)).unwrap();
+        assert_eq!(got, ["elsewhere"]);
+    }
+    let cap = MAX_NOTES_PER_LOCATION;
+    assert_eq!(flood.join().unwrap().unwrap(), cap * (cap + 1) / 2);
+
+    let err = other.route_chat(&[rg::note(7, 7, "one too many")], |_| {}).unwrap_err();
+    let status = match err {
+        grpcio::Error::RpcFailure(status) => status,
+        other => panic!("expected a status, got {other:?}"),
+    };
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            grpcio::RpcStatusCode::RESOURCE_EXHAUSTED,
+            format!("location (7, 7) already has {cap} route notes; no more are accepted there").as_str()
+        )
+    );
+    // The location keeps the notes it had; another location still takes more.
+    let mut got = Vec::new();
+    other.route_chat(&[rg::note(8, 0, "again")], |n| got.push(n.message)).unwrap();
+    assert_eq!(got, ["elsewhere", "again"]);
 }

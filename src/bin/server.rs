@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use greet::auth::Authenticator;
+use greet::auth::{self, Authenticator};
 use greet::duration;
 use greet::server::{self, DrainPolicy, ServerConfig, ServerLimits};
 use greet::tls::ServerTls;
@@ -159,10 +159,9 @@ fn config(args: Args) -> Result<ServerConfig, String> {
         config.tls = Some(tls);
     }
     if let Some(path) = &args.auth_tokens {
-        let auth = Authenticator::from_file(path)?;
-        auth.reload_on_sighup()?;
-        config.auth = Some(auth);
+        config.auth = Some(Authenticator::from_file(path)?);
     }
+    auth::reload_on_sighup(config.auth.clone())?;
     if let Some(threads) = args.threads {
         config.completion_queues = threads.max(1);
     }

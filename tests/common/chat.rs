@@ -143,7 +143,19 @@ impl Member {
         resume_after: Option<u64>,
         history: Option<u32>,
     ) -> grpcio::Result<Member> {
-        let (mut sink, mut events) = client.connect_opt(CallOption::default().timeout(DEADLINE))?;
+        Member::join_opt(client, CallOption::default(), room, user, resume_after, history).await
+    }
+
+    /// Joins on a call with these options (e.g. metadata); the deadline is [`DEADLINE`].
+    pub async fn join_opt(
+        client: &ChatClient,
+        options: CallOption,
+        room: &str,
+        user: &str,
+        resume_after: Option<u64>,
+        history: Option<u32>,
+    ) -> grpcio::Result<Member> {
+        let (mut sink, mut events) = client.connect_opt(options.timeout(DEADLINE))?;
         sink.send((join_frame(room, user, resume_after, history), WriteFlags::default())).await?;
         match events.try_next().await? {
             Some(ServerEvent { event: Some(server_event::Event::Welcome(welcome)), .. }) => {
