@@ -16,7 +16,6 @@ use std::thread::JoinHandle;
 use log::{debug, warn};
 use tiny_http::{Header, Method, Response, Server};
 
-
 /// What a route answers: status code, content type, body.
 pub struct Reply {
     pub status: u16,

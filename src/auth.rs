@@ -24,7 +24,6 @@ use log::{error, info};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-
 /// Method prefixes any caller may use without a token.
 pub const OPEN_METHOD_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
 

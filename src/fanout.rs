@@ -148,11 +148,6 @@ impl<T: Clone> Fanout<T> {
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
-
-    /// Whether `id` is still subscribed.
-    pub fn contains(&self, id: SubscriberId) -> bool {
-        self.slots.contains_key(&id)
-    }
 }
 
 impl<T> Drop for Fanout<T> {

@@ -1,6 +1,6 @@
 //! The health of a server: the serving status of each service it hosts,
 //! and the watchers to wake when one changes. `grpc.health.v1.Health`
-//! ([`crate::services::health`]) and the admin port's `/healthz` read it; the
+//! (the health service) and the admin port's `/healthz` read it; the
 //! server's drain flips it.
 
 use std::collections::HashMap;
@@ -86,8 +86,8 @@ impl HealthReporter {
             watchers.remove_gone();
             !watchers.is_empty()
         });
-        (!state.shut_down)
-            .then(|| state.watchers.entry(service.to_string()).or_insert_with(|| Fanout::new(1, WhenFull::Skip)).subscribe())
+        (!state.shut_down).then(|| {
+            state.watchers.entry(service.to_string()).or_insert_with(|| Fanout::new(1, WhenFull::Skip)).subscribe()
+        })
     }
 }
-

@@ -7,7 +7,7 @@
 //! | bytes in one name | 1,024 | a greeting is for a name, not a payload |
 //! | names in one `NamesList` | 100,000 | bounds one server-stream's work |
 //! | names in one client stream | 100,000 | bounds the `MessagesList` the server keeps in memory |
-//! | bytes in one received message | 4 MiB | gRPC's default; larger messages get RESOURCE_EXHAUSTED where requests are decoded ([`crate::rpc::codec`]) |
+//! | bytes in one received message | 4 MiB | gRPC's default; larger messages get RESOURCE_EXHAUSTED where the call runtime decodes requests |
 //!
 //! Bidirectional streams have no count limit: each answer is sent as its
 //! request arrives, so the server keeps nothing per name.

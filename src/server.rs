@@ -14,12 +14,13 @@ use grpcio::{ChannelBuilder, EnvBuilder, Environment, ResourceQuota, Server, Ser
 use log::{info, warn};
 
 use crate::admin::Admin;
+use crate::admin::Reply;
 use crate::auth::Authenticator;
 use crate::chat::{Chat, ChatConfig};
-use crate::admin::Reply;
 use crate::health::HealthReporter;
-use crate::proto::health::health_check_response::ServingStatus;
+use crate::limits;
 use crate::proto;
+use crate::proto::health::health_check_response::ServingStatus;
 use crate::rpc::api::{chat, greet, health, helloworld, route_guide as route_guide_api, test};
 use crate::rpc::metrics::ServerMetrics;
 use crate::rpc::{codec, CallTracker, Runtime};
@@ -31,7 +32,6 @@ use crate::services::interop::InteropService;
 use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
 use crate::tls::ServerTls;
-use crate::limits;
 
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
 pub const INTEROP_SERVICE_NAME: &str = test::TEST_SERVICE_FULL_NAME;
@@ -220,11 +220,17 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
             .after_start(move || codec::set_receive_limit(receive_limit))
             .build(),
     );
+    // The route database is read first: a bad one stops the start before
+    // anything (the chat's store above all) is opened.
+    let features = match &config.route_db {
+        Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
+        None => route_guide::default_features(),
+    };
     let runtime = Runtime::new(CallTracker::new());
     let health = HealthReporter::default();
     let chat = Chat::start(&config.chat).map_err(StartError::Chat)?;
     chat.register_metrics(runtime.metrics().registry()).map_err(StartError::Chat)?;
-    let hosted = hosted_services(config, health.clone(), chat.clone(), &runtime)?;
+    let hosted = hosted_services(config, features, health.clone(), chat.clone(), &runtime)?;
     let names: Vec<&'static str> = hosted.iter().map(|h| h.name).collect();
     let mut server = build(env, config, hosted)?;
     let credentials = config.tls.as_ref().map_or_else(ServerCredentials::insecure, ServerTls::credentials);
@@ -267,14 +273,11 @@ pub struct Hosted {
 /// and reflection read. Adding a service is one entry here.
 fn hosted_services(
     config: &ServerConfig,
+    features: Vec<crate::proto::route_guide::Feature>,
     health: HealthReporter,
     chat: Chat,
     runtime: &Runtime,
 ) -> Result<Vec<Hosted>, StartError> {
-    let features = match &config.route_db {
-        Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
-        None => route_guide::default_features(),
-    };
     let mut hosted = vec![
         Hosted {
             name: greet::GREET_SERVICE_FULL_NAME,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::process::{start_server_command, Process};
 use common::*;
 use futures::executor::block_on;
-use greet::auth::{self, Authenticator, TokenTable};
+use greet::auth::{Authenticator, TokenTable};
 use greet::client::{self, Client};
 use greet::proto::health::health_check_response::ServingStatus;
 use greet::proto::health::HealthCheckRequest;
@@ -141,9 +141,9 @@ fn health_stays_open_without_a_token() {
 #[test]
 fn the_principal_is_the_one_the_token_file_names() {
     let auth = Authenticator::new(TokenTable::parse(TOKENS, "tokens").unwrap());
-    let headers = auth::bearer_metadata("token-bob").unwrap();
+    let headers = greet::client::bearer_metadata("token-bob").unwrap();
     assert_eq!(auth.authenticate(&headers).unwrap(), "bob");
-    let status = auth.authenticate(&auth::bearer_metadata("token-carol").unwrap()).unwrap_err();
+    let status = auth.authenticate(&greet::client::bearer_metadata("token-carol").unwrap()).unwrap_err();
     assert_eq!((status.code(), status.message()), (RpcStatusCode::UNAUTHENTICATED, "invalid bearer token"));
 }
 

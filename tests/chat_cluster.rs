@@ -156,12 +156,12 @@ fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversa
     let (output_tx, outputs) = mpsc::channel();
     let (resumed_tx, resumed_at) = mpsc::channel();
     let ann = std::thread::spawn(move || {
-        chat_client::run(&options, chat_client::plaintext, input, |o| {
+        block_on(chat_client::run(&options, chat_client::plaintext, input, |o| {
             if matches!(&o, Output::Notice(n) if n.starts_with("resumed ")) {
                 resumed_tx.send(Instant::now()).unwrap();
             }
             output_tx.send(o).unwrap()
-        })
+        }))
     });
     let mut ann_seen = Vec::new();
     outputs_until(&outputs, &mut ann_seen, |seen| {

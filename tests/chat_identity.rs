@@ -10,7 +10,7 @@ mod common;
 use chat::*;
 use futures::executor::block_on;
 use futures::prelude::*;
-use greet::auth::{self, Authenticator, TokenTable};
+use greet::auth::{Authenticator, TokenTable};
 use greet::chat::ChatConfig;
 use greet::proto::chat::{server_event, HistoryRequest, ServerEvent};
 use greet::proto::chat_grpc::ChatClient;
@@ -32,7 +32,7 @@ fn start_server_with_tokens() -> RunningServer {
 }
 
 fn as_token(token: &str) -> CallOption {
-    CallOption::default().headers(auth::bearer_metadata(token).unwrap())
+    CallOption::default().headers(greet::client::bearer_metadata(token).unwrap())
 }
 
 /// The next presence or message event, skipping heartbeats.

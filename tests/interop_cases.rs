@@ -19,7 +19,7 @@ fn start_interop_server() -> RunningServer {
 fn run(case: &str) -> Result<(), String> {
     let server = start_interop_server();
     let client = InteropClient::new(Target { addr: server.addr().to_string(), tls: None }, SoakConfig::default());
-    client.run(case)
+    futures::executor::block_on(client.run(case))
 }
 
 /// One test per case that must pass, and the list of them.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use futures::executor::block_on;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,7 +69,7 @@ fn the_official_greeter_client_and_our_load_reach_both_replicas_through_haproxy(
         timeout: Duration::from_secs(10),
         headers: None,
     };
-    let summary = load::run(&connector.pool(), &config, &|_, _| {});
+    let summary = block_on(load::run(&connector.pool(), &config, &|_, _| {}));
     assert_eq!(summary.ok(), 2000, "{}", summary.to_text());
     for id in ["r1", "r2"] {
         let served = summary.instances.get(id).copied().unwrap_or(0);
@@ -104,7 +105,7 @@ fn kill_behind_haproxy(retries: u32, proxy_retries: bool) -> (u64, Option<Durati
         timeout: Duration::from_secs(10),
         headers: None,
     };
-    let summary = load::run(&connector.pool(), &config, &|done, outcome| {
+    let summary = block_on(load::run(&connector.pool(), &config, &|done, outcome| {
         if outcome.code != "OK" {
             *last_failure.lock().unwrap() = Some(Instant::now());
         }
@@ -112,7 +113,7 @@ fn kill_behind_haproxy(retries: u32, proxy_retries: bool) -> (u64, Option<Durati
             victim.lock().unwrap().process.kill();
             *killed_at.lock().unwrap() = Some(Instant::now());
         }
-    });
+    }));
     let killed_at = killed_at.into_inner().unwrap().expect("the replica was killed");
     let window = last_failure.into_inner().unwrap().map(|t| t.saturating_duration_since(killed_at));
     let text = summary.to_text();

@@ -1,5 +1,6 @@
 //! `routeguide.RouteGuide` answers as grpc-go's route_guide server does.
 
+use futures::executor::block_on;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -39,7 +40,7 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
 #[test]
 fn get_feature_returns_the_named_feature_at_a_known_point() {
     let server = start(None).unwrap();
-    let feature = client_for(&server).get_feature(&point(409_146_138, -746_188_906)).unwrap();
+    let feature = block_on(client_for(&server).get_feature(&point(409_146_138, -746_188_906))).unwrap();
     assert_eq!(feature.name, "Berkshire Valley Management Area Trail, Jefferson, NJ, USA");
     assert_eq!(feature.location.as_ref(), Some(&point(409_146_138, -746_188_906)));
 }
@@ -47,7 +48,7 @@ fn get_feature_returns_the_named_feature_at_a_known_point() {
 #[test]
 fn get_feature_returns_an_unnamed_feature_where_nothing_is_known() {
     let server = start(None).unwrap();
-    let feature = client_for(&server).get_feature(&point(0, 0)).unwrap();
+    let feature = block_on(client_for(&server).get_feature(&point(0, 0))).unwrap();
     assert_eq!(feature.name, "");
     assert_eq!(feature.location.as_ref(), Some(&point(0, 0)));
 }
@@ -59,7 +60,7 @@ fn list_features_streams_only_the_features_inside_the_rectangle_whichever_corner
     let (a, b) = (point(408_000_000, -745_000_000), point(414_000_000, -743_000_000));
     for rect in [rg::rectangle(a.clone(), b.clone()), rg::rectangle(b, a)] {
         let mut names = Vec::new();
-        client.list_features(&rect, |f| names.push(f.name)).unwrap();
+        block_on(client.list_features(&rect, |f| names.push(f.name))).unwrap();
         assert_eq!(names, ["101 New Jersey 10, Whippany, NJ 07981, USA"]);
     }
 }
@@ -69,7 +70,7 @@ fn list_features_includes_the_rectangle_edges() {
     let server = start(None).unwrap();
     let edge = point(WHIPPANY.0, WHIPPANY.1);
     let mut found = Vec::new();
-    client_for(&server).list_features(&rg::rectangle(edge.clone(), edge), |f| found.push(f.name)).unwrap();
+    block_on(client_for(&server).list_features(&rg::rectangle(edge.clone(), edge), |f| found.push(f.name))).unwrap();
     assert_eq!(found, ["101 New Jersey 10, Whippany, NJ 07981, USA"]);
 }
 
@@ -90,7 +91,7 @@ fn record_route_counts_points_known_features_and_metres() {
         point(PATRIOTS_PATH.0, PATRIOTS_PATH.1),
         point(0, 0),
     ];
-    let summary = client_for(&server).record_route(&route).unwrap();
+    let summary = block_on(client_for(&server).record_route(&route)).unwrap();
     assert_eq!(summary.point_count, 4);
     assert_eq!(summary.feature_count, 3);
     let back_to_origin = distance(&route[2], &route[3]);
@@ -101,7 +102,7 @@ fn record_route_counts_points_known_features_and_metres() {
 #[test]
 fn record_route_with_no_points_is_all_zeros() {
     let server = start(None).unwrap();
-    let summary = client_for(&server).record_route(&[]).unwrap();
+    let summary = block_on(client_for(&server).record_route(&[])).unwrap();
     assert_eq!((summary.point_count, summary.feature_count, summary.distance), (0, 0, 0));
 }
 
@@ -109,7 +110,7 @@ fn record_route_with_no_points_is_all_zeros() {
 fn route_chat_sends_back_every_earlier_note_at_the_same_location() {
     let server = start(None).unwrap();
     let mut got = Vec::new();
-    client_for(&server).route_chat(&rg::demo_notes(), |n| got.push(n.message)).unwrap();
+    block_on(client_for(&server).route_chat(&rg::demo_notes(), |n| got.push(n.message))).unwrap();
     assert_eq!(
         got,
         [
@@ -130,9 +131,9 @@ fn route_chat_sends_back_every_earlier_note_at_the_same_location() {
 fn route_chat_notes_outlive_the_call_that_sent_them() {
     let server = start(None).unwrap();
     let client = client_for(&server);
-    client.route_chat(&[rg::note(5, 5, "earlier")], |_| {}).unwrap();
+    block_on(client.route_chat(&[rg::note(5, 5, "earlier")], |_| {})).unwrap();
     let mut got = Vec::new();
-    client.route_chat(&[rg::note(5, 5, "later")], |n| got.push(n.message)).unwrap();
+    block_on(client.route_chat(&[rg::note(5, 5, "later")], |n| got.push(n.message))).unwrap();
     assert_eq!(got, ["earlier", "later"]);
 }
 
@@ -144,10 +145,10 @@ fn a_route_db_file_in_grpc_go_format_replaces_the_built_in_features() {
     );
     let server = start(Some(db.clone())).unwrap();
     let client = client_for(&server);
-    assert_eq!(client.get_feature(&point(10, 20)).unwrap().name, "Here");
-    assert_eq!(client.get_feature(&point(409_146_138, -746_188_906)).unwrap().name, "");
+    assert_eq!(block_on(client.get_feature(&point(10, 20))).unwrap().name, "Here");
+    assert_eq!(block_on(client.get_feature(&point(409_146_138, -746_188_906))).unwrap().name, "");
     let mut count = 0;
-    client.list_features(&rg::rectangle(point(0, 0), point(100, 100)), |_| count += 1).unwrap();
+    block_on(client.list_features(&rg::rectangle(point(0, 0), point(100, 100)), |_| count += 1)).unwrap();
     assert_eq!(count, 2);
     std::fs::remove_file(db).unwrap();
 }
@@ -202,18 +203,18 @@ fn route_chat_keeps_a_bounded_number_of_notes_at_one_location_and_other_location
     let flood = std::thread::spawn(move || {
         let notes: Vec<_> = (0..MAX_NOTES_PER_LOCATION).map(|i| rg::note(7, 7, &format!("note {i}"))).collect();
         let mut answered = 0;
-        flooder.route_chat(&notes, |_| answered += 1).map(|()| answered)
+        block_on(flooder.route_chat(&notes, |_| answered += 1)).map(|()| answered)
     });
     let other = Client::new(client::connect(server.addr()), Duration::from_secs(5));
     for i in 0..20 {
         let mut got = Vec::new();
-        other.route_chat(&[rg::note(8, i, "elsewhere")], |n| got.push(n.message)).unwrap();
+        block_on(other.route_chat(&[rg::note(8, i, "elsewhere")], |n| got.push(n.message))).unwrap();
         assert_eq!(got, ["elsewhere"]);
     }
     let cap = MAX_NOTES_PER_LOCATION;
     assert_eq!(flood.join().unwrap().unwrap(), cap * (cap + 1) / 2);
 
-    let err = other.route_chat(&[rg::note(7, 7, "one too many")], |_| {}).unwrap_err();
+    let err = block_on(other.route_chat(&[rg::note(7, 7, "one too many")], |_| {})).unwrap_err();
     let status = match err {
         grpcio::Error::RpcFailure(status) => status,
         other => panic!("expected a status, got {other:?}"),
@@ -227,6 +228,6 @@ fn route_chat_keeps_a_bounded_number_of_notes_at_one_location_and_other_location
     );
     // The location keeps the notes it had; another location still takes more.
     let mut got = Vec::new();
-    other.route_chat(&[rg::note(8, 0, "again")], |n| got.push(n.message)).unwrap();
+    block_on(other.route_chat(&[rg::note(8, 0, "again")], |n| got.push(n.message))).unwrap();
     assert_eq!(got, ["elsewhere", "again"]);
 }

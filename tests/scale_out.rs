@@ -35,7 +35,7 @@ fn unary_load(calls: usize, concurrency: usize) -> LoadConfig {
 }
 
 fn run_load(connector: &Connector, config: &LoadConfig) -> Summary {
-    load::run(&connector.pool(), config, &|_, _| {})
+    block_on(load::run(&connector.pool(), config, &|_, _| {}))
 }
 
 fn counts(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
@@ -84,11 +84,11 @@ fn load_through_a_kill(retries: u32) -> Summary {
     let victim = Mutex::new(replicas.remove(1));
     let killed = AtomicBool::new(false);
     let calls = 20_000;
-    let summary = load::run(&connector.pool(), &unary_load(calls, 32), &|done, _| {
+    let summary = block_on(load::run(&connector.pool(), &unary_load(calls, 32), &|done, _| {
         if done as usize == calls / 3 && !killed.swap(true, Ordering::SeqCst) {
             victim.lock().unwrap().process.kill();
         }
-    });
+    }));
     assert!(killed.load(Ordering::SeqCst));
     assert!(summary.instances.get("r2").copied().unwrap_or(0) > 0, "the victim served calls before it died");
     println!("retries {retries}: {}", summary.to_text());
@@ -139,7 +139,7 @@ fn a_drained_replica_finishes_its_streams_while_round_robin_moves_to_the_other()
     // A round_robin client over both, health checking them; it uses both.
     let balanced = Connector::new(&format!("{},{}", draining.addr, staying.addr)).unwrap().lb(LbPolicy::RoundRobin);
     let pool = balanced.pool();
-    let before = load::run(&pool, &unary_load(200, 4), &|_, _| {});
+    let before = block_on(load::run(&pool, &unary_load(200, 4), &|_, _| {}));
     assert_eq!(before.ok(), 200);
     assert!(before.instances.len() == 2, "both replicas serve before the drain: {:?}", before.instances);
 
@@ -169,7 +169,7 @@ fn a_drained_replica_finishes_its_streams_while_round_robin_moves_to_the_other()
     let mut streak = 0;
     while streak < 50 {
         assert!(moved.elapsed() < Duration::from_secs(3), "round_robin did not leave the draining replica");
-        let one = load::run(&pool, &unary_load(1, 1), &|_, _| {});
+        let one = block_on(load::run(&pool, &unary_load(1, 1), &|_, _| {}));
         assert_eq!(one.ok(), 1, "no call fails during the drain");
         streak = if one.instances.contains_key("staying") { streak + 1 } else { 0 };
     }
@@ -206,7 +206,7 @@ fn a_pool_of_four_opens_four_connections_and_one_opens_one() {
     for connections in [4, 1] {
         let server = start_instance("pooled");
         let pool = Connector::new(server.addr()).unwrap().connections(connections).pool();
-        let summary = load::run(&pool, &unary_load(40, 4), &|_, _| {});
+        let summary = block_on(load::run(&pool, &unary_load(40, 4), &|_, _| {}));
         assert_eq!(summary.ok(), 40);
         assert_eq!(
             established_to(server.port()),

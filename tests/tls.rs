@@ -66,7 +66,7 @@ fn interop_large_unary_passes_over_tls() {
     let certs = Certs::new();
     let server = start_tls_server(&certs);
     let target = Target { addr: server.addr().to_string(), tls: Some(certs.client_tls(Some(SERVER_NAME))) };
-    InteropClient::new(target, SoakConfig::default()).run("large_unary").unwrap();
+    block_on(InteropClient::new(target, SoakConfig::default()).run("large_unary")).unwrap();
 }
 
 #[test]

@@ -13,9 +13,9 @@ use futures::executor::block_on;
 use greet::client::channel::{Keepalive, DEFAULT_RETRIES};
 use greet::client::chat::{self, ChatOptions, Output};
 use greet::client::load::{self, LoadConfig, Workload};
+use greet::client::CliError;
 use greet::client::{route_guide, Client, Connector, LbPolicy};
 use greet::duration;
-use greet::client::CliError;
 use greet::tls::ClientTls;
 use grpcio::Metadata;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -175,7 +175,7 @@ fn client_tls(args: &Args) -> Result<Option<ClientTls>, String> {
 /// The metadata every call carries: the bearer token of --token-file.
 fn headers(args: &Args) -> Result<Option<Metadata>, String> {
     let Some(path) = &args.token_file else { return Ok(None) };
-    client::bearer_metadata(&client::read_token_file(path)?).map(Some)
+    greet::client::bearer_metadata(&greet::client::read_token_file(path)?).map(Some)
 }
 
 async fn run(args: &Args, connector: &Connector, headers: Option<Metadata>) -> Result<(), CliError> {

@@ -1,4 +1,4 @@
-//! Chat rooms behind `chat.v1.Chat` ([`crate::services::chat`]): who is in
+//! Chat rooms behind `chat.v1.Chat` (served by the chat service): who is in
 //! which room, the per-room message sequence, history, and fan-out.
 //!
 //! # How it fits together

@@ -17,8 +17,8 @@ use std::time::Duration;
 use grpcio::{Channel, ChannelBuilder, ChannelCredentialsBuilder, EnvBuilder, Environment, RpcStatusCode};
 use serde_json::{json, Value};
 
-use crate::wire::code_name;
 use crate::tls::ClientTls;
+use crate::wire::code_name;
 
 /// The client environment every channel of this process shares: one
 /// completion queue (and polling thread) per CPU.

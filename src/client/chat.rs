@@ -17,9 +17,9 @@ use grpcio::{CallOption, Channel, Metadata, RpcStatusCode, WriteFlags};
 
 use super::channel::{Connector, Keepalive};
 
+use super::CliError;
 use crate::proto::chat::{client_frame, server_event, ClientFrame, Join, Message, Say, ServerEvent};
 use crate::proto::chat_grpc::ChatClient;
-use super::CliError;
 
 /// What the client reports.
 #[derive(Debug, Clone, PartialEq)]

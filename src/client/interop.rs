@@ -27,8 +27,8 @@ use crate::proto::messages::{
     StreamingInputCallRequest, StreamingOutputCallRequest, StreamingOutputCallResponse,
 };
 use crate::proto::test_grpc::{TestServiceClient, UnimplementedServiceClient};
-use crate::wire::{code_name, COMPRESSION_REQUEST_KEY, ECHO_INITIAL_KEY, ECHO_TRAILING_KEY};
 use crate::tls::ClientTls;
+use crate::wire::{code_name, COMPRESSION_REQUEST_KEY, ECHO_INITIAL_KEY, ECHO_TRAILING_KEY};
 
 /// Every test case [`InteropClient::run`] knows, in the order `all` runs them.
 pub const TEST_CASES: &[&str] = &[
@@ -270,14 +270,17 @@ impl InteropClient {
 
     /// EmptyCall with an empty message succeeds.
     pub async fn empty_unary(&self) -> Result<(), String> {
-        unary(self.test.empty_call_async_opt(&Empty::default(), self.option())).await.map_err(|e| failed("EmptyCall", &e))?;
+        unary(self.test.empty_call_async_opt(&Empty::default(), self.option()))
+            .await
+            .map_err(|e| failed("EmptyCall", &e))?;
         Ok(())
     }
 
     /// A 271,828-byte request gets a 314,159-byte response.
     pub async fn large_unary(&self) -> Result<(), String> {
-        let response =
-            unary(self.test.unary_call_async_opt(&large_request(), self.option())).await.map_err(|e| failed("UnaryCall", &e))?;
+        let response = unary(self.test.unary_call_async_opt(&large_request(), self.option()))
+            .await
+            .map_err(|e| failed("UnaryCall", &e))?;
         check_payload("UnaryCall", &response.payload, LARGE_RESPONSE)
     }
 
@@ -308,7 +311,8 @@ impl InteropClient {
                 sink.send((req, flags)).await?;
             }
             sink.close().await
-        }.await;
+        }
+        .await;
         let response = super::settle(sent, receiver.await).map_err(|e| failed(what, &e))?;
         if response.aggregated_payload_size != want {
             return Err(format!("{what}: aggregated_payload_size {}, want {want}", response.aggregated_payload_size));
@@ -327,8 +331,7 @@ impl InteropClient {
 
     async fn stream_out(&self, what: &str, req: &StreamingOutputCallRequest, sizes: &[usize]) -> Result<(), String> {
         let stream = self.test.streaming_output_call_opt(req, self.option()).map_err(|e| failed(what, &e))?;
-        let responses: Vec<StreamingOutputCallResponse> =
-            stream.try_collect().await.map_err(|e| failed(what, &e))?;
+        let responses: Vec<StreamingOutputCallResponse> = stream.try_collect().await.map_err(|e| failed(what, &e))?;
         if responses.len() != sizes.len() {
             return Err(format!("{what}: {} responses, want {}", responses.len(), sizes.len()));
         }
@@ -353,7 +356,8 @@ impl InteropClient {
             }
             half_close(&mut sink).await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
             expect_end(WHAT, receiver.try_next().await)
-        }.await
+        }
+        .await
     }
 
     /// A FullDuplexCall closed at once ends OK with no response.
@@ -363,7 +367,8 @@ impl InteropClient {
         async {
             half_close(&mut sink).await.map_err(|e| failed(&format!("{WHAT} close"), &e))?;
             expect_end(WHAT, receiver.try_next().await)
-        }.await
+        }
+        .await
     }
 
     /// A FullDuplexCall with a 1 ms deadline that the server never answers
@@ -382,7 +387,8 @@ impl InteropClient {
             let _ = sink.send((req, WriteFlags::default())).await;
             let received = receiver.try_next().await;
             expect_status(WHAT, received, RpcStatusCode::DEADLINE_EXCEEDED, None)
-        }.await
+        }
+        .await
     }
 
     /// A StreamingInputCall cancelled before any message ends CANCELLED.
@@ -405,7 +411,8 @@ impl InteropClient {
             }
             receiver.cancel();
             expect_status(WHAT, receiver.try_next().await, RpcStatusCode::CANCELLED, None)
-        }.await
+        }
+        .await
     }
 
     /// The server ends UnaryCall and FullDuplexCall with the code and message asked for.
@@ -422,7 +429,8 @@ impl InteropClient {
             let _ = sink.send((req, WriteFlags::default())).await;
             let _ = sink.close().await;
             expect_status(WHAT, receiver.try_next().await, RpcStatusCode::UNKNOWN, Some(STATUS_MESSAGE))
-        }.await
+        }
+        .await
     }
 
     /// Whitespace and non-ASCII survive in a status message.
@@ -448,7 +456,9 @@ impl InteropClient {
             .test
             .unary_call_async_opt(&large_request(), self.option().headers(headers()))
             .map_err(|e| failed(UNARY, &e))?;
-        let (initial, response, trailing) = receiver.receive_sync().map_err(|e| failed(UNARY, &e))?;
+        let initial = receiver.headers().await.map_err(|e| failed(UNARY, &e))?.clone();
+        let response = receiver.message().await.map_err(|e| failed(UNARY, &e))?;
+        let trailing = receiver.trailers().await.map_err(|e| failed(UNARY, &e))?.clone();
         check_payload(UNARY, &response.payload, LARGE_RESPONSE)?;
         check_metadata(
             &format!("{UNARY} initial metadata"),
@@ -478,7 +488,8 @@ impl InteropClient {
             }
             half_close(&mut sink).await.map_err(|e| failed(&format!("{DUPLEX} close"), &e))?;
             expect_end(DUPLEX, receiver.try_next().await)
-        }.await
+        }
+        .await
     }
 
     /// TestService/UnimplementedCall answers UNIMPLEMENTED.
@@ -511,7 +522,9 @@ impl InteropClient {
         }
         for (what, compressed) in [("UnaryCall (compressed)", true), ("UnaryCall (uncompressed)", false)] {
             let option = if compressed { self.option().headers(compression_headers()) } else { self.option() };
-            let response = unary(self.test.unary_call_async_opt(&request(compressed), option)).await.map_err(|e| failed(what, &e))?;
+            let response = unary(self.test.unary_call_async_opt(&request(compressed), option))
+                .await
+                .map_err(|e| failed(what, &e))?;
             check_payload(what, &response.payload, LARGE_RESPONSE)?;
         }
         Ok(())
@@ -546,7 +559,8 @@ impl InteropClient {
             let _ = async {
                 sink.send((req, WriteFlags::default())).await?;
                 sink.close().await
-            }.await;
+            }
+            .await;
             expect_status(WHAT, receiver.await, RpcStatusCode::INVALID_ARGUMENT, None)
                 .map_err(|e| format!("{e}: the server does not check request compression"))?;
         }
@@ -556,7 +570,8 @@ impl InteropClient {
             &[(27_182, Some(true)), (45_904, Some(false))],
             option,
             73_086,
-        ).await
+        )
+        .await
     }
 
     /// StreamingOutputCall asking for a compressed 31,415-byte response, then
@@ -583,7 +598,8 @@ impl InteropClient {
         let mut first: Option<String> = None;
         for i in 1..=100 {
             let what = format!("UnaryCall #{i}");
-            let response = unary(self.test.unary_call_async_opt(&req, self.option())).await.map_err(|e| failed(&what, &e))?;
+            let response =
+                unary(self.test.unary_call_async_opt(&req, self.option())).await.map_err(|e| failed(&what, &e))?;
             if response.server_id.is_empty() {
                 return Err(format!("{what}: empty server_id"));
             }
@@ -621,8 +637,8 @@ impl InteropClient {
                 self.test.clone()
             };
             let option = CallOption::default().timeout(left);
-            let outcome = unary(stub
-                .unary_call_async_opt(&large_request(), option)).await
+            let outcome = unary(stub.unary_call_async_opt(&large_request(), option))
+                .await
                 .map_err(|e| failed("UnaryCall", &e))
                 .and_then(|r| check_payload("UnaryCall", &r.payload, LARGE_RESPONSE));
             let latency = iteration_start.elapsed();
@@ -651,7 +667,7 @@ impl InteropClient {
 }
 
 /// A unary call made with `*_async_opt`, awaited.
-async fn unary<T>(call: grpcio::Result<ClientUnaryReceiver<T>>) -> grpcio::Result<T> {
+async fn unary<T: Unpin>(call: grpcio::Result<ClientUnaryReceiver<T>>) -> grpcio::Result<T> {
     call?.await
 }
 

@@ -20,10 +20,10 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::channel::Pool;
+use super::CliError;
 use crate::proto::greet::{HelloRequest, NoParam};
 use crate::proto::greet_grpc::GreetServiceClient;
 use crate::wire::SERVED_BY_HEADER;
-use super::CliError;
 
 /// What to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

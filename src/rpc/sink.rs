@@ -13,8 +13,8 @@ use std::task::{Context, Poll};
 
 use futures::prelude::*;
 use grpcio::{
-    ClientStreamingSinkResult, DuplexSinkFailure, Metadata, RpcContext, RpcStatus, RpcStatusCode,
-    ServerStreamingSinkFailure, UnarySinkResult, WriteFlags,
+    ClientStreamingSinkResult, DuplexSinkFailure, Metadata, RpcStatus, RpcStatusCode, ServerStreamingSinkFailure,
+    UnarySinkResult, WriteFlags,
 };
 
 use super::metrics::{CallRecord, MethodMetrics};
@@ -143,7 +143,10 @@ pub(super) fn unary<T>(sink: grpcio::UnarySink<T>, method: &MethodMetrics) -> Un
 }
 
 /// Measures a server-streaming call; its request is its one message received.
-pub(super) fn server_streaming<T>(sink: grpcio::ServerStreamingSink<T>, method: &MethodMetrics) -> ServerStreamingSink<T> {
+pub(super) fn server_streaming<T>(
+    sink: grpcio::ServerStreamingSink<T>,
+    method: &MethodMetrics,
+) -> ServerStreamingSink<T> {
     let call = method.start();
     call.received();
     ServerStreamingSink { inner: sink, call }

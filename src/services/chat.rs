@@ -121,7 +121,9 @@ impl ChatService {
         let join = match frames.try_next().await? {
             None => return Ok(()),
             Some(ClientFrame { frame: Some(client_frame::Frame::Join(join)), .. }) => join,
-            Some(_) => return Err(CallError::invalid_argument("the first frame of Connect must be a join (room and user)")),
+            Some(_) => {
+                return Err(CallError::invalid_argument("the first frame of Connect must be a join (room and user)"))
+            }
         };
         check_name("room", &join.room)?;
         let user = member_name(&join.user, principal)?;
@@ -213,7 +215,7 @@ impl api::Chat for ChatService {
     async fn connect(
         &self,
         call: &mut Call,
-        mut frames: RequestStream<ClientFrame>,
+        frames: &mut RequestStream<ClientFrame>,
         sink: &mut DuplexSink<ServerEvent>,
     ) -> Result<(), CallError> {
         // Behind the token checker every Connect carries a valid token.
@@ -221,7 +223,7 @@ impl api::Chat for ChatService {
             None => None,
             Some(auth) => Some(auth.authenticate(call.request_headers())?),
         };
-        self.serve_connect(principal.as_deref(), &mut frames, sink).await
+        self.serve_connect(principal.as_deref(), frames, sink).await
     }
 
     /// The last messages of a room, oldest first.

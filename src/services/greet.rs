@@ -70,7 +70,7 @@ impl GreetService for Greeter {
     async fn say_hello_client_streaming(
         &self,
         _call: &mut Call,
-        mut requests: RequestStream<HelloRequest>,
+        requests: &mut RequestStream<HelloRequest>,
     ) -> Result<MessagesList, CallError> {
         let mut messages = Vec::new();
         while let Some(request) = requests.try_next().await? {
@@ -87,7 +87,7 @@ impl GreetService for Greeter {
     async fn say_hello_bidirectional_streaming(
         &self,
         _call: &mut Call,
-        mut requests: RequestStream<HelloRequest>,
+        requests: &mut RequestStream<HelloRequest>,
         sink: &mut DuplexSink<HelloResponse>,
     ) -> Result<(), CallError> {
         let mut index = 0;

@@ -176,7 +176,7 @@ impl TestService for InteropService {
     async fn streaming_input_call(
         &self,
         _call: &mut Call,
-        mut requests: RequestStream<StreamingInputCallRequest>,
+        requests: &mut RequestStream<StreamingInputCallRequest>,
     ) -> Result<StreamingInputCallResponse, CallError> {
         let mut sum: usize = 0;
         while let Some(request) = requests.try_next().await? {
@@ -193,7 +193,7 @@ impl TestService for InteropService {
     async fn full_duplex_call(
         &self,
         call: &mut Call,
-        mut requests: RequestStream<StreamingOutputCallRequest>,
+        requests: &mut RequestStream<StreamingOutputCallRequest>,
         sink: &mut DuplexSink<StreamingOutputCallResponse>,
     ) -> Result<(), CallError> {
         if let Some(headers) = response_headers(call, false) {
@@ -214,7 +214,7 @@ impl TestService for InteropService {
     async fn half_duplex_call(
         &self,
         call: &mut Call,
-        mut requests: RequestStream<StreamingOutputCallRequest>,
+        requests: &mut RequestStream<StreamingOutputCallRequest>,
         sink: &mut DuplexSink<StreamingOutputCallResponse>,
     ) -> Result<(), CallError> {
         if let Some(headers) = response_headers(call, false) {

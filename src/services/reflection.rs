@@ -244,7 +244,7 @@ impl v1_api::ServerReflection for ReflectionService {
     async fn server_reflection_info(
         &self,
         _call: &mut Call,
-        requests: RequestStream<ServerReflectionRequest>,
+        requests: &mut RequestStream<ServerReflectionRequest>,
         sink: &mut DuplexSink<ServerReflectionResponse>,
     ) -> Result<(), CallError> {
         serve(&self.index, requests, sink).await
@@ -256,7 +256,7 @@ impl v1alpha_api::ServerReflection for ReflectionService {
     async fn server_reflection_info(
         &self,
         _call: &mut Call,
-        requests: RequestStream<reflection_v1alpha::ServerReflectionRequest>,
+        requests: &mut RequestStream<reflection_v1alpha::ServerReflectionRequest>,
         sink: &mut DuplexSink<reflection_v1alpha::ServerReflectionResponse>,
     ) -> Result<(), CallError> {
         serve(&self.index, requests, sink).await
@@ -268,7 +268,7 @@ impl v1alpha_api::ServerReflection for ReflectionService {
 /// (both versions have the same fields and numbers).
 async fn serve<Req: Message, Resp: Message>(
     index: &ReflectionIndex,
-    mut requests: RequestStream<Req>,
+    requests: &mut RequestStream<Req>,
     sink: &mut DuplexSink<Resp>,
 ) -> Result<(), CallError> {
     let mut sent = HashSet::new();

@@ -194,7 +194,10 @@ impl Default for RouteGuideService {
 impl RouteGuide for RouteGuideService {
     /// The feature at the point, or a feature with an empty name there.
     async fn get_feature(&self, _call: &mut Call, point: Point) -> Result<Feature, CallError> {
-        Ok(self.feature_at(&point).cloned().unwrap_or_else(|| Feature { location: Some(point).into(), ..Default::default() }))
+        Ok(self
+            .feature_at(&point)
+            .cloned()
+            .unwrap_or_else(|| Feature { location: Some(point).into(), ..Default::default() }))
     }
 
     /// Streams every feature inside the rectangle, in database order.
@@ -204,7 +207,8 @@ impl RouteGuide for RouteGuideService {
         rect: Rectangle,
         sink: &mut ServerStreamingSink<Feature>,
     ) -> Result<(), CallError> {
-        let found: Vec<&Feature> = self.features.iter().filter(|f| in_range(f.location.get_or_default(), &rect)).collect();
+        let found: Vec<&Feature> =
+            self.features.iter().filter(|f| in_range(f.location.get_or_default(), &rect)).collect();
         let last = found.len().saturating_sub(1);
         for (i, feature) in found.into_iter().enumerate() {
             sink.send((feature.clone(), WriteFlags::default().buffer_hint(i < last))).await?;
@@ -215,7 +219,11 @@ impl RouteGuide for RouteGuideService {
     /// Reads the points of a route; when the client closes its side, answers
     /// how many points and known features it had, how far it went and how
     /// many seconds the call took.
-    async fn record_route(&self, _call: &mut Call, mut points: RequestStream<Point>) -> Result<RouteSummary, CallError> {
+    async fn record_route(
+        &self,
+        _call: &mut Call,
+        points: &mut RequestStream<Point>,
+    ) -> Result<RouteSummary, CallError> {
         let start = Instant::now();
         let mut summary = RouteSummary::default();
         let mut last: Option<Point> = None;
@@ -240,7 +248,7 @@ impl RouteGuide for RouteGuideService {
     async fn route_chat(
         &self,
         _call: &mut Call,
-        mut notes: RequestStream<RouteNote>,
+        notes: &mut RequestStream<RouteNote>,
         sink: &mut DuplexSink<RouteNote>,
     ) -> Result<(), CallError> {
         while let Some(note) = notes.try_next().await? {
