@@ -1,7 +1,5 @@
 //! The `server` and `client` binaries as a user runs them.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -9,7 +7,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
 const SERVER: &str = env!("CARGO_BIN_EXE_server");

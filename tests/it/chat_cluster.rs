@@ -2,16 +2,13 @@
 //! global order; and a member whose replica is killed resumes on the other
 //! without losing or repeating a message.
 
-#[path = "common/chat.rs"]
-mod chat;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use chat::*;
+use crate::common::chat::*;
 use futures::executor::block_on;
 use futures::future::join_all;
 use futures::prelude::*;
