@@ -28,6 +28,8 @@
 //!   counting its call in the server's [`metrics`] (go-grpc-prometheus's
 //!   names, served on the admin port's `/metrics`).
 //! - [`admin`]: the admin HTTP port (`/healthz`, `/metrics`), on a thread of its own.
+//! - [`ready`]: `--ready-file`, the bound addresses as JSON, written
+//!   atomically once a server serves (scripts and tests wait for it).
 //! - [`client`]: [`client::channel`] builds every channel (targets, TLS,
 //!   balancing, retries, health checking, pooling); then one file per client:
 //!   [`client::greet`], [`client::route_guide`], [`client::interop`],
@@ -55,6 +57,7 @@ pub mod duration;
 pub mod fanout;
 pub mod limits;
 pub mod metrics;
+pub mod ready;
 pub mod server;
 pub mod services;
 pub mod status;

@@ -28,7 +28,7 @@ use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
 use crate::services::{CallHooks, CallTracker, Hosted};
 use crate::tls::ServerTls;
-use crate::{codec, limits};
+use crate::{codec, limits, ready};
 
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
 pub const INTEROP_SERVICE_NAME: &str = test_grpc::TEST_SERVICE_FULL_NAME;
@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub core_args: Vec<(String, i32)>,
     /// `chat.v1.Chat`: where history lives, the broker, heartbeats.
     pub chat: ChatConfig,
+    /// [`run`] writes the bound addresses here once serving (see
+    /// [`crate::ready`]); `None`: no file.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// What one peer may use of a server; each is a C-core channel argument.
@@ -129,6 +132,7 @@ impl Default for ServerConfig {
             auth: None,
             core_args: Vec::new(),
             chat: ChatConfig::default(),
+            ready_file: None,
         }
     }
 }
@@ -154,6 +158,8 @@ pub enum StartError {
     Chat(String),
     /// The descriptors of the hosted services cannot be indexed.
     Reflection(String),
+    /// The ready file cannot be written.
+    ReadyFile(String),
 }
 
 impl fmt::Display for StartError {
@@ -167,6 +173,7 @@ impl fmt::Display for StartError {
             | StartError::InstanceId(why)
             | StartError::Admin(why)
             | StartError::Reflection(why)
+            | StartError::ReadyFile(why)
             | StartError::Chat(why) => f.write_str(why),
         }
     }
@@ -475,15 +482,24 @@ pub struct DrainPolicy {
 
 /// Runs a server until `signal` resolves, then drains it (see
 /// [`RunningServer::drain`]). The binary passes SIGINT/SIGTERM; tests pass a channel.
+/// Once serving, it writes [`ServerConfig::ready_file`] (a path it cannot
+/// write is an error before the server starts).
 pub fn run(
     config: &ServerConfig,
     signal: impl std::future::Future<Output = ()>,
     drain: DrainPolicy,
 ) -> Result<Shutdown, StartError> {
+    if let Some(path) = &config.ready_file {
+        ready::check_writable(path).map_err(StartError::ReadyFile)?;
+    }
     let server = start(config)?;
     info!("Server started at {}", server.addr());
-    if let Some(admin) = server.admin_addr() {
+    let admin = server.admin_addr().map(|admin| admin.to_string());
+    if let Some(admin) = &admin {
         info!("Admin HTTP port at {admin}");
+    }
+    if let Some(path) = &config.ready_file {
+        ready::write(path, server.addr(), admin.as_deref()).map_err(StartError::ReadyFile)?;
     }
     block_on(signal);
     let outcome = server.drain(drain.delay, drain.grace);

@@ -20,6 +20,7 @@ mod health_probe;
 mod interop_cases;
 mod metrics;
 mod proxy;
+mod ready_file;
 mod receive_limit;
 mod reflection;
 mod route_guide;

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// How long a process may take to say it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A child process whose stderr lines arrive on a channel and whose exit is
 /// observed by a thread blocked in `wait`, so tests wait on both as events.
@@ -91,7 +91,16 @@ impl Process {
         self.signal("KILL");
     }
 
-    fn has_exited(&mut self) -> bool {
+    /// Waits for the server to write `ready` (see [`ReadyFile::wait`]); on
+    /// failure the panic shows what the process logged.
+    pub fn wait_ready(&mut self, ready: &ReadyFile) -> Ready {
+        match ready.wait(READY_TIMEOUT, || self.has_exited()) {
+            Ok(ready) => ready,
+            Err(why) => panic!("process {}: {why}; it logged: {:?}", self.pid, self.drain_lines()),
+        }
+    }
+
+    pub fn has_exited(&mut self) -> bool {
         if self.status.is_none() {
             self.status = self.exited.try_recv().ok();
         }
@@ -112,6 +121,65 @@ impl Drop for Process {
         self.kill();
         let _ = self.wait_exit(Duration::from_secs(10));
     }
+}
+
+/// The addresses a server wrote to its `--ready-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Its gRPC `host:port`.
+    pub grpc: String,
+    /// Its admin HTTP `host:port`, if it has an admin port.
+    pub admin: Option<String>,
+}
+
+/// A path for one server's `--ready-file`, in a temp dir of its own that is
+/// removed on drop.
+pub struct ReadyFile {
+    dir: tempfile::TempDir,
+}
+
+impl ReadyFile {
+    pub fn new() -> ReadyFile {
+        ReadyFile { dir: tempfile::Builder::new().prefix("greet-ready").tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("ready.json")
+    }
+
+    /// Polls for the file (the server renames it into place whole) until
+    /// `timeout`; `exited` says whether the server has exited, and then it
+    /// never will write it.
+    pub fn wait(&self, timeout: Duration, mut exited: impl FnMut() -> bool) -> Result<Ready, String> {
+        let path = self.path();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => return parse_ready(&text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            }
+            if exited() {
+                return Err("exited before it wrote its ready file".to_string());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no ready file within {timeout:?}"));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// `{"grpc": "HOST:PORT", "admin": "HOST:PORT" or null}`.
+pub fn parse_ready(text: &str) -> Result<Ready, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("ready file {text:?}: {e}"))?;
+    let grpc = value["grpc"].as_str().ok_or_else(|| format!("ready file {text:?}: no \"grpc\" address"))?;
+    let admin = match &value["admin"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(admin) => Some(admin.clone()),
+        _ => return Err(format!("ready file {text:?}: \"admin\" is neither an address nor null")),
+    };
+    Ok(Ready { grpc: grpc.to_string(), admin })
 }
 
 /// The address in a log line `... <marker> <host:port>`.
