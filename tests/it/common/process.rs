@@ -1,7 +1,7 @@
 //! Real processes for the tests that need them (a SIGKILL, a SIGTERM, a
 //! proxy): the `server` binary and HAProxy, each on free loopback ports,
 //! each killed and reaped when its guard is dropped. Readiness is read from
-//! what the process says (its log line), never guessed with a sleep.
+//! what the process says (a server's `--ready-file`), never guessed with a sleep.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -182,18 +182,14 @@ pub fn parse_ready(text: &str) -> Result<Ready, String> {
     Ok(Ready { grpc: grpc.to_string(), admin })
 }
 
-/// The address in a log line `... <marker> <host:port>`.
-fn address_after(line: &str, marker: &str) -> String {
-    let rest = &line[line.find(marker).expect("the marker is in the line") + marker.len()..];
-    rest.split_whitespace().next().expect("an address follows").to_string()
-}
-
 /// Starts `command` (the `server` binary with `--addr 127.0.0.1:0`, perhaps
-/// through a wrapper) and waits for it to log where it listens.
+/// through a wrapper that passes its last arguments on) with a
+/// `--ready-file` and waits for it; returns the process and its gRPC address.
 pub fn start_server_command(mut command: Command) -> (Process, String) {
-    command.env("RUST_LOG", "info");
-    let process = Process::spawn(command);
-    let addr = address_after(&process.wait_for_line("Server started at ", READY_TIMEOUT), "Server started at ");
+    let ready = ReadyFile::new();
+    command.arg("--ready-file").arg(ready.path()).env("RUST_LOG", "info");
+    let mut process = Process::spawn(command);
+    let addr = process.wait_ready(&ready).grpc;
     (process, addr)
 }
 
@@ -209,15 +205,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `server --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --stream-interval 0 <extra>`.
     pub fn start(instance_id: &str, extra: &[&str]) -> ServerProcess {
+        let ready = ReadyFile::new();
         let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
         command
             .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--stream-interval", "0"])
             .args(["--instance-id", instance_id, "--threads", "1"])
             .args(extra)
+            .arg("--ready-file")
+            .arg(ready.path())
             .env("RUST_LOG", "info");
-        let process = Process::spawn(command);
-        let addr = address_after(&process.wait_for_line("Server started at ", READY_TIMEOUT), "Server started at ");
-        let admin = address_after(&process.wait_for_line("Admin HTTP port at ", READY_TIMEOUT), "Admin HTTP port at ");
+        let mut process = Process::spawn(command);
+        let Ready { grpc: addr, admin } = process.wait_ready(&ready);
+        let admin = admin.expect("started with --admin-addr, it names its admin port");
         ServerProcess { process, addr, admin }
     }
 
