@@ -1,6 +1,7 @@
 # Sourced by chat-demo.sh and chat-bench.sh: a work dir and the processes
 # started in it, all stopped on exit; waiting for a log line; a redis-server
-# on a unix socket; a server replica.
+# on a unix socket; a server replica (ready once its --ready-file is written).
+. "$(dirname "${BASH_SOURCE[0]}")/ready-file.sh"
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -34,14 +35,17 @@ start_redis() {
 }
 
 # Starts replica $1 of "$bin/server" with the other arguments; its pid is
-# ${pids[-1]}, its log $work/server-$1.log. Use `replica_addr $1` for its address.
+# ${pids[-1]}, its log $work/server-$1.log. Use `replica_addr $1 PID` for its address.
 start_replica() {
   local name=$1; shift
+  rm -f "$work/server-$name.ready"
   "$bin/server" --addr 127.0.0.1:0 --data-dir "$work/data-$name" --grace 1s "$@" \
-    >/dev/null 2>"$work/server-$name.log" &
+    --ready-file "$work/server-$name.ready" >/dev/null 2>"$work/server-$name.log" &
   pids+=($!)
 }
 
+# The gRPC address of replica $1 (process $2), once it serves.
 replica_addr() {
-  wait_for "$work/server-$1.log" '.*Server started at \(.*\)$' "$2"
+  wait_ready "$work/server-$1.ready" "$2" || { cat "$work/server-$1.log" >&2; return 1; }
+  ready_addr "$work/server-$1.ready" grpc
 }

@@ -25,19 +25,11 @@ stop() {
     fi
     rm -f "$pidfile"
   done
+  rm -f "$dir"/*.ready
   echo "cluster: stopped"
 }
 
-# The address a replica logged after "$2" in its log file $1, waiting up to 20 s.
-logged_addr() {
-  for _ in $(seq 200); do
-    addr="$(sed -n "s/.*$2 \([^ ]*\).*/\1/p" "$1" | head -n 1)"
-    [ -n "$addr" ] && { echo "$addr"; return 0; }
-    sleep 0.1
-  done
-  echo "cluster: no '$2' line in $1" >&2
-  return 1
-}
+. "$repo/scripts/ready-file.sh"
 
 start() {
   local bin="$1" n="${2:-3}" port="${3:-8080}"
@@ -47,18 +39,20 @@ start() {
     echo "cluster: already running (make cluster-stop first)" >&2; exit 1
   fi
   mkdir -p "$dir"
+  rm -f "$dir"/*.ready
   local servers=""
   for i in $(seq "$n"); do
     RUST_LOG=info "$bin/server" --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --instance-id "replica-$i" \
-      --drain-delay 2s >"$dir/replica-$i.log" 2>&1 &
+      --drain-delay 2s --ready-file "$dir/replica-$i.ready" >"$dir/replica-$i.log" 2>&1 &
     echo $! >"$dir/replica-$i.pid"
   done
   local line
   line="$(grep -v '^ *#' "$repo/deploy/haproxy/haproxy.cfg" | grep -m1 '@NAME@')"
   for i in $(seq "$n"); do
     local addr admin
-    addr="$(logged_addr "$dir/replica-$i.log" 'Server started at')"
-    admin="$(logged_addr "$dir/replica-$i.log" 'Admin HTTP port at')"
+    wait_ready "$dir/replica-$i.ready" "$(cat "$dir/replica-$i.pid")" || { cat "$dir/replica-$i.log" >&2; exit 1; }
+    addr="$(ready_addr "$dir/replica-$i.ready" grpc)"
+    admin="$(ready_addr "$dir/replica-$i.ready" admin)"
     servers+="$(echo "$line" | sed -e "s/@NAME@/replica-$i/" -e "s/@ADDR@/$addr/" \
       -e "s/@ADMIN_PORT@/${admin##*:}/" -e "s/ *@BACKUP@//")"$'\n'
     echo "cluster: replica-$i at $addr (admin http://$admin/healthz)"

@@ -5,19 +5,16 @@
 set -euo pipefail
 bin="${1:?usage: demo.sh <dir with the server and client binaries>}"
 
-log=$(mktemp)
-"$bin/server" --addr 127.0.0.1:0 2>"$log" &
-server=$!
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -f "$log"' EXIT
+. "$(dirname "$0")/ready-file.sh"
 
-addr=""
-for _ in $(seq 200); do
-  addr=$(sed -n 's/.*Server started at //p' "$log" | head -n1)
-  [ -n "$addr" ] && break
-  kill -0 "$server" 2>/dev/null || { cat "$log" >&2; exit 1; }
-  sleep 0.05
-done
-[ -n "$addr" ] || { echo "demo: the server did not start" >&2; cat "$log" >&2; exit 1; }
+work=$(mktemp -d)
+log="$work/server.log"
+"$bin/server" --addr 127.0.0.1:0 --ready-file "$work/ready.json" 2>"$log" &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+wait_ready "$work/ready.json" "$server" || { echo "demo: the server did not start" >&2; cat "$log" >&2; exit 1; }
+addr=$(ready_addr "$work/ready.json" grpc)
 echo "demo: server listening on $addr" >&2
 
 status=0

@@ -21,6 +21,7 @@ use crate::health::HealthReporter;
 use crate::limits;
 use crate::proto;
 use crate::proto::health::health_check_response::ServingStatus;
+use crate::ready;
 use crate::rpc::api::{chat, greet, health, helloworld, route_guide as route_guide_api, test};
 use crate::rpc::metrics::ServerMetrics;
 use crate::rpc::{codec, CallTracker, Runtime};
@@ -68,6 +69,9 @@ pub struct ServerConfig {
     pub core_args: Vec<(String, i32)>,
     /// `chat.v1.Chat`: where history lives, the broker, heartbeats.
     pub chat: ChatConfig,
+    /// [`run`] writes the bound addresses here once serving (see
+    /// [`crate::ready`]); `None`: no file.
+    pub ready_file: Option<PathBuf>,
 }
 
 /// What one peer may use of a server; each is a C-core channel argument.
@@ -132,6 +136,7 @@ impl Default for ServerConfig {
             auth: None,
             core_args: Vec::new(),
             chat: ChatConfig::default(),
+            ready_file: None,
         }
     }
 }
@@ -157,6 +162,8 @@ pub enum StartError {
     Chat(String),
     /// The descriptors of the hosted services cannot be indexed.
     Reflection(String),
+    /// The ready file cannot be written.
+    ReadyFile(String),
 }
 
 impl fmt::Display for StartError {
@@ -170,6 +177,7 @@ impl fmt::Display for StartError {
             | StartError::InstanceId(why)
             | StartError::Admin(why)
             | StartError::Reflection(why)
+            | StartError::ReadyFile(why)
             | StartError::Chat(why) => f.write_str(why),
         }
     }
@@ -491,15 +499,24 @@ pub struct DrainPolicy {
 
 /// Runs a server until `signal` resolves, then drains it (see
 /// [`RunningServer::drain`]). The binary passes SIGINT/SIGTERM; tests pass a channel.
+/// Once serving, it writes [`ServerConfig::ready_file`] (a path it cannot
+/// write is an error before the server starts).
 pub fn run(
     config: &ServerConfig,
     signal: impl std::future::Future<Output = ()>,
     drain: DrainPolicy,
 ) -> Result<Shutdown, StartError> {
+    if let Some(path) = &config.ready_file {
+        ready::check_writable(path).map_err(StartError::ReadyFile)?;
+    }
     let server = start(config)?;
     info!("Server started at {}", server.addr());
-    if let Some(admin) = server.admin_addr() {
+    let admin = server.admin_addr().map(|admin| admin.to_string());
+    if let Some(admin) = &admin {
         info!("Admin HTTP port at {admin}");
+    }
+    if let Some(path) = &config.ready_file {
+        ready::write(path, server.addr(), admin.as_deref()).map_err(StartError::ReadyFile)?;
     }
     block_on(signal);
     let outcome = server.drain(drain.delay, drain.grace);

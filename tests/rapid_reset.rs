@@ -6,6 +6,7 @@
 //! smaller flood: the gRPC C core 1.56.2 that grpcio 0.13 bundles predates
 //! the core's fix, which is why the proxy is the supported deployment.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::process::Command;

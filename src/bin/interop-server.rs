@@ -27,6 +27,10 @@ struct Args {
     /// PEM private key for TLS.
     #[arg(long = "tls_key_file")]
     tls_key_file: Option<PathBuf>,
+    /// Once serving, write the bound addresses to PATH as JSON,
+    /// {"grpc": "HOST:PORT", "admin": null} (atomically: PATH.tmp, then a rename).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 fn config(args: &Args) -> Result<ServerConfig, String> {
@@ -40,6 +44,7 @@ fn config(args: &Args) -> Result<ServerConfig, String> {
         stream_interval: Duration::ZERO,
         tls,
         interop: true,
+        ready_file: args.ready_file.clone(),
         ..Default::default()
     })
 }

@@ -108,6 +108,10 @@ struct Args {
     /// chat.v1.Chat: events a chat stream may have waiting before it is cut off.
     #[arg(long, default_value_t = 1024)]
     subscriber_queue: usize,
+    /// Once serving, write the bound addresses to PATH as JSON,
+    /// {"grpc": "HOST:PORT", "admin": "HOST:PORT" or null} (atomically: PATH.tmp, then a rename).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
@@ -141,6 +145,7 @@ fn config(args: Args) -> Result<ServerConfig, String> {
     config.chat.subscriber_queue = args.subscriber_queue.max(1);
     config.instance_id = args.instance_id;
     config.admin_addr = args.admin_addr;
+    config.ready_file = args.ready_file;
     config.limits = ServerLimits {
         max_concurrent_streams: args.max_concurrent_streams,
         max_receive_bytes: args.max_recv_bytes,

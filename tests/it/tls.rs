@@ -2,14 +2,12 @@
 //! test time; a client trusting the CA gets through, a plaintext client and
 //! a client trusting another CA do not.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::start_server_command;
-use common::{start_mtls_server, start_tls_server, Certs, SERVER_NAME};
+use crate::common::process::start_server_command;
+use crate::common::{start_mtls_server, start_tls_server, Certs, SERVER_NAME};
 use futures::executor::block_on;
 use greet::client::interop::{InteropClient, SoakConfig, Target};
 use greet::client::{self, Client, Connector};

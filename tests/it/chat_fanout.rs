@@ -2,13 +2,10 @@
 //! cut off, membership cleaned up however a call ends, rooms kept apart,
 //! heartbeats, and input checks.
 
-#[path = "common/chat.rs"]
-mod chat;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chat::*;
+use crate::common::chat::*;
 use futures::executor::block_on;
 use futures::future::join_all;
 use futures::prelude::*;

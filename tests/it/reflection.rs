@@ -3,14 +3,12 @@
 //! file, in plaintext and over TLS; v1alpha answers as v1 does; and
 //! `--no-reflection` turns it off.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::ServerProcess;
-use common::*;
+use crate::common::process::ServerProcess;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::proto::reflection_v1alpha::server_reflection_request::Message_request;

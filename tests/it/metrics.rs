@@ -1,13 +1,11 @@
 //! Prometheus metrics with go-grpc-prometheus's names: calls of each pattern
 //! with known outcomes, then the exact counts scraped from the server.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::process::{http_get, ServerProcess};
-use common::*;
+use crate::common::process::{http_get, ServerProcess};
+use crate::common::*;
 use futures::executor::block_on;
 use greet::client::Client;
 use greet::proto::empty::Empty;

@@ -3,15 +3,13 @@
 //! retries through a SIGKILL (and failures without them), a graceful drain
 //! under round_robin with health checking, and connection pooling.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::process::{http_get_status, ServerProcess};
-use common::start_instance;
+use crate::common::process::{http_get_status, ServerProcess};
+use crate::common::start_instance;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::client::load::{self, LoadConfig, Summary, Workload};

@@ -2,13 +2,11 @@
 //! scripts/gotools.py) sees it: SERVING while up, NOT_SERVING from the first
 //! SIGTERM on while the server drains, for the whole server and per service.
 
-mod common;
-
 use std::process::Output;
 use std::time::Duration;
 
-use common::process::ServerProcess;
-use common::*;
+use crate::common::process::ServerProcess;
+use crate::common::*;
 use greet::proto::health::health_check_response::ServingStatus;
 
 /// grpc-health-probe's exit statuses: the health call failed, and "the

@@ -1,7 +1,5 @@
 //! The `server` and `client` binaries as a user runs them.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -9,7 +7,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::process::{ReadyFile, READY_TIMEOUT};
+use crate::common::*;
 
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
@@ -74,17 +73,21 @@ fn client_greet_prints_the_helloworld_reply() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "Hello Rust\n");
 }
 
-/// Starts the server binary on a free port; returns it and its address,
-/// read from its "Server started at" log line.
+/// Starts the server binary on a free port; returns it, its address (from
+/// its `--ready-file`) and its log lines.
 fn spawn_server(extra: &[&str]) -> (Reaper, String, mpsc::Receiver<String>) {
-    let mut child = Command::new(SERVER)
+    let ready = ReadyFile::new();
+    let child = Command::new(SERVER)
         .args(["--addr", "127.0.0.1:0"])
         .args(extra)
+        .arg("--ready-file")
+        .arg(ready.path())
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut reaper = Reaper(child);
+    let stderr = reaper.0.stderr.take().unwrap();
     let (lines_tx, lines_rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -93,13 +96,11 @@ fn spawn_server(extra: &[&str]) -> (Reaper, String, mpsc::Receiver<String>) {
             }
         }
     });
-    let reaper = Reaper(child);
-    loop {
-        let line = lines_rx.recv_timeout(Duration::from_secs(20)).expect("the server logs its address");
-        if let Some((_, addr)) = line.split_once("Server started at ") {
-            return (reaper, addr.trim().to_string(), lines_rx);
-        }
-    }
+    let addr = match ready.wait(READY_TIMEOUT, || !matches!(reaper.0.try_wait(), Ok(None))) {
+        Ok(ready) => ready.grpc,
+        Err(why) => panic!("the server did not start: {why}; it logged: {:?}", lines_rx.try_iter().collect::<Vec<_>>()),
+    };
+    (reaper, addr, lines_rx)
 }
 
 #[test]

@@ -3,11 +3,7 @@
 //! PERMISSION_DENIED, and presence, echoes and History carry the principal.
 //! Without tokens, names stay as chosen.
 
-#[path = "common/chat.rs"]
-mod chat;
-mod common;
-
-use chat::*;
+use crate::common::chat::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::auth::{Authenticator, TokenTable};

@@ -1,10 +1,8 @@
 //! Each of the demo's four call patterns answers exactly as the Go demo does.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::proto::greet::HelloRequest;

@@ -2,16 +2,13 @@
 //! global order; and a member whose replica is killed resumes on the other
 //! without losing or repeating a message.
 
-#[path = "common/chat.rs"]
-mod chat;
-
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use chat::*;
+use crate::common::chat::*;
+use crate::common::process::{ReadyFile, READY_TIMEOUT};
 use futures::executor::block_on;
 use futures::future::join_all;
 use futures::prelude::*;
@@ -87,19 +84,19 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn start(args: &[&str]) -> ServerProcess {
+        let ready = ReadyFile::new();
         let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
             .args(["--addr", "127.0.0.1:0", "--grace", "1s"])
             .args(args)
-            .stderr(Stdio::piped())
+            .arg("--ready-file")
+            .arg(ready.path())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
-        let addr = lines
-            .by_ref()
-            .find_map(|line| line.split("Server started at ").nth(1).map(str::to_string))
-            .expect("the server logs its address");
-        std::thread::spawn(move || lines.for_each(drop));
+        let addr = match ready.wait(READY_TIMEOUT, || !matches!(child.try_wait(), Ok(None))) {
+            Ok(ready) => ready.grpc,
+            Err(why) => panic!("the server did not start: {why}"),
+        };
         ServerProcess { child, addr }
     }
 

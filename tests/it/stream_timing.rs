@@ -1,10 +1,8 @@
 //! Pacing, deadlines and cancellation of server streams.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::client::Client;

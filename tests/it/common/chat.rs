@@ -1,6 +1,5 @@
 //! Chat test helpers: servers with a chat config, members of a room, and a
-//! throwaway redis-server. Included by the `chat_*` tests with
-//! `#[path = "common/chat.rs"] mod chat;`.
+//! throwaway redis-server. The `chat_*` tests `use crate::common::chat::*`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};

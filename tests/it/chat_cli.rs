@@ -1,14 +1,11 @@
 //! `client chat` and the server's chat flags, as a person uses them.
 
-#[path = "common/chat.rs"]
-mod chat;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use chat::*;
+use crate::common::chat::*;
 use futures::executor::block_on;
 use greet::chat::ChatConfig;
 use greet::proto::chat::server_event;

@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["server", "client"],
     &["services", "admin"],
     &["rpc", "chat", "health", "auth"],
-    &["limits", "duration", "tls", "fanout", "wire", "proto"],
+    &["limits", "duration", "tls", "fanout", "wire", "ready", "proto"],
 ];
 
 /// What the client may import: leaves only (no server module, no runtime).
@@ -213,7 +213,7 @@ fn the_client_imports_no_server_module_and_the_chat_domain_no_grpc_layer() {
             "client" => CLIENT_MAY_IMPORT,
             "chat" => CHAT_MAY_IMPORT,
             "admin" => &["admin"],
-            "limits" | "duration" | "tls" | "fanout" | "wire" => &["proto"],
+            "limits" | "duration" | "tls" | "fanout" | "wire" | "ready" => &["proto"],
             _ => continue,
         };
         for import in imports {

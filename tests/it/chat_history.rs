@@ -1,13 +1,9 @@
 //! chat.v1.Chat history on one replica: SQLite across restarts, the cache
 //! in front of it, History paging, and resume.
 
-#[path = "common/chat.rs"]
-mod chat;
-mod common;
-
 use std::time::Duration;
 
-use chat::*;
+use crate::common::chat::*;
 use futures::executor::block_on;
 use greet::chat::{ChatConfig, ChatStats};
 use grpcio::RpcStatusCode;
@@ -86,7 +82,7 @@ fn repeated_joins_to_a_room_read_the_store_once_then_the_cache() {
     let small = ChatConfig { cache_window: 2, ..in_dir(&dir) };
     drop(server);
     let server = start_chat_server(small);
-    let client = chat::client(server.addr());
+    let client = crate::common::chat::client(server.addr());
     assert_eq!(seqs(&history(&client, "cached", 2, None).unwrap()), vec![4, 5]);
     assert_eq!(seqs(&history(&client, "cached", 4, None).unwrap()), vec![2, 3, 4, 5]);
     let ChatStats { cache_hits, cache_misses, store_reads, .. } = server.chat().stats();
@@ -108,7 +104,7 @@ fn the_chat_counters_are_on_the_admin_ports_metrics_page() {
     }
     let _stays = Member::join_blocking(&client, "metered", "dan");
     let admin = server.admin_addr().unwrap().to_string();
-    let (status, body) = common::process::http_get(&admin, "/metrics");
+    let (status, body) = crate::common::process::http_get(&admin, "/metrics");
     assert_eq!(status, 200);
     for line in ["chat_cache_misses_total 1", "chat_cache_hits_total 3", "chat_rooms 1", "chat_subscribers 1"] {
         assert!(body.lines().any(|l| l == line), "{line:?} is not on the page:\n{body}");

@@ -3,8 +3,6 @@
 //! load tool reach every replica through it, and a replica killed mid-load
 //! costs no call once HAProxy's failover window has passed.
 
-mod common;
-
 use futures::executor::block_on;
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::process::{repo_root, Backend, Haproxy, ServerProcess};
+use crate::common::process::{repo_root, Backend, Haproxy, ServerProcess};
 use greet::client::load::{self, LoadConfig, Workload};
 use greet::client::Connector;
 

@@ -1,12 +1,10 @@
 //! Unknown methods, input over the documented limits and undecodable bytes
 //! each get a clear status, and the server keeps serving.
 
-mod common;
-
 use std::time::Duration;
 
-use common::raw;
-use common::*;
+use crate::common::raw;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::limits::{MAX_NAMES, MAX_NAME_BYTES};

@@ -7,12 +7,10 @@
 //! (cargo-fuzz would be the next step, but it needs a nightly toolchain,
 //! which this project's machines cannot install.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::raw;
-use common::*;
+use crate::common::raw;
+use crate::common::*;
 use futures::executor::block_on;
 use greet::limits::{self, MAX_NAMES, MAX_NAME_BYTES};
 use greet::proto::{empty, greet as greet_pb, health, helloworld, messages, route_guide};

@@ -1,10 +1,8 @@
 //! grpc.health.v1.Health: Check, Watch, and what shutdown does to both.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::proto::health::health_check_response::ServingStatus;

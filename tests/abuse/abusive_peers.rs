@@ -1,12 +1,10 @@
 //! A peer that misbehaves stalls only its own calls: other clients keep
 //! getting every answer, and the server frees the bad calls once they end.
 
-mod common;
-
 use std::thread;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::proto::greet::{HelloRequest, NamesList};

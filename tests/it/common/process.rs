@@ -1,7 +1,7 @@
 //! Real processes for the tests that need them (a SIGKILL, a SIGTERM, a
 //! proxy): the `server` binary and HAProxy, each on free loopback ports,
 //! each killed and reaped when its guard is dropped. Readiness is read from
-//! what the process says (its log line), never guessed with a sleep.
+//! what the process says (a server's `--ready-file`), never guessed with a sleep.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// How long a process may take to say it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A child process whose stderr lines arrive on a channel and whose exit is
 /// observed by a thread blocked in `wait`, so tests wait on both as events.
@@ -91,7 +91,16 @@ impl Process {
         self.signal("KILL");
     }
 
-    fn has_exited(&mut self) -> bool {
+    /// Waits for the server to write `ready` (see [`ReadyFile::wait`]); on
+    /// failure the panic shows what the process logged.
+    pub fn wait_ready(&mut self, ready: &ReadyFile) -> Ready {
+        match ready.wait(READY_TIMEOUT, || self.has_exited()) {
+            Ok(ready) => ready,
+            Err(why) => panic!("process {}: {why}; it logged: {:?}", self.pid, self.drain_lines()),
+        }
+    }
+
+    pub fn has_exited(&mut self) -> bool {
         if self.status.is_none() {
             self.status = self.exited.try_recv().ok();
         }
@@ -114,18 +123,73 @@ impl Drop for Process {
     }
 }
 
-/// The address in a log line `... <marker> <host:port>`.
-fn address_after(line: &str, marker: &str) -> String {
-    let rest = &line[line.find(marker).expect("the marker is in the line") + marker.len()..];
-    rest.split_whitespace().next().expect("an address follows").to_string()
+/// The addresses a server wrote to its `--ready-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Its gRPC `host:port`.
+    pub grpc: String,
+    /// Its admin HTTP `host:port`, if it has an admin port.
+    pub admin: Option<String>,
+}
+
+/// A path for one server's `--ready-file`, in a temp dir of its own that is
+/// removed on drop.
+pub struct ReadyFile {
+    dir: tempfile::TempDir,
+}
+
+impl ReadyFile {
+    pub fn new() -> ReadyFile {
+        ReadyFile { dir: tempfile::Builder::new().prefix("greet-ready").tempdir().unwrap() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("ready.json")
+    }
+
+    /// Polls for the file (the server renames it into place whole) until
+    /// `timeout`; `exited` says whether the server has exited, and then it
+    /// never will write it.
+    pub fn wait(&self, timeout: Duration, mut exited: impl FnMut() -> bool) -> Result<Ready, String> {
+        let path = self.path();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match std::fs::read_to_string(&path) {
+                Ok(text) => return parse_ready(&text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            }
+            if exited() {
+                return Err("exited before it wrote its ready file".to_string());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no ready file within {timeout:?}"));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// `{"grpc": "HOST:PORT", "admin": "HOST:PORT" or null}`.
+pub fn parse_ready(text: &str) -> Result<Ready, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("ready file {text:?}: {e}"))?;
+    let grpc = value["grpc"].as_str().ok_or_else(|| format!("ready file {text:?}: no \"grpc\" address"))?;
+    let admin = match &value["admin"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(admin) => Some(admin.clone()),
+        _ => return Err(format!("ready file {text:?}: \"admin\" is neither an address nor null")),
+    };
+    Ok(Ready { grpc: grpc.to_string(), admin })
 }
 
 /// Starts `command` (the `server` binary with `--addr 127.0.0.1:0`, perhaps
-/// through a wrapper) and waits for it to log where it listens.
+/// through a wrapper that passes its last arguments on) with a
+/// `--ready-file` and waits for it; returns the process and its gRPC address.
 pub fn start_server_command(mut command: Command) -> (Process, String) {
-    command.env("RUST_LOG", "info");
-    let process = Process::spawn(command);
-    let addr = address_after(&process.wait_for_line("Server started at ", READY_TIMEOUT), "Server started at ");
+    let ready = ReadyFile::new();
+    command.arg("--ready-file").arg(ready.path()).env("RUST_LOG", "info");
+    let mut process = Process::spawn(command);
+    let addr = process.wait_ready(&ready).grpc;
     (process, addr)
 }
 
@@ -141,15 +205,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `server --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --stream-interval 0 <extra>`.
     pub fn start(instance_id: &str, extra: &[&str]) -> ServerProcess {
+        let ready = ReadyFile::new();
         let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
         command
             .args(["--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--stream-interval", "0"])
             .args(["--instance-id", instance_id, "--threads", "1"])
             .args(extra)
+            .arg("--ready-file")
+            .arg(ready.path())
             .env("RUST_LOG", "info");
-        let process = Process::spawn(command);
-        let addr = address_after(&process.wait_for_line("Server started at ", READY_TIMEOUT), "Server started at ");
-        let admin = address_after(&process.wait_for_line("Admin HTTP port at ", READY_TIMEOUT), "Admin HTTP port at ");
+        let mut process = Process::spawn(command);
+        let Ready { grpc: addr, admin } = process.wait_ready(&ready);
+        let admin = admin.expect("started with --admin-addr, it names its admin port");
         ServerProcess { process, addr, admin }
     }
 

@@ -1,14 +1,12 @@
 //! Per-call bearer-token authentication: who may call, what everyone else
 //! gets, and a token file reloaded on SIGHUP.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::process::{start_server_command, Process};
-use common::*;
+use crate::common::process::{start_server_command, Process};
+use crate::common::*;
 use futures::executor::block_on;
 use greet::auth::{Authenticator, TokenTable};
 use greet::client::{self, Client};

@@ -3,12 +3,10 @@
 //! of streams at once. Each test ends with a well-behaved client served,
 //! and most check one is served while the abuse goes on.
 
-mod common;
-
 use std::time::Duration;
 
-use common::h2::*;
-use common::*;
+use crate::common::h2::*;
+use crate::common::*;
 use futures::executor::block_on;
 use futures::future::join_all;
 use futures::prelude::*;
@@ -194,7 +192,7 @@ fn a_server_out_of_file_descriptors_recovers_once_the_idle_connections_close() {
     let mut command = std::process::Command::new("sh");
     command.args(["-c", "ulimit -n 256 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_server"), "--addr", "127.0.0.1:0"]);
     command.args(["--stream-interval", "0"]);
-    let (mut server, addr) = common::process::start_server_command(command);
+    let (mut server, addr) = crate::common::process::start_server_command(command);
     let idle: Vec<std::net::TcpStream> = (0..400)
         .filter_map(|_| std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).ok())
         .collect();

@@ -5,12 +5,10 @@
 //! accept (its names are within the name limit), so it fails without the
 //! check.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::code_of;
+use crate::common::code_of;
 use futures::executor::block_on;
 use futures::prelude::*;
 use greet::proto::greet::{HelloRequest, NamesList};
