@@ -12,7 +12,7 @@
 //!
 //! A unary handler, in full:
 //!
-//! ```ignore
+//! ```text
 //! impl Greeter for HelloWorld {
 //!     async fn say_hello(&self, _call: &mut Call, request: HelloRequest) -> Result<HelloReply, CallError> {
 //!         limits::check_name(&request.name, 0)?;
