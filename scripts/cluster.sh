@@ -47,24 +47,33 @@ start() {
     echo "cluster: already running (make cluster-stop first)" >&2; exit 1
   fi
   mkdir -p "$dir"
-  local servers=""
+  # One "name addr admin_port" per replica; every @NAME@ line of the template
+  # (there is one per backend) is written once per replica.
+  local replicas=""
   for i in $(seq "$n"); do
     RUST_LOG=info "$bin/server" --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --instance-id "replica-$i" \
       --drain-delay 2s >"$dir/replica-$i.log" 2>&1 &
     echo $! >"$dir/replica-$i.pid"
   done
-  local line
-  line="$(grep -v '^ *#' "$repo/deploy/haproxy/haproxy.cfg" | grep -m1 '@NAME@')"
   for i in $(seq "$n"); do
     local addr admin
     addr="$(logged_addr "$dir/replica-$i.log" 'Server started at')"
     admin="$(logged_addr "$dir/replica-$i.log" 'Admin HTTP port at')"
-    servers+="$(echo "$line" | sed -e "s/@NAME@/replica-$i/" -e "s/@ADDR@/$addr/" \
-      -e "s/@ADMIN_PORT@/${admin##*:}/" -e "s/ *@BACKUP@//")"$'\n'
+    replicas+="replica-$i $addr ${admin##*:}"$'\n'
     echo "cluster: replica-$i at $addr (admin http://$admin/healthz)"
   done
-  awk -v bind="127.0.0.1:$port" -v servers="$servers" '
-    /@NAME@/ && !/^ *#/ { printf "%s", servers; next }
+  awk -v bind="127.0.0.1:$port" -v replicas="$replicas" '
+    BEGIN { n = split(replicas, rows, "\n") }
+    /@NAME@/ && !/^ *#/ {
+      for (i = 1; i <= n; i++) {
+        if (split(rows[i], f, " ") < 3) continue
+        line = $0
+        gsub(/@NAME@/, f[1], line); gsub(/@ADDR@/, f[2], line); gsub(/@ADMIN_PORT@/, f[3], line)
+        gsub(/ *@BACKUP@/, "", line)
+        print line
+      }
+      next
+    }
     { gsub(/@BIND@/, bind); print }' "$repo/deploy/haproxy/haproxy.cfg" >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg"
   haproxy -D -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"
