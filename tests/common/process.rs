@@ -193,8 +193,12 @@ pub struct Backend<'a> {
 /// `deploy/haproxy/haproxy.cfg` rendered for `bind` and `backends`, the way
 /// `scripts/cluster.sh` renders it.
 pub fn render_haproxy_config(bind: &str, backends: &[Backend]) -> String {
-    let template = std::fs::read_to_string(repo_root().join("deploy/haproxy/haproxy.cfg"))
-        .expect("deploy/haproxy/haproxy.cfg is in the repository");
+    render_haproxy_template(&repo_root().join("deploy/haproxy/haproxy.cfg"), bind, backends)
+}
+
+/// An HAProxy config template (the shipped one's placeholders) rendered for `bind` and `backends`.
+pub fn render_haproxy_template(template: &Path, bind: &str, backends: &[Backend]) -> String {
+    let template = std::fs::read_to_string(template).unwrap_or_else(|e| panic!("{}: {e}", template.display()));
     let mut out = String::new();
     for line in template.lines() {
         if line.contains("@NAME@") && !line.trim_start().starts_with('#') {
@@ -238,11 +242,22 @@ impl Haproxy {
     /// Like [`start`](Self::start), with the rendered config passed through `edit`
     /// (a test that turns a feature off to show what it does).
     pub fn start_edited(backends: &[Backend], edit: impl FnOnce(String) -> String) -> Haproxy {
+        Self::start_rendered(backends, |addr| edit(render_haproxy_config(addr, backends)))
+    }
+
+    /// Like [`start`](Self::start), with another template than the shipped one
+    /// (a test that shows what an older config did).
+    pub fn start_template(template: &Path, backends: &[Backend]) -> Haproxy {
+        Self::start_rendered(backends, |addr| render_haproxy_template(template, addr, backends))
+    }
+
+    /// HAProxy with the config `render` writes for the address it binds.
+    fn start_rendered(backends: &[Backend], render: impl FnOnce(&str) -> String) -> Haproxy {
         let dir = tempfile::Builder::new().prefix("greet-haproxy").tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, edit(render_haproxy_config(&addr, backends))).unwrap();
+        std::fs::write(&config, render(&addr)).unwrap();
         let socket = dir.path().join("admin.sock");
         let mut full = std::fs::read_to_string(&config).unwrap();
         // A stats socket, so the test can ask which servers are up.
