@@ -14,7 +14,8 @@ h2spec run scripts/h2flood.py while a well-behaved client calls SayHello at
   rapid reset, 16 sources  16 connections from 127.0.0.10..25, each paced to 4,000 streams/s, 6 s
   rapid reset + DATA       the same with a 5-byte DATA frame before each RST_STREAM
   rapid reset, same addr   4 connections x 5 s from 127.0.0.1, the client's own address
-  reset after body         HEADERS + a whole request, RST_STREAM 5 ms later, 50 at a time, 4 conns x 5 s
+  reset after body         HEADERS + a whole request, RST_STREAM 5 ms later, 50 at a time, 4 conns x 5 s;
+                           and 2 ms later from 16 addresses, on SayHello and on chat Connect (a streaming path)
   short connections        8 workers x 5 s, each connection 5 whole requests then closed
   slow body                8 connections x 90 streams, each body 1 byte per 100 ms, 5 s
   ping flood               1 connection x 3 s of PING frames
@@ -61,6 +62,12 @@ ATTACKS = {
                                                               "--connections", "4", "--seconds", "5"],
     "reset 5 ms after a whole request (4 conns x 5 s)": ["--attack", "reset-after-body", "--reset-after-ms", "5",
                                                          "--connections", "4", "--seconds", "5"],
+    "reset 2 ms after a whole request from 16 addresses (16 conns x 6 s)": [
+        "--attack", "reset-after-body", "--reset-after-ms", "2", "--sources", "16", "--connections", "16",
+        "--seconds", "6"],
+    "reset 2 ms after a chat Connect request from 16 addresses (16 conns x 6 s)": [
+        "--attack", "reset-after-body", "--reset-after-ms", "2", "--sources", "16", "--connections", "16",
+        "--seconds", "6", "--path", "/chat.v1.Chat/Connect"],
     "short connections of 5 requests (8 workers x 5 s)": ["--attack", "short-connections",
                                                              "--connections", "8", "--seconds", "5"],
     "slow bodies of 1 byte/100 ms (8 conns x 90 streams x 5 s)": ["--attack", "slow-body", "--connections", "8",
