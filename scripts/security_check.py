@@ -7,16 +7,26 @@ Targets:
   proxied   our `server` behind HAProxy with the shipped deploy/haproxy/haproxy.cfg
   grpc-go   grpc-go's official helloworld greeter_server (v1.85, tests/interop/go pins it)
 
-Attacks (each against a freshly started target; bounded, 127.0.0.1 only):
-  rapid reset   scripts/h2flood.py: 4 connections x 5 s of HEADERS+RST_STREAM (CVE-2023-44487),
-                while a well-behaved client calls SayHello at 500 calls/s
-  ping flood    1 connection x 3 s of PING frames, same probe
-  settings flood 1 connection x 3 s of empty SETTINGS frames, same probe
-  h2spec        HTTP/2 conformance (github.com/summerwind/h2spec, pinned in scripts/h2spec/go.mod)
+Attacks (each against a freshly started target; bounded, loopback only; all but
+h2spec run scripts/h2flood.py while a well-behaved client calls SayHello at
+500 calls/s from 127.0.0.1):
+  rapid reset              4 connections x 5 s of HEADERS+RST_STREAM (CVE-2023-44487) from 127.0.0.2
+  rapid reset, 16 sources  16 connections from 127.0.0.10..25, each paced to 4,000 streams/s, 6 s
+  rapid reset + DATA       the same with a 5-byte DATA frame before each RST_STREAM
+  rapid reset, same addr   4 connections x 5 s from 127.0.0.1, the client's own address
+  reset after body         HEADERS + a whole request, RST_STREAM 5 ms later, 50 at a time, 4 conns x 5 s;
+                           and 2 ms later from 16 addresses, on SayHello and on chat Connect (a streaming path)
+  short connections        8 workers x 5 s, each connection 5 whole requests then closed
+  slow body                8 connections x 90 streams, each body 1 byte per 100 ms, 5 s
+  ping flood               1 connection x 3 s of PING frames
+  settings flood           1 connection x 3 s of empty SETTINGS frames
+  h2spec                   HTTP/2 conformance (github.com/summerwind/h2spec, pinned in scripts/h2spec/go.mod)
 
 Needs Debian's python3-h2 (run with /usr/bin/python3), haproxy, Go, protoc and our
 release `server` (the Makefile target builds it). Writes the table to stdout and
-every raw figure to $CARGO_TARGET_DIR/security-check.json. About 6 minutes.
+every raw figure to $CARGO_TARGET_DIR/security-check.json. About 10 minutes.
+--replicas N puts N replicas behind the proxy (the RSS cell shows the largest);
+--haproxy-template runs another config in place of the shipped one (to compare).
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import gopeers  # noqa: E402
 
+sys.path.insert(0, str(REPO / "deploy" / "haproxy"))
+import render as haproxy_render  # noqa: E402
+
 H2FLOOD = HERE / "h2flood.py"
 HAPROXY_TEMPLATE = REPO / "deploy" / "haproxy" / "haproxy.cfg"
 INTEROP_GO = REPO / "tests" / "interop" / "go"
@@ -43,8 +56,25 @@ H2SPEC_GO = HERE / "h2spec"
 GREETER_SERVER_PKG = "google.golang.org/grpc/examples/helloworld/greeter_server"
 H2SPEC_PKG = "github.com/summerwind/h2spec/cmd/h2spec"
 
+SIXTEEN = ["--sources", "127.0.0.10-127.0.0.25", "--connections", "16", "--rate", "4000", "--seconds", "6"]
 ATTACKS = {
     "rapid reset (4 conns x 5 s)": ["--attack", "rapid-reset", "--connections", "4", "--seconds", "5"],
+    "rapid reset from 16 addresses (16 conns x 4000 streams/s x 6 s)": ["--attack", "rapid-reset", *SIXTEEN],
+    "rapid reset + DATA from 16 addresses (16 conns x 4000 streams/s x 6 s)": ["--attack", "rapid-reset-data", *SIXTEEN],
+    "rapid reset from the client's address (4 conns x 5 s)": ["--attack", "rapid-reset", "--source", "127.0.0.1",
+                                                              "--connections", "4", "--seconds", "5"],
+    "reset 5 ms after a whole request (4 conns x 5 s)": ["--attack", "reset-after-body", "--reset-after-ms", "5",
+                                                         "--connections", "4", "--seconds", "5"],
+    "reset 2 ms after a whole request from 16 addresses (16 conns x 6 s)": [
+        "--attack", "reset-after-body", "--reset-after-ms", "2", "--sources", "16", "--connections", "16",
+        "--seconds", "6"],
+    "reset 2 ms after a chat Connect request from 16 addresses (16 conns x 6 s)": [
+        "--attack", "reset-after-body", "--reset-after-ms", "2", "--sources", "16", "--connections", "16",
+        "--seconds", "6", "--path", "/chat.v1.Chat/Connect"],
+    "short connections of 5 requests (8 workers x 5 s)": ["--attack", "short-connections",
+                                                             "--connections", "8", "--seconds", "5"],
+    "slow bodies of 1 byte/100 ms (8 conns x 90 streams x 5 s)": ["--attack", "slow-body", "--connections", "8",
+                                                               "--seconds", "5"],
     "ping flood (1 conn x 3 s)": ["--attack", "ping", "--connections", "1", "--seconds", "3"],
     "settings flood (1 conn x 3 s)": ["--attack", "settings", "--connections", "1", "--seconds", "3"],
 }
@@ -86,29 +116,37 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 class Target:
-    """A started target: `port` for the flood and the probe, `pid` whose RSS to report."""
+    """A started target: `port` for the flood and the probe, `pids` whose RSS to report."""
 
-    def __init__(self, name: str, server_bin: Path, go_bin: Path, tmp: Path):
-        self.name, self.procs, self.port, self.pid = name, [], 0, 0
+    def __init__(self, name: str, server_bin: Path, go_bin: Path | None, tmp: Path, replicas: int = 1,
+                 template: Path = HAPROXY_TEMPLATE):
+        self.name, self.procs, self.port, self.pids = name, [], 0, []
         if name == "grpc-go":
+            assert go_bin is not None
             self.port = gopeers.free_port()
-            self.pid = self.spawn([go_bin / "greeter_server", f"-port={self.port}"], tmp / "greeter_server.log")
+            self.pids.append(self.spawn([go_bin / "greeter_server", f"-port={self.port}"], tmp / "greeter_server.log"))
             wait_port(self.port, self.procs[-1])
             return
-        grpc_port, admin_port = gopeers.free_port(), gopeers.free_port()
-        argv = [server_bin, "--addr", f"127.0.0.1:{grpc_port}", "--stream-interval", "0"]
-        if name == "proxied":
-            argv += ["--admin-addr", f"127.0.0.1:{admin_port}"]
-        self.pid = self.spawn(argv, tmp / f"{name}-server.log")
-        wait_port(grpc_port, self.procs[-1])
-        self.port = grpc_port
+        backends = []
+        for i in range(replicas if name == "proxied" else 1):
+            grpc_port, admin_port = gopeers.free_port(), gopeers.free_port()
+            argv = [server_bin, "--addr", f"127.0.0.1:{grpc_port}", "--stream-interval", "0"]
+            if name == "proxied":
+                argv += ["--admin-addr", f"127.0.0.1:{admin_port}"]
+            self.pids.append(self.spawn(argv, tmp / f"{name}-server-{i}.log"))
+            wait_port(grpc_port, self.procs[-1])
+            backends.append((f"127.0.0.1:{grpc_port}", admin_port))
+            self.port = grpc_port
         if name == "proxied":
             self.port = gopeers.free_port()
             cfg = tmp / "haproxy.cfg"
-            cfg.write_text(render_haproxy(self.port, [(f"127.0.0.1:{grpc_port}", admin_port)]))
+            cfg.write_text(render_haproxy(self.port, backends, template))
             self.spawn(["haproxy", "-db", "-f", cfg], tmp / "haproxy.log")
             wait_port(self.port, self.procs[-1])
             wait_healthy(self.port)
+
+    def alive(self) -> bool:
+        return all(proc.poll() is None for proc in self.procs)
 
     def spawn(self, argv: list, log_path: Path) -> int:
         out = open(log_path, "ab")
@@ -121,18 +159,11 @@ class Target:
             gopeers.stop_process(proc, 5)
 
 
-def render_haproxy(bind_port: int, replicas: list[tuple[str, int]]) -> str:
-    """The shipped template with our ports: @BIND@, and each @NAME@ line once per replica."""
-    lines = []
-    for line in HAPROXY_TEMPLATE.read_text().splitlines():
-        line = line.replace("@BIND@", f"127.0.0.1:{bind_port}")
-        if "@NAME@" not in line or line.lstrip().startswith("#"):
-            lines.append(line)
-            continue
-        for i, (addr, admin_port) in enumerate(replicas):
-            lines.append(line.replace("@NAME@", f"replica{i}").replace("@ADDR@", addr)
-                         .replace("@ADMIN_PORT@", str(admin_port)).replace("@BACKUP@", ""))
-    return "\n".join(lines) + "\n"
+def render_haproxy(bind_port: int, replicas: list[tuple[str, int]], template: Path = HAPROXY_TEMPLATE) -> str:
+    """The template with our ports, by the project's one renderer (deploy/haproxy/render.py)."""
+    servers = [f"replica{i}={addr},{admin_port}" for i, (addr, admin_port) in enumerate(replicas, 1)]
+    return haproxy_render.render(template.read_text(), f"127.0.0.1:{bind_port}",
+                                 [haproxy_render.parse_server(s) for s in servers])
 
 
 def wait_healthy(port: int, timeout: float = 20) -> None:
@@ -147,10 +178,11 @@ def wait_healthy(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"no call through the proxy on :{port} succeeded within {timeout:.0f}s")
 
 
-def flood(port: int, pid: int, args: list) -> dict:
+def flood(port: int, pids: int | list[int], args: list) -> dict:
     argv = ["/usr/bin/python3", H2FLOOD, "--target", f"127.0.0.1:{port}", *args]
-    if pid:
-        argv += ["--server-pid", str(pid)]
+    for pid in [pids] if isinstance(pids, int) else pids:
+        if pid:
+            argv += ["--server-pid", str(pid)]
     out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"h2flood failed: {out.stderr.strip()[-2000:]}")
@@ -168,7 +200,7 @@ def h2spec(h2spec_bin: Path, port: int) -> dict:
     return {"tests": total, "passed": passed, "skipped": skipped, "failed": failed}
 
 
-def describe_flood(report: dict, pid: int) -> str:
+def describe_flood(report: dict, pids: list[int]) -> str:
     probe = report["probe"]["during"]
     parts = []
     if probe["calls"]:
@@ -177,9 +209,10 @@ def describe_flood(report: dict, pid: int) -> str:
             parts.append(f"p99 {probe['p99_ms']:.0f} ms")
     recovery = report["probe"]["recovery_s"]
     parts.append(f"recovered {recovery:.1f} s after" if recovery is not None else "not recovered 5 s after")
-    rss = report["rss_mib"].get(str(pid))
+    rss = [report["rss_mib"][str(pid)] for pid in pids if str(pid) in report["rss_mib"]]
     if rss:
-        parts.append(f"RSS {rss['before']:.0f}->{rss['peak']:.0f} MB")
+        top = max(rss, key=lambda r: r["peak"])
+        parts.append(f"RSS {top['before']:.0f}->{top['peak']:.0f} MB")
     f = report["flood"]
     if f["goaway"]:
         debug = {json.loads(g)["debug"] or f"code {json.loads(g)['error_code']}" for g in f["goaway"]}
@@ -197,9 +230,13 @@ def main() -> int:
     ap.add_argument("--no-h2spec", action="store_true")
     ap.add_argument("--attacks", help="only the attacks whose name starts with one of these, comma separated")
     ap.add_argument("--json", type=Path, default=cargo_target() / "security-check.json")
+    ap.add_argument("--replicas", type=int, default=1, help="replicas behind the proxy")
+    ap.add_argument("--haproxy-template", type=Path, default=HAPROXY_TEMPLATE,
+                    help="an HAProxy config template to use instead of the shipped one")
     args = ap.parse_args()
     targets = args.targets.split(",")
-    go_bin = go_tools(args.go_bin_root)
+    # Go is only needed for grpc-go and h2spec.
+    go_bin = go_tools(args.go_bin_root) if "grpc-go" in targets or not args.no_h2spec else None
     results: dict = {}
     rows: dict[str, dict[str, str]] = {}
     with tempfile.TemporaryDirectory(prefix="greet-security-") as tmp_name:
@@ -210,14 +247,15 @@ def main() -> int:
         for check in checks:
             for name in targets:
                 log(f"{check} against {name}")
-                target = Target(name, args.server_bin, go_bin, tmp)
+                target = Target(name, args.server_bin, go_bin, tmp, args.replicas, args.haproxy_template)
                 try:
                     if check in ATTACKS:
-                        report = flood(target.port, target.pid, ATTACKS[check])
-                        alive = target.procs[0].poll() is None
-                        rows.setdefault(check, {})[name] = describe_flood(report, target.pid) + \
-                            ("" if alive else ", SERVER DIED")
+                        report = flood(target.port, target.pids, ATTACKS[check])
+                        rows.setdefault(check, {})[name] = describe_flood(report, target.pids) + \
+                            ("" if target.alive() else ", SERVER DIED")
+                        log(rows[check][name] + f" ({report['flood']['streams_opened']} streams sent)")
                     else:
+                        assert go_bin is not None
                         report = h2spec(go_bin / "h2spec", target.port)
                         rows.setdefault(check, {})[name] = (f"{report['passed']}/{report['tests']} passed"
                                                             if "passed" in report else report["error"])

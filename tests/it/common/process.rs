@@ -257,29 +257,24 @@ pub struct Backend<'a> {
     pub backup: bool,
 }
 
-/// `deploy/haproxy/haproxy.cfg` rendered for `bind` and `backends`, the way
-/// `scripts/cluster.sh` renders it.
+/// `deploy/haproxy/haproxy.cfg` rendered for `bind` and `backends`, by the
+/// project's one renderer (`deploy/haproxy/render.py`, which `make cluster`
+/// and `make security-check` use too).
 pub fn render_haproxy_config(bind: &str, backends: &[Backend]) -> String {
-    let template = std::fs::read_to_string(repo_root().join("deploy/haproxy/haproxy.cfg"))
-        .expect("deploy/haproxy/haproxy.cfg is in the repository");
-    let mut out = String::new();
-    for line in template.lines() {
-        if line.contains("@NAME@") && !line.trim_start().starts_with('#') {
-            for b in backends {
-                let rendered = line
-                    .replace("@NAME@", b.name)
-                    .replace("@ADDR@", b.addr)
-                    .replace("@ADMIN_PORT@", b.admin_port)
-                    .replace("@BACKUP@", if b.backup { "backup" } else { "" });
-                out.push_str(rendered.trim_end());
-                out.push('\n');
-            }
-        } else {
-            out.push_str(&line.replace("@BIND@", bind));
-            out.push('\n');
-        }
+    render_haproxy_template(&repo_root().join("deploy/haproxy/haproxy.cfg"), bind, backends)
+}
+
+/// An HAProxy config template (the shipped one's placeholders) rendered for `bind` and `backends`.
+pub fn render_haproxy_template(template: &Path, bind: &str, backends: &[Backend]) -> String {
+    let mut command = Command::new("python3");
+    command.arg(repo_root().join("deploy/haproxy/render.py")).args(["--bind", bind, "--template"]).arg(template);
+    for b in backends {
+        let backup = if b.backup { ",backup" } else { "" };
+        command.arg("--server").arg(format!("{}={},{}{backup}", b.name, b.addr, b.admin_port));
     }
-    out
+    let out = command.output().expect("python3 runs deploy/haproxy/render.py");
+    assert!(out.status.success(), "render.py: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("render.py writes UTF-8")
 }
 
 /// A free loopback port (free a moment ago: HAProxy cannot take port 0 and
@@ -305,11 +300,22 @@ impl Haproxy {
     /// Like [`start`](Self::start), with the rendered config passed through `edit`
     /// (a test that turns a feature off to show what it does).
     pub fn start_edited(backends: &[Backend], edit: impl FnOnce(String) -> String) -> Haproxy {
+        Self::start_rendered(backends, |addr| edit(render_haproxy_config(addr, backends)))
+    }
+
+    /// Like [`start`](Self::start), with another template than the shipped one
+    /// (a test that shows what an older config did).
+    pub fn start_template(template: &Path, backends: &[Backend]) -> Haproxy {
+        Self::start_rendered(backends, |addr| render_haproxy_template(template, addr, backends))
+    }
+
+    /// HAProxy with the config `render` writes for the address it binds.
+    fn start_rendered(backends: &[Backend], render: impl FnOnce(&str) -> String) -> Haproxy {
         let dir = tempfile::Builder::new().prefix("greet-haproxy").tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, edit(render_haproxy_config(&addr, backends))).unwrap();
+        std::fs::write(&config, render(&addr)).unwrap();
         let socket = dir.path().join("admin.sock");
         let mut full = std::fs::read_to_string(&config).unwrap();
         // A stats socket, so the test can ask which servers are up.
