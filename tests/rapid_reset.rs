@@ -243,22 +243,27 @@ fn without_the_per_replica_bound_those_resets_reach_the_replicas() {
     // Shows the test above can fail: these requests are whole, so
     // wait-for-body lets them through; only the 64 calls at once per replica
     // (`maxconn 64`), with the rest queued at the proxy, keeps them off.
+    // How far the replicas grow depends on the CPU they get against the
+    // flood (46 MiB to 764 MiB seen): like the old cap's test, one of
+    // ATTEMPTS_TO_FALL floods must take them past the shipped bar.
     let _flood = one_flood_at_a_time();
-    let deployment = Deployment::start(|backends| {
-        Haproxy::start_edited(backends, |config| {
-            let edited = config.replace(" maxconn 64\n", "\n");
-            assert_ne!(edited, config, "the shipped config bounds calls per replica with maxconn 64");
-            edited
-        })
-    });
-    let flood = deployment.flood(&RESET_AFTER_BODY);
-    eprintln!("without maxconn 64: {}", flood.summary());
-    assert!(
-        flood.peak_mib() > 64.0,
-        "the replicas did not grow without maxconn either ({}): {}",
-        flood.summary(),
-        flood.report
-    );
+    let mut held = Vec::new();
+    for _ in 0..ATTEMPTS_TO_FALL {
+        let deployment = Deployment::start(|backends| {
+            Haproxy::start_edited(backends, |config| {
+                let edited = config.replace(" maxconn 64\n", "\n");
+                assert_ne!(edited, config, "the shipped config bounds calls per replica with maxconn 64");
+                edited
+            })
+        });
+        let flood = deployment.flood(&RESET_AFTER_BODY);
+        eprintln!("without maxconn 64: {}", flood.summary());
+        if flood.peak_mib() > 64.0 {
+            return;
+        }
+        held.push(flood.summary());
+    }
+    panic!("the replicas stayed under 64 MiB without maxconn in {ATTEMPTS_TO_FALL} floods: {held:#?}");
 }
 
 #[test]
