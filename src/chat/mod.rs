@@ -17,6 +17,11 @@
 //!   shared history. A reader thread per replica follows, with `XREAD BLOCK`,
 //!   the streams of the rooms that have members here and hands what it reads
 //!   to the hub, which fans it out locally.
+//!   With Sentinels (`--broker redis+sentinel://...`) the broker follows a
+//!   failover, and a message is acknowledged only once a Redis replica has
+//!   it (`WAIT`), so that it survives the primary's loss.
+//! - Every room has an epoch, minted when its numbering starts: a join that
+//!   resumes from another epoch (the room's history was reset) is refused.
 //! - [`cache`]: the recent messages of each room, in front of the store:
 //!   joins and `History` calls for that window are served from it; its hits
 //!   and misses are counted ([`ChatStats`]) and misses are logged.
@@ -67,6 +72,12 @@ pub struct ChatConfig {
     pub cache_window: usize,
     /// Broker mode: entries kept per room stream (`XADD MAXLEN ~`).
     pub stream_cap: usize,
+    /// Broker mode: Redis replicas that must confirm a message (`WAIT`)
+    /// before it is acknowledged; `None`: 1 with Sentinels
+    /// (`redis+sentinel://`), else 0.
+    pub replicas_to_ack: Option<u32>,
+    /// Broker mode: how long to wait for them before the Say fails (UNAVAILABLE).
+    pub ack_timeout: Duration,
 }
 
 impl Default for ChatConfig {
@@ -81,6 +92,8 @@ impl Default for ChatConfig {
             cache_rooms: 1024,
             cache_window: 256,
             stream_cap: 100_000,
+            replicas_to_ack: None,
+            ack_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -183,6 +196,8 @@ pub struct Joined {
     pub last_seq: u64,
     /// The messages the client asked for, up to `last_seq`, oldest first.
     pub backlog: Vec<Message>,
+    /// The room's epoch: a client resuming later presents it.
+    pub epoch: String,
     /// Every event after `last_seq`.
     pub subscription: Subscription<Event>,
     /// Leaves the room when dropped, however the call ends.
@@ -255,20 +270,26 @@ impl Chat {
 
     /// Joins `room` as `user`: the backlog (what was missed after
     /// `resume_after`, else the last `history` messages), then live events.
+    /// A resume from another `epoch` than the room's, or after a message
+    /// the room has not reached, is [`ChatError::OutOfRange`]: the room's
+    /// history was reset.
     pub async fn join(
         &self,
         room: &str,
         user: &str,
         resume_after: Option<u64>,
+        epoch: Option<&str>,
         history: usize,
     ) -> Result<Joined, ChatError> {
-        let (room, user) = (room.to_string(), user.to_string());
+        let (room, user, epoch) = (room.to_string(), user.to_string(), epoch.map(str::to_string));
         let joined = self
-            .ask(|reply| hub::Command::Join { room: room.clone(), user: user.clone(), resume_after, history, reply })
+            .ask(|reply| {
+                hub::Command::Join(hub::JoinRequest { room: room.clone(), user, resume_after, epoch, history, reply })
+            })
             .await?;
-        let (last_seq, backlog, subscription) = joined;
+        let hub::JoinAnswer { last_seq, backlog, subscription, epoch } = joined;
         let membership = Membership { commands: self.commands.clone(), room, id: subscription.id };
-        Ok(Joined { last_seq, backlog, subscription, membership })
+        Ok(Joined { last_seq, backlog, epoch, subscription, membership })
     }
 
     /// Stores a message and fans it out; answers its sequence number.
