@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # `make chat-bench` (also run by `make bench`): chat.v1.Chat fan-out measured
 # with the `chat-bench` tool, on one replica (embedded SQLite) and on two
-# replicas sharing a Redis broker: deliveries per second to the subscribers
-# of one room during a burst, and send-to-receive latency at a fixed rate.
+# replicas sharing a Redis broker, and on two replicas sharing a highly
+# available Redis (primary, replica, three Sentinels) with and without the
+# acknowledgement rule (a replica confirms each message, WAIT 1, before its
+# echo): deliveries per second to the subscribers of one room during a
+# burst, and send-to-receive latency at a fixed rate (a Say's latency to
+# its echo, which is its acknowledgement).
 # Extra arguments go to chat-bench (e.g. --subscribers 100 --burst 2000).
 # Prints a markdown table; the raw JSON lines go to stderr.
 set -euo pipefail
@@ -22,6 +26,15 @@ start_replica b --broker "$broker"
 b=$(replica_addr b "${pids[-1]}")
 two_json=$("$bin/chat-bench" --addr "$a,$b" "$@")
 echo "two replicas + Redis: $two_json" >&2
+start_redis_ha
+for ack in 1 0; do
+  start_replica "ha$ack-a" --broker "$broker" --broker-ack-replicas "$ack"
+  a=$(replica_addr "ha$ack-a" "${pids[-1]}")
+  start_replica "ha$ack-b" --broker "$broker" --broker-ack-replicas "$ack"
+  b=$(replica_addr "ha$ack-b" "${pids[-1]}")
+  declare "ha${ack}_json=$("$bin/chat-bench" --addr "$a,$b" "$@")"
+  echo "two replicas + Redis HA, --broker-ack-replicas $ack: $(eval echo "\$ha${ack}_json")" >&2
+done
 
 row() {
   python3 - "$1" "$2" <<'PY'
@@ -35,4 +48,6 @@ echo "| setup | subscribers | deliveries/s (burst) | messages/s (burst) | latenc
 echo "|---|---|---|---|---|---|"
 row "one replica (SQLite)" "$one_json"
 row "two replicas + Redis" "$two_json"
+row "two replicas + Redis HA (Sentinels), ack after 1 replica (WAIT)" "$ha1_json"
+row "two replicas + Redis HA (Sentinels), ack without replica" "$ha0_json"
 echo "(load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -49,3 +49,77 @@ replica_addr() {
   wait_ready "$work/server-$1.ready" "$2" || { cat "$work/server-$1.log" >&2; return 1; }
   ready_addr "$work/server-$1.ready" grpc
 }
+
+# A free TCP port on loopback.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits (up to 30 s) until `redis-cli -p $1 $2...` prints something matching $pattern.
+wait_redis() {
+  local port=$1 pattern=$2; shift 2
+  for _ in $(seq 600); do
+    redis-cli -p "$port" "$@" 2>/dev/null | grep -q "$pattern" && return 0
+    sleep 0.05
+  done
+  echo "$(basename "$0"): gave up waiting for redis on $port ($* ~ $pattern)" >&2
+  return 1
+}
+
+# Redis highly available on loopback ports: a primary, a replica and three
+# Sentinels (quorum 2, down after 1 s), persistence on (appendonly). Sets
+# $broker (redis+sentinel://...), $redis_primary_port, $redis_replica_port,
+# $redis_primary_pid, $redis_replica_pid.
+start_redis_ha() {
+  local name port
+  redis_node() {  # name port [redis-server args...]
+    local name=$1 port=$2; shift 2
+    mkdir -p "$work/redis-$name"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis-$name" --appendonly yes --save '' "$@" \
+      >>"$work/redis-$name.log" 2>&1 &
+    pids+=($!)
+  }
+  redis_primary_port=$(free_port)
+  redis_node primary "$redis_primary_port"; redis_primary_pid=${pids[-1]}
+  wait_redis "$redis_primary_port" PONG ping
+  redis_replica_port=$(free_port)
+  redis_node replica "$redis_replica_port" --replicaof 127.0.0.1 "$redis_primary_port"; redis_replica_pid=${pids[-1]}
+  wait_redis "$redis_replica_port" master_link_status:up info replication
+  local sentinels=()
+  for i in 1 2 3; do
+    port=$(free_port)
+    cat >"$work/sentinel$i.conf" <<CONF
+port $port
+bind 127.0.0.1
+dir $work
+sentinel monitor chat 127.0.0.1 $redis_primary_port 2
+sentinel down-after-milliseconds chat 1000
+sentinel failover-timeout chat 10000
+CONF
+    redis-server "$work/sentinel$i.conf" --sentinel >"$work/sentinel$i.log" 2>&1 &
+    pids+=($!)
+    sentinels+=("127.0.0.1:$port")
+  done
+  for s in "${sentinels[@]}"; do
+    for _ in $(seq 600); do
+      out=$(redis-cli -p "${s#*:}" sentinel master chat 2>/dev/null | tr '\n' ' ')
+      [[ "$out" == *"num-slaves 1 "* && "$out" == *"num-other-sentinels 2 "* ]] && break
+      sleep 0.05
+    done
+    [[ "$out" == *"num-other-sentinels 2 "* ]] || { echo "$(basename "$0"): sentinel $s not ready: $out" >&2; return 1; }
+  done
+  broker="redis+sentinel://$(IFS=,; echo "${sentinels[*]}")/chat"
+}
+
+# SIGKILLs the Redis primary, waits (up to 30 s) for the Sentinels to
+# promote the replica, then starts the old primary again on the same port
+# and data, as a supervisor would: the Sentinels make it the new primary's
+# replica (acknowledgements need one).
+kill_and_restart_redis_primary() {
+  local sentinel_port
+  sentinel_port=$(echo "$broker" | sed 's|redis+sentinel://127.0.0.1:\([0-9]*\).*|\1|')
+  kill -KILL "$redis_primary_pid"; wait "$redis_primary_pid" 2>/dev/null || true
+  wait_redis "$sentinel_port" "^$redis_replica_port\$" sentinel get-master-addr-by-name chat
+  echo "$(basename "$0"): the Sentinels promoted the replica (:$redis_replica_port); restarting the old primary" >&2
+  redis_node primary "$redis_primary_port"; redis_primary_pid=${pids[-1]}
+}

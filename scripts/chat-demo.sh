@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# `make chat-demo`: a Redis, two server replicas sharing it, and three
-# scripted users talking in one room: alice on replica A, bob on replica B,
-# carol on A with B as her fallback. Halfway through, replica A is killed
-# (SIGKILL); alice and carol resume on B by themselves. Prints what each
-# user saw and exits non-zero if any of them missed or repeated a message.
+# `make chat-demo`: Redis highly available (a primary, a replica and three
+# Sentinels on loopback ports, appendonly on), two server replicas sharing
+# it through the Sentinels, and three scripted users talking in one room:
+# alice on replica A, bob on replica B, carol on A with B as her fallback.
+# Halfway through, replica A is killed (SIGKILL), and so is the Redis
+# primary (then restarted, as a supervisor would: it comes back as the new
+# primary's replica): alice and carol resume on B, the Sentinels promote
+# the Redis replica, and everyone's messages go on. Prints what each user
+# saw and exits non-zero if any of them missed or repeated a message.
 set -euo pipefail
 bin="${1:?usage: chat-demo.sh <dir with the server and client binaries>}"
 
 . "$(dirname "$0")/chat-common.sh"
 
-start_redis
-echo "chat-demo: redis-server on $work/redis.sock" >&2
+start_redis_ha
+echo "chat-demo: Redis primary on :$redis_primary_port, replica on :$redis_replica_port, broker $broker" >&2
 start_replica A --broker "$broker"; pid_a=${pids[-1]}
 addr_a=$(replica_addr A "$pid_a")
 start_replica B --broker "$broker"
 addr_b=$(replica_addr B "${pids[-1]}")
 echo "chat-demo: replica A on $addr_a, replica B on $addr_b" >&2
 
+user_pids=()
 # One user: says each "delay line" pair after its delay, then leaves (EOF).
 user() {
   local name=$1 addrs=$2; shift 2
   {
     while [ "$#" -gt 0 ]; do sleep "$1"; echo "$2"; shift 2; done
-    sleep 2
-  } | "$bin/client" --addr "$addrs" --timeout 20s chat --room demo --user "$name" --history 0 \
+    # Stay long enough to hear the others' last lines, which the failover may delay.
+    sleep 8
+  } | "$bin/client" --addr "$addrs" --timeout 30s chat --room demo --user "$name" --history 0 \
       >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
+  user_pids+=($!)
 }
 
 user alice "$addr_a,$addr_b" 0.5 "hi all, alice here (replica A)" 1.5 "anyone seen the build?" \
@@ -39,9 +46,11 @@ sleep 3.5
 echo "chat-demo: killing replica A (SIGKILL) mid-conversation" >&2
 kill -KILL "$pid_a"
 wait "$pid_a" 2>/dev/null || true
+echo "chat-demo: killing the Redis primary (SIGKILL); the Sentinels promote its replica" >&2
+kill_and_restart_redis_primary
 
 status=0
-for pid in "${pids[@]: -3}"; do wait "$pid" || status=$?; done
+for pid in "${user_pids[@]}"; do wait "$pid" || status=$?; done
 
 for name in alice bob carol; do
   echo "--- $name saw"
@@ -60,4 +69,5 @@ for name in alice bob carol; do
 done
 echo "--- replica B log (tail)"
 tail -n 5 "$work/server-B.log"
+echo "--- the Redis primary is now on :$(redis-cli -p "$(echo "$broker" | sed 's|redis+sentinel://127.0.0.1:\([0-9]*\).*|\1|')" sentinel get-master-addr-by-name chat | tail -n1) (it was on :$redis_primary_port)"
 exit "$status"

@@ -4,7 +4,8 @@
 # headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
 # the openssl CLI (tests make throwaway TLS certificates), HAProxy (the
 # proxy in front of replicas: `make cluster` and the proxy tests) and
-# redis-server (the chat tests and `make chat-demo` start their own).
+# redis-server (the chat tests and `make chat-demo` start their own; its
+# Sentinels are `redis-server --sentinel`, so no redis-sentinel package is needed).
 set -euo pipefail
 
 missing=()

@@ -96,9 +96,19 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// chat.v1.Chat: share rooms and history with every replica using this
-    /// Redis, e.g. redis://127.0.0.1:6379 or redis+unix:///run/redis.sock.
+    /// Redis, e.g. redis://127.0.0.1:6379 or redis+unix:///run/redis.sock,
+    /// or the primary the Redis Sentinels name, following its failovers:
+    /// redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME (docs/chat-ha.md).
     #[arg(long)]
     broker: Option<String>,
+    /// chat.v1.Chat with a broker: Redis replicas that must have a message
+    /// (WAIT) before it is acknowledged; a Say none confirms in time fails
+    /// with UNAVAILABLE. Default: 1 with redis+sentinel://, else 0.
+    #[arg(long)]
+    broker_ack_replicas: Option<u32>,
+    /// chat.v1.Chat with a broker: how long to wait for those replicas.
+    #[arg(long, default_value = "1s", value_parser = greet::duration::parse)]
+    broker_ack_timeout: Duration,
     /// chat.v1.Chat: send a heartbeat on a chat stream idle this long.
     #[arg(long, default_value = "15s", value_parser = parse_heartbeat)]
     heartbeat: Duration,
@@ -140,6 +150,8 @@ fn config(args: Args) -> Result<ServerConfig, String> {
     config.chat.data_dir_is_default = args.data_dir.is_none();
     config.chat.data_dir = Some(args.data_dir.unwrap_or_else(greet::chat::default_data_dir));
     config.chat.broker = args.broker;
+    config.chat.replicas_to_ack = args.broker_ack_replicas;
+    config.chat.ack_timeout = args.broker_ack_timeout;
     config.chat.heartbeat = args.heartbeat;
     config.chat.join_history = args.join_history.min(greet::chat::limits::MAX_HISTORY as u32);
     config.chat.subscriber_queue = args.subscriber_queue.max(1);

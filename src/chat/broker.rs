@@ -3,22 +3,43 @@
 //! # Keys
 //! | key | what |
 //! |---|---|
-//! | `chat:seq:<room>` | the room's last sequence number (`INCR`) |
-//! | `chat:log:<room>` | the room's stream, capped with `MAXLEN ~`: message `n` has the id `n-0`; a join or leave after message `n` has an id `n-k`, `k > 0`, so one stream orders both |
+//! | `chat:seq:<room>` | the last sequence number handed out in the room (`INCR`) |
+//! | `chat:committed:<room>` | the last sequence number acknowledged: stored on the primary and (with `replicas_to_ack` > 0) confirmed by that many replicas (`WAIT`) |
+//! | `chat:epoch:<room>` | the room's epoch: an id minted when its numbering starts; a room whose keys are lost (Redis lost its data) gets a new one |
+//! | `chat:log:<room>` | the room's stream, capped with `MAXLEN ~`: message `n` has the id `n-0`; a join, a leave or a commit mark after message `n` has an id `n-k`, `k > 0`, so one stream orders them all |
+//! | `chat:cid:<room>:<user>:<client_id>` | the sequence number of a message said with that client id, for an hour: a resent message is stored once |
+//! | `chat:resets` | a stream of `(room, epoch)`: every epoch minted, so that replicas drop what they hold of the room's previous epoch |
 //! | `chat:members:<replica>` | hash: room → distinct users on that replica; expires unless the replica refreshes it, so a killed replica's members vanish |
 //! | `chat:wake:<replica>` | a stream the replica's reader also blocks on, so that the hub can make it read a room it just started to follow |
 //!
 //! Numbering and appending happen in one Lua script, so two replicas can
 //! never append out of order and the sequence is global and gap-free.
 //!
-//! [`Broker`] is used by the hub thread only; [`spawn_reader`] starts the
-//! replica's reader thread. Both block on Redis, on their own threads.
+//! # Acknowledgements
+//! A message is fanned out (its sender's echo is the acknowledgement) only
+//! once committed: after the script stored it, the writer waits for
+//! `replicas_to_ack` replicas (`WAIT`), then appends a commit mark to the
+//! stream. Readers hold back a room's entries after the first uncommitted
+//! message until a mark covers it, so that a message the primary's loss
+//! could take away is never seen. When no replica confirms in time the Say
+//! fails (UNAVAILABLE); the client resends it, and its client id makes the
+//! resend find the stored copy instead of storing it twice.
+//!
+//! # Threads
+//! Nothing here runs on the hub thread: [`Broker`] is the hub's handle on
+//! two threads of its own: the writer (`chat-broker`), which runs the
+//! [`Job`]s the hub sends and answers each through its callback, and the
+//! reader (`chat-broker-reader`), which follows the rooms the hub tells it
+//! to and hands it what it reads. Both find the primary through the
+//! Sentinels with a `redis+sentinel://` URL, and find it again after a
+//! failover.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Connection, Value};
 
 use crate::proto::chat::{Message, RoomInfo};
@@ -30,18 +51,97 @@ pub type StreamId = (u64, u64);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
     Message(Message),
-    Joined { user: String, time_unix_ms: i64 },
-    Left { user: String, time_unix_ms: i64 },
+    Joined {
+        user: String,
+        time_unix_ms: i64,
+    },
+    Left {
+        user: String,
+        time_unix_ms: i64,
+    },
+    /// Messages up to this sequence number are acknowledged (the reader
+    /// consumes these; the hub never sees one).
+    Committed(u64),
 }
 
 /// What the hub tells the reader.
 #[derive(Debug)]
 pub enum Follow {
-    /// Read `room` after this entry.
-    Start(String, StreamId),
+    /// Read `room` after `position`; messages up to `committed` are acknowledged.
+    Start {
+        room: String,
+        position: StreamId,
+        committed: u64,
+    },
     Stop(String),
     /// End the reader.
     Quit,
+}
+
+/// What the reader hands the hub.
+#[derive(Debug)]
+pub enum Delivery {
+    /// New acknowledged entries of a followed room, in stream order.
+    Entries(String, Vec<(StreamId, Entry)>),
+    /// The room's numbering (re)started under this epoch.
+    Reset { room: String, epoch: String },
+}
+
+/// How a job answers: called once, on the writer thread.
+pub type Done<T> = Box<dyn FnOnce(Result<T, String>) + Send>;
+
+/// A message to store, in the room's epoch as the hub knows it.
+pub struct Said {
+    pub message: Message,
+    pub epoch: String,
+    pub done: Done<u64>,
+}
+
+/// What the hub asks the writer thread to do.
+pub enum Job {
+    /// Number, store and (once acknowledged) answer the message's sequence number.
+    Say(Said),
+    /// A join or leave, and this replica's member count of the room.
+    Presence { room: String, user: String, joined: bool, members: usize },
+    /// The room as a replica starts following it; see [`Loaded`].
+    Load { room: String, window: usize, done: Done<Loaded> },
+    /// The messages `after < seq <= upto` still in the room's stream.
+    Range { room: String, after: u64, upto: u64, done: Done<Vec<Message>> },
+    /// At most `limit` acknowledged messages before `before_seq` (the newest when `None`).
+    History { room: String, limit: usize, before_seq: Option<u64>, done: Done<Vec<Message>> },
+    /// Every room with members on a live replica.
+    Rooms { done: Done<Vec<RoomInfo>> },
+    /// Makes the reader take a follow change into account now.
+    Wake,
+    /// Removes this replica's keys and ends the writer.
+    Stop,
+}
+
+impl Job {
+    /// Answers the job's callback with an error.
+    fn fail(self, why: &str) {
+        let why = why.to_string();
+        match self {
+            Job::Say(said) => (said.done)(Err(why)),
+            Job::Load { done, .. } => done(Err(why)),
+            Job::Range { done, .. } | Job::History { done, .. } => done(Err(why)),
+            Job::Rooms { done } => done(Err(why)),
+            Job::Presence { .. } | Job::Wake | Job::Stop => {}
+        }
+    }
+}
+
+/// How the broker stores and acknowledges.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `redis://...`, `redis+unix://...` or `redis+sentinel://HOST:PORT[,...]/MASTER`.
+    pub url: String,
+    /// Entries kept per room stream.
+    pub cap: usize,
+    /// Replicas that must confirm a message (`WAIT`) before it is acknowledged.
+    pub replicas_to_ack: u32,
+    /// How long to wait for them; then the Say fails.
+    pub ack_timeout: Duration,
 }
 
 /// A member hash not refreshed for this long is a dead replica's.
@@ -49,16 +149,33 @@ const MEMBERS_TTL: Duration = Duration::from_secs(30);
 /// How long the reader blocks in one XREAD when nothing arrives.
 const READ_BLOCK: Duration = Duration::from_secs(5);
 /// Waits between attempts to reach a Redis that is down.
-const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 /// A reply slower than this is a broken connection.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client id is remembered: a message resent within it is stored once.
+const REPLAY_WINDOW_SECS: u64 = 3600;
+/// Jobs the writer takes in one batch.
+const BATCH: usize = 512;
+const RESETS_KEY: &str = "chat:resets";
 
 fn seq_key(room: &str) -> String {
     format!("chat:seq:{room}")
 }
 
+fn committed_key(room: &str) -> String {
+    format!("chat:committed:{room}")
+}
+
+fn epoch_key(room: &str) -> String {
+    format!("chat:epoch:{room}")
+}
+
 fn log_key(room: &str) -> String {
     format!("chat:log:{room}")
+}
+
+fn client_id_key(room: &str, user: &str, client_id: &str) -> String {
+    format!("chat:cid:{room}:{user}:{client_id}")
 }
 
 fn members_key(replica: &str) -> String {
@@ -69,19 +186,68 @@ fn wake_key(replica: &str) -> String {
     format!("chat:wake:{replica}")
 }
 
-/// Numbers and appends a batch of messages, atomically per message; KEYS
-/// are (seq, log) pairs, ARGV the cap then (user, text, time, client id)
-/// per message. Answers the sequence numbers.
+/// Numbers and appends a batch of messages. KEYS: per message (seq,
+/// log, epoch, committed, client id); ARGV: the cap, "1" to commit at once
+/// (no replica to wait for), the client ids' lifetime, then per message
+/// (epoch, user, text, time, client id). Answers per message its sequence
+/// number: the stored copy's when the client id was seen, -1 when the
+/// room's epoch is not the one given (the room was reset).
 const SAY: &str = r"
-local seqs = {}
-for i = 1, #KEYS / 2 do
-  local seq = redis.call('INCR', KEYS[2 * i - 1])
-  local a = 1 + 4 * (i - 1)
-  redis.call('XADD', KEYS[2 * i], 'MAXLEN', '~', ARGV[1], seq .. '-0',
-    'k', 'm', 'u', ARGV[a + 1], 't', ARGV[a + 2], 'ts', ARGV[a + 3], 'c', ARGV[a + 4])
-  seqs[i] = seq
+local out = {}
+for i = 1, #KEYS / 5 do
+  local k = 5 * (i - 1)
+  local a = 3 + 5 * (i - 1)
+  local epoch = redis.call('GET', KEYS[k + 3])
+  if epoch ~= ARGV[a + 1] then
+    out[i] = -1
+  else
+    local seen = false
+    if ARGV[a + 5] ~= '' then seen = redis.call('GET', KEYS[k + 5]) end
+    if seen then
+      out[i] = tonumber(seen)
+    else
+      local seq = redis.call('INCR', KEYS[k + 1])
+      if ARGV[2] == '1' then
+        redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'k', 'm', 'u', ARGV[a + 2],
+          't', ARGV[a + 3], 'ts', ARGV[a + 4], 'c', ARGV[a + 5], 'a', '1')
+        redis.call('SET', KEYS[k + 4], seq)
+      else
+        redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'k', 'm', 'u', ARGV[a + 2],
+          't', ARGV[a + 3], 'ts', ARGV[a + 4], 'c', ARGV[a + 5])
+      end
+      if ARGV[a + 5] ~= '' then redis.call('SET', KEYS[k + 5], seq, 'EX', ARGV[3]) end
+      out[i] = seq
+    end
+  end
 end
-return seqs
+return out
+";
+
+/// Marks messages acknowledged. KEYS: per room (seq, log, committed);
+/// ARGV: the cap, then per room the sequence number now acknowledged.
+const COMMIT: &str = r"
+for i = 1, #KEYS / 3 do
+  local c = tonumber(ARGV[i + 1])
+  local was = tonumber(redis.call('GET', KEYS[3 * i]) or '0')
+  if c > was then
+    redis.call('SET', KEYS[3 * i], c)
+    local top = redis.call('GET', KEYS[3 * i - 2]) or '0'
+    redis.call('XADD', KEYS[3 * i - 1], 'MAXLEN', '~', ARGV[1], top .. '-*', 'k', 'c', 's', c)
+  end
+end
+return 1
+";
+
+/// The room's epoch, minted (ARGV[1]) and announced on `chat:resets` if it
+/// has none. KEYS: epoch, resets; ARGV: the candidate, the room.
+const EPOCH: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'r', ARGV[2], 'e', epoch)
+end
+return epoch
 ";
 
 /// Appends a join or leave after the room's last message.
@@ -90,12 +256,20 @@ local seq = redis.call('GET', KEYS[1]) or '0'
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-*', 'k', ARGV[2], 'u', ARGV[3], 'ts', ARGV[4])
 ";
 
-/// The room's last sequence number, the last entry id of its stream (where
-/// a reader starts following it) and its last ARGV[1] messages, in one
-/// atomic step.
+/// In one atomic step: the room's epoch (minted if it has none), its last
+/// acknowledged sequence number, the id of the last entry up to that
+/// message (where a reader starts following it) and the last ARGV[1]
+/// messages. KEYS: committed, log, epoch, resets; ARGV: window, candidate
+/// epoch, room.
 const LOAD: &str = r"
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[3], epoch)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'r', ARGV[3], 'e', epoch)
+end
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local last = redis.call('XREVRANGE', KEYS[2], seq .. '-18446744073709551615', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #last > 0 then last_id = last[1][1] end
 local entries = {}
@@ -103,134 +277,403 @@ if seq > 0 then
   local from = math.max(1, seq - tonumber(ARGV[1]) + 1)
   entries = redis.call('XRANGE', KEYS[2], string.format('%d-0', from), string.format('%d-0', seq))
 end
-return {seq, last_id, entries}
+return {seq, last_id, entries, epoch}
 ";
 
-fn connect(url: &str) -> redis::RedisResult<Connection> {
-    let client = redis::Client::open(url)?;
-    let conn = client.get_connection_with_timeout(REPLY_TIMEOUT)?;
-    conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
-    Ok(conn)
+/// Where the broker is.
+#[derive(Debug, Clone, PartialEq)]
+enum Target {
+    Url(String),
+    /// The primary named `master`, as the Sentinels at `nodes` know it.
+    Sentinel {
+        nodes: Vec<String>,
+        master: String,
+    },
 }
 
-/// Checks that `url` is a Redis URL the client understands, for a clear
-/// start-up error instead of a failing first call.
+fn parse_target(url: &str) -> Result<Target, String> {
+    if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+        let usage =
+            || format!("invalid --broker {url:?}: expected redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME");
+        let (hosts, master) = rest.split_once('/').ok_or_else(usage)?;
+        let master = master.trim_end_matches('/');
+        let nodes: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(|h| format!("redis://{h}")).collect();
+        if master.is_empty() || master.contains('/') || nodes.is_empty() {
+            return Err(usage());
+        }
+        for node in &nodes {
+            redis::Client::open(node.as_str()).map_err(|e| format!("invalid --broker {url:?}: {node}: {e}"))?;
+        }
+        return Ok(Target::Sentinel { nodes, master: master.to_string() });
+    }
+    redis::Client::open(url).map(drop).map_err(|e| {
+        format!(
+            "invalid --broker {url:?}: {e} (expected redis://host:port, redis+unix:///path or redis+sentinel://host:port,.../master)"
+        )
+    })?;
+    Ok(Target::Url(url.to_string()))
+}
+
+/// Checks that `url` is a broker URL we understand, for a clear start-up
+/// error instead of a failing first call.
 pub fn check_url(url: &str) -> Result<(), String> {
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|e| format!("invalid --broker {url:?}: {e} (expected redis://host:port or redis+unix:///path)"))
+    parse_target(url).map(drop)
 }
 
-/// The hub's side of the broker.
-pub struct Broker {
+/// Whether `url` names Sentinels (then a replica confirms each message by default).
+pub fn is_sentinel_url(url: &str) -> bool {
+    url.starts_with("redis+sentinel://")
+}
+
+/// One connection to the primary, made again (through the Sentinels, which
+/// name the primary after a failover) after any failure.
+struct Link {
+    target: Target,
     url: String,
-    replica: String,
+    sentinel: Option<SentinelClient>,
     conn: Option<Connection>,
-    cap: usize,
-    follows: async_channel::Sender<Follow>,
+}
+
+impl Link {
+    fn new(url: &str) -> Result<Link, String> {
+        Ok(Link { target: parse_target(url)?, url: url.to_string(), sentinel: None, conn: None })
+    }
+
+    fn connect(&mut self) -> redis::RedisResult<Connection> {
+        let client = match &self.target {
+            Target::Url(url) => redis::Client::open(url.as_str())?,
+            Target::Sentinel { nodes, master } => {
+                if self.sentinel.is_none() {
+                    let client =
+                        SentinelClient::build(nodes.clone(), master.clone(), None, SentinelServerType::Master)?;
+                    self.sentinel = Some(client);
+                }
+                self.sentinel.as_mut().expect("set just above").get_client()?
+            }
+        };
+        let conn = client.get_connection_with_timeout(REPLY_TIMEOUT)?;
+        conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        Ok(conn)
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection, String> {
+        if self.conn.is_none() {
+            let conn = self.connect().map_err(|e| format!("the broker {} is unreachable: {e}", self.url))?;
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut().expect("set just above"))
+    }
+
+    /// Runs `f` on the connection; any failure drops the connection, so the
+    /// next call finds the primary again.
+    fn run<T>(&mut self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, String> {
+        let conn = self.conn()?;
+        f(conn).map_err(|e| {
+            self.conn = None;
+            format!("broker {}: {e}", self.url)
+        })
+    }
+
+    /// [`Link::run`], once more on a new connection if the first attempt
+    /// failed: for reads and other calls that may safely run twice.
+    fn retry<T>(&mut self, mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>) -> Result<T, String> {
+        match self.run(&mut f) {
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                debug!("chat: {e}; trying again on a new connection");
+                self.run(f)
+            }
+        }
+    }
 }
 
 /// A room as loaded when a replica starts following it.
 pub struct Loaded {
+    /// The last acknowledged message.
     pub last_seq: u64,
     /// Where the reader starts: every entry after it is new.
     pub position: StreamId,
     /// The last messages, oldest first (fewer when the stream was trimmed).
     pub messages: Vec<Message>,
+    pub epoch: String,
+}
+
+/// A fresh epoch: unique enough across replicas and restarts.
+pub fn new_epoch() -> String {
+    format!("{:x}-{:x}-{:x}", crate::wire::now_unix_ms(), std::process::id(), rand_suffix())
+}
+
+/// The hub's handle on the broker's threads.
+pub struct Broker {
+    jobs: async_channel::Sender<Job>,
+    follows: async_channel::Sender<Follow>,
+    writer: Option<thread::JoinHandle<()>>,
 }
 
 impl Broker {
-    /// Connects (failing now if Redis cannot be reached) and names this replica.
-    pub fn connect(url: &str, cap: usize, follows: async_channel::Sender<Follow>) -> Result<Broker, String> {
-        check_url(url)?;
-        let conn = connect(url).map_err(|e| format!("cannot reach the broker at {url}: {e}"))?;
-        let replica = format!("{}-{}-{}", std::process::id(), crate::chat::now_unix_ms(), rand_suffix());
-        info!("chat: broker {url}, replica {replica}");
-        Ok(Broker { url: url.to_string(), replica, conn: Some(conn), cap: cap.max(1), follows })
+    /// Checks that the broker answers (failing now if it cannot be
+    /// reached), then starts the writer and the reader; the reader hands
+    /// what it reads to `deliver` until that answers false.
+    pub fn start(
+        config: &BrokerConfig,
+        deliver: impl FnMut(Delivery) -> bool + Send + 'static,
+    ) -> Result<Broker, String> {
+        let mut link = Link::new(&config.url)?;
+        link.run(|conn| redis::cmd("PING").query::<()>(conn))
+            .map_err(|e| format!("cannot reach the broker at {}: {e}", config.url))?;
+        let replica = format!("{}-{}-{}", std::process::id(), crate::wire::now_unix_ms(), rand_suffix());
+        info!(
+            "chat: broker {}, replica {replica}, acknowledging after {} replica(s)",
+            config.url, config.replicas_to_ack
+        );
+        let (jobs, queued) = async_channel::unbounded();
+        let (follows, followed) = async_channel::unbounded();
+        spawn_reader(Link::new(&config.url)?, replica.clone(), followed, deliver)
+            .map_err(|e| format!("cannot start the broker reader: {e}"))?;
+        let writer = Writer { link, replica, config: config.clone() };
+        let writer = thread::Builder::new()
+            .name("chat-broker".to_string())
+            .spawn(move || writer.run(queued))
+            .map_err(|e| format!("cannot start the broker writer: {e}"))?;
+        Ok(Broker { jobs, follows, writer: Some(writer) })
     }
 
-    pub fn replica(&self) -> &str {
-        &self.replica
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Runs `f` on the connection, reconnecting first if the last call broke it.
-    fn with<T>(&mut self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T, String> {
-        if self.conn.is_none() {
-            self.conn =
-                Some(connect(&self.url).map_err(|e| format!("the broker at {} is unreachable: {e}", self.url))?);
+    /// Queues a job; never waits.
+    pub fn send(&self, job: Job) {
+        if let Err(e) = self.jobs.try_send(job) {
+            e.into_inner().fail("the broker has stopped");
         }
-        let conn = self.conn.as_mut().expect("set just above");
-        f(conn).map_err(|e| {
-            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                self.conn = None;
-            }
-            format!("broker {}: {e}", self.url)
-        })
-    }
-
-    /// Numbers and appends `messages`; answers their sequence numbers.
-    pub fn say(&mut self, messages: &[Message]) -> Result<Vec<u64>, String> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SAY).arg(messages.len() * 2);
-        for m in messages {
-            cmd.arg(seq_key(&m.room)).arg(log_key(&m.room));
-        }
-        cmd.arg(self.cap);
-        for m in messages {
-            cmd.arg(&m.user).arg(&m.text).arg(m.time_unix_ms).arg(&m.client_id);
-        }
-        self.with(|conn| cmd.query(conn))
-    }
-
-    /// Appends a join (`joined`) or a leave to the room's stream.
-    pub fn presence(&mut self, room: &str, user: &str, joined: bool) -> Result<(), String> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PRESENCE).arg(2).arg(seq_key(room)).arg(log_key(room));
-        cmd.arg(self.cap).arg(if joined { "j" } else { "l" }).arg(user).arg(crate::chat::now_unix_ms());
-        self.with(|conn| cmd.query::<Value>(conn)).map(drop)
-    }
-
-    /// Loads a room to follow it: see [`Loaded`].
-    pub fn load(&mut self, room: &str, window: usize) -> Result<Loaded, String> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(LOAD).arg(2).arg(seq_key(room)).arg(log_key(room)).arg(window.max(1));
-        let value: Value = self.with(|conn| cmd.query(conn))?;
-        let bad = || format!("broker {}: unexpected answer to the load script", self.url);
-        let Value::Array(parts) = value else { return Err(bad()) };
-        let [Value::Int(last_seq), last_id, entries] = &parts[..] else { return Err(bad()) };
-        let position = text(last_id).and_then(|id| parse_id(&id)).ok_or_else(bad)?;
-        let messages = parse_entries(room, entries).into_iter().filter_map(|(_, e)| message_of(e)).collect();
-        Ok(Loaded { last_seq: *last_seq as u64, position, messages })
-    }
-
-    /// The room's last sequence number.
-    pub fn last_seq(&mut self, room: &str) -> Result<u64, String> {
-        let seq: Option<u64> = self.with(|conn| redis::cmd("GET").arg(seq_key(room)).query(conn))?;
-        Ok(seq.unwrap_or(0))
-    }
-
-    /// The messages of `room` with `after < seq <= upto` still in its stream.
-    pub fn range(&mut self, room: &str, after: u64, upto: u64) -> Result<Vec<Message>, String> {
-        if after >= upto {
-            return Ok(Vec::new());
-        }
-        let value: Value = self.with(|conn| {
-            redis::cmd("XRANGE").arg(log_key(room)).arg(format!("{}-0", after + 1)).arg(format!("{upto}-0")).query(conn)
-        })?;
-        Ok(parse_entries(room, &value).into_iter().filter_map(|(_, e)| message_of(e)).collect())
     }
 
     /// Starts or stops reading a room's stream, and wakes the reader so it
     /// takes the change into account at once.
-    pub fn follow(&mut self, change: Follow) -> Result<(), String> {
-        self.follows.try_send(change).map_err(|_| "the broker reader has stopped".to_string())?;
+    pub fn follow(&self, change: Follow) {
+        if self.follows.try_send(change).is_err() {
+            warn!("chat: the broker reader has stopped");
+        }
+        self.send(Job::Wake);
+    }
+
+    /// Stops the reader, removes this replica's keys and waits for the writer.
+    pub fn shutdown(&mut self) {
+        let _ = self.follows.try_send(Follow::Quit);
+        self.send(Job::Stop);
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                log::error!("chat: the broker writer panicked");
+            }
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    link: Link,
+    replica: String,
+    config: BrokerConfig,
+}
+
+impl Writer {
+    fn run(mut self, jobs: async_channel::Receiver<Job>) {
+        let mut says = Vec::new();
+        while let Ok(first) = jobs.recv_blocking() {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Say(said) => says.push(said),
+                    Job::Stop => {
+                        self.say(std::mem::take(&mut says));
+                        self.stop();
+                        jobs.close();
+                        while let Ok(job) = jobs.try_recv() {
+                            job.fail("the broker has stopped");
+                        }
+                        return;
+                    }
+                    other => {
+                        self.say(std::mem::take(&mut says));
+                        self.handle(other);
+                    }
+                }
+                taken += 1;
+                if taken < BATCH {
+                    next = jobs.try_recv().ok();
+                }
+            }
+            self.say(std::mem::take(&mut says));
+        }
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Say(said) => self.say(vec![said]),
+            Job::Presence { room, user, joined, members } => {
+                if let Err(e) = self.presence(&room, &user, joined, members) {
+                    warn!("chat: cannot announce {user:?} in {room:?}: {e}");
+                }
+            }
+            Job::Load { room, window, done } => done(self.load(&room, window)),
+            Job::Range { room, after, upto, done } => done(self.range(&room, after, upto)),
+            Job::History { room, limit, before_seq, done } => done(self.history(&room, limit, before_seq)),
+            Job::Rooms { done } => done(self.rooms()),
+            Job::Wake => {
+                if let Err(e) = self.wake() {
+                    warn!("chat: cannot wake the broker reader: {e}");
+                }
+            }
+            Job::Stop => {}
+        }
+    }
+
+    /// Stores a batch of messages, waits for the replicas, marks them
+    /// acknowledged, and only then answers their senders.
+    fn say(&mut self, says: Vec<Said>) {
+        if says.is_empty() {
+            return;
+        }
+        let commit_now = self.config.replicas_to_ack == 0;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SAY).arg(says.len() * 5);
+        for s in &says {
+            let m = &s.message;
+            cmd.arg(seq_key(&m.room)).arg(log_key(&m.room)).arg(epoch_key(&m.room)).arg(committed_key(&m.room));
+            cmd.arg(client_id_key(&m.room, &m.user, &m.client_id));
+        }
+        cmd.arg(self.config.cap).arg(if commit_now { "1" } else { "0" }).arg(REPLAY_WINDOW_SECS);
+        for s in &says {
+            let m = &s.message;
+            cmd.arg(&s.epoch).arg(&m.user).arg(&m.text).arg(m.time_unix_ms).arg(&m.client_id);
+        }
+        let seqs: Vec<i64> = match self.link.run(|conn| cmd.query::<Vec<i64>>(conn)) {
+            Ok(seqs) if seqs.len() == says.len() => seqs,
+            other => {
+                let why = match other {
+                    Err(e) => e,
+                    Ok(_) => "the broker answered the wrong number of sequence numbers".to_string(),
+                };
+                warn!("chat: {} message(s) not stored: {why}", says.len());
+                for s in says {
+                    (s.done)(Err(format!("the message was not stored: {why}")));
+                }
+                return;
+            }
+        };
+        if !commit_now {
+            if let Err(why) = self.commit(&says, &seqs) {
+                warn!("chat: {} message(s) not acknowledged: {why}", says.len());
+                for s in says {
+                    (s.done)(Err(format!("the message was not acknowledged: {why}; send it again")));
+                }
+                return;
+            }
+        }
+        for (s, seq) in says.into_iter().zip(seqs) {
+            if seq < 0 {
+                let room = s.message.room.clone();
+                if let Err(e) = self.epoch(&room) {
+                    warn!("chat: {e}");
+                }
+                (s.done)(Err(format!("the history of room {room:?} was reset; join it afresh")));
+            } else {
+                (s.done)(Ok(seq as u64));
+            }
+        }
+    }
+
+    /// Waits until enough replicas have what this connection wrote, then
+    /// marks the batch's messages acknowledged.
+    fn commit(&mut self, says: &[Said], seqs: &[i64]) -> Result<(), String> {
+        let (wanted, timeout) = (self.config.replicas_to_ack, self.config.ack_timeout);
+        let started = Instant::now();
+        let confirmed: i64 =
+            self.link.run(|conn| redis::cmd("WAIT").arg(wanted).arg(timeout.as_millis() as u64).query(conn))?;
+        if confirmed < i64::from(wanted) {
+            return Err(format!(
+                "{confirmed} of {wanted} replica(s) confirmed it within {:?}",
+                started.elapsed().max(timeout)
+            ));
+        }
+        let mut last: Vec<(&str, i64)> = Vec::new();
+        for (s, &seq) in says.iter().zip(seqs) {
+            match last.iter_mut().find(|(room, _)| *room == s.message.room) {
+                Some((_, top)) => *top = (*top).max(seq),
+                None => last.push((&s.message.room, seq)),
+            }
+        }
+        last.retain(|&(_, seq)| seq > 0);
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(COMMIT).arg(last.len() * 3);
+        for (room, _) in &last {
+            cmd.arg(seq_key(room)).arg(log_key(room)).arg(committed_key(room));
+        }
+        cmd.arg(self.config.cap);
+        for (_, seq) in &last {
+            cmd.arg(*seq);
+        }
+        self.link.run(|conn| cmd.query::<Value>(conn)).map(drop)
+    }
+
+    fn epoch(&mut self, room: &str) -> Result<String, String> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(EPOCH).arg(2).arg(epoch_key(room)).arg(RESETS_KEY).arg(new_epoch()).arg(room);
+        self.link.retry(|conn| cmd.query(conn))
+    }
+
+    fn presence(&mut self, room: &str, user: &str, joined: bool, members: usize) -> Result<(), String> {
+        let mut script = redis::cmd("EVAL");
+        script.arg(PRESENCE).arg(2).arg(seq_key(room)).arg(log_key(room));
+        script.arg(self.config.cap).arg(if joined { "j" } else { "l" }).arg(user).arg(crate::wire::now_unix_ms());
+        let key = members_key(&self.replica);
+        let mut pipe = redis::pipe();
+        pipe.add_command(script).ignore();
+        if members == 0 {
+            pipe.cmd("HDEL").arg(&key).arg(room).ignore();
+        } else {
+            pipe.cmd("HSET").arg(&key).arg(room).arg(members).ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(&key).arg(MEMBERS_TTL.as_millis() as u64).ignore();
+        self.link.run(|conn| pipe.query::<()>(conn))
+    }
+
+    fn load(&mut self, room: &str, window: usize) -> Result<Loaded, String> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(LOAD).arg(4).arg(committed_key(room)).arg(log_key(room)).arg(epoch_key(room)).arg(RESETS_KEY);
+        cmd.arg(window.max(1)).arg(new_epoch()).arg(room);
+        let value: Value = self.link.retry(|conn| cmd.query(conn))?;
+        let bad = || format!("broker {}: unexpected answer to the load script", self.link.url);
+        let Value::Array(parts) = value else { return Err(bad()) };
+        let [Value::Int(last_seq), last_id, entries, epoch] = &parts[..] else { return Err(bad()) };
+        let position = text(last_id).and_then(|id| parse_id(&id)).ok_or_else(bad)?;
+        let epoch = text(epoch).ok_or_else(bad)?;
+        let messages = parse_entries(room, entries).into_iter().filter_map(|(_, e)| message_of(e)).collect();
+        Ok(Loaded { last_seq: *last_seq as u64, position, messages, epoch })
+    }
+
+    fn range(&mut self, room: &str, after: u64, upto: u64) -> Result<Vec<Message>, String> {
+        if after >= upto {
+            return Ok(Vec::new());
+        }
+        let (from, to) = (format!("{}-0", after + 1), format!("{upto}-0"));
+        let value: Value =
+            self.link.retry(|conn| redis::cmd("XRANGE").arg(log_key(room)).arg(&from).arg(&to).query(conn))?;
+        Ok(parse_entries(room, &value).into_iter().filter_map(|(_, e)| message_of(e)).collect())
+    }
+
+    fn history(&mut self, room: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<Message>, String> {
+        let last: Option<u64> = self.link.retry(|conn| redis::cmd("GET").arg(committed_key(room)).query(conn))?;
+        let last = last.unwrap_or(0);
+        let upto = before_seq.map_or(last, |before| before.saturating_sub(1).min(last));
+        self.range(room, upto.saturating_sub(limit as u64), upto)
+    }
+
+    fn wake(&mut self) -> Result<(), String> {
         let key = wake_key(&self.replica);
-        self.with(|conn| {
+        self.link.retry(|conn| {
             redis::pipe()
                 .cmd("XADD")
                 .arg(&key)
@@ -248,24 +691,10 @@ impl Broker {
         })
     }
 
-    /// Publishes how many distinct users this replica has in `room`.
-    pub fn set_members(&mut self, room: &str, count: usize) -> Result<(), String> {
-        let key = members_key(&self.replica);
-        self.with(|conn| {
-            let mut pipe = redis::pipe();
-            if count == 0 {
-                pipe.cmd("HDEL").arg(&key).arg(room).ignore();
-            } else {
-                pipe.cmd("HSET").arg(&key).arg(room).arg(count).ignore();
-            }
-            pipe.cmd("PEXPIRE").arg(&key).arg(MEMBERS_TTL.as_millis() as u64).ignore().query::<()>(conn)
-        })
-    }
-
     /// Every room with members on any live replica, with the sum of its
     /// replicas' member counts.
-    pub fn rooms(&mut self) -> Result<Vec<RoomInfo>, String> {
-        self.with(|conn| {
+    fn rooms(&mut self) -> Result<Vec<RoomInfo>, String> {
+        self.link.retry(|conn| {
             let keys: Vec<String> =
                 redis::cmd("SCAN").cursor_arg(0).arg("MATCH").arg("chat:members:*").clone().iter(conn)?.collect();
             let mut totals: HashMap<String, u32> = HashMap::new();
@@ -282,11 +711,10 @@ impl Broker {
         })
     }
 
-    /// Stops the reader and removes this replica's keys.
-    pub fn shutdown(&mut self) {
-        let _ = self.follows.try_send(Follow::Quit);
+    /// Removes this replica's keys, and wakes its reader so that it sees it must end.
+    fn stop(&mut self) {
         let (members, wake) = (members_key(&self.replica), wake_key(&self.replica));
-        let result = self.with(|conn| {
+        let result = self.link.run(|conn| {
             redis::pipe()
                 .cmd("DEL")
                 .arg(&members)
@@ -339,14 +767,23 @@ fn parse_entries(room: &str, value: &Value) -> Vec<(StreamId, Entry)> {
     let mut entries = Vec::with_capacity(items.len());
     for item in items {
         match parse_entry(room, item) {
-            Some(entry) => entries.push(entry),
+            Some((id, entry, acknowledged)) => {
+                let seq = match &entry {
+                    Entry::Message(m) if acknowledged => Some(m.seq),
+                    _ => None,
+                };
+                entries.push((id, entry));
+                // Stored acknowledged (no replica to wait for): as if a commit mark followed.
+                entries.extend(seq.map(|seq| (id, Entry::Committed(seq))));
+            }
             None => warn!("chat: skipping an unreadable entry of {}", log_key(room)),
         }
     }
     entries
 }
 
-fn parse_entry(room: &str, item: &Value) -> Option<(StreamId, Entry)> {
+/// An entry, and whether it was stored acknowledged.
+fn parse_entry(room: &str, item: &Value) -> Option<(StreamId, Entry, bool)> {
     let Value::Array(pair) = item else { return None };
     let [id, Value::Array(fields)] = &pair[..] else { return None };
     let id = parse_id(&text(id)?)?;
@@ -355,6 +792,9 @@ fn parse_entry(room: &str, item: &Value) -> Option<(StreamId, Entry)> {
         if let [k, v] = kv {
             map.insert(text(k)?, text(v)?);
         }
+    }
+    if map.get("k").map(String::as_str) == Some("c") {
+        return Some((id, Entry::Committed(map.get("s")?.parse().ok()?), false));
     }
     let user = map.remove("u")?;
     let time_unix_ms = map.get("ts").and_then(|t| t.parse().ok()).unwrap_or(0);
@@ -372,7 +812,7 @@ fn parse_entry(room: &str, item: &Value) -> Option<(StreamId, Entry)> {
         Some("l") => Entry::Left { user, time_unix_ms },
         _ => return None,
     };
-    Some((id, entry))
+    Some((id, entry, map.contains_key("a")))
 }
 
 fn message_of(entry: Entry) -> Option<Message> {
@@ -382,29 +822,81 @@ fn message_of(entry: Entry) -> Option<Message> {
     }
 }
 
+/// A room the reader follows.
+struct Followed {
+    /// The last entry read.
+    read: StreamId,
+    /// The last entry handed to the hub: where reading starts again after
+    /// a reconnection (the entries held back may not be on a new primary).
+    delivered: StreamId,
+    /// Messages up to this one are acknowledged.
+    committed: u64,
+    /// Entries read but held back behind an unacknowledged message.
+    held: VecDeque<(StreamId, Entry)>,
+}
+
+impl Followed {
+    fn new(position: StreamId, committed: u64) -> Self {
+        Followed { read: position, delivered: position, committed, held: VecDeque::new() }
+    }
+
+    /// Takes in newly read entries; answers those now deliverable, in
+    /// order: everything up to the first unacknowledged message.
+    fn take(&mut self, entries: Vec<(StreamId, Entry)>) -> Vec<(StreamId, Entry)> {
+        for (id, entry) in entries {
+            self.read = self.read.max(id);
+            match entry {
+                Entry::Committed(seq) => self.committed = self.committed.max(seq),
+                entry => self.held.push_back((id, entry)),
+            }
+        }
+        let mut ready = Vec::new();
+        while let Some((_, entry)) = self.held.front() {
+            if matches!(entry, Entry::Message(m) if m.seq > self.committed) {
+                break;
+            }
+            let (id, entry) = self.held.pop_front().expect("front exists");
+            self.delivered = id;
+            ready.push((id, entry));
+        }
+        if self.held.is_empty() {
+            self.delivered = self.read;
+        }
+        ready
+    }
+
+    /// After a reconnection: read again from what was delivered.
+    fn rewind(&mut self) {
+        self.read = self.delivered;
+        self.held.clear();
+    }
+}
+
 /// Starts the replica's reader thread: it follows the rooms the hub tells
-/// it to (through `follows`), blocking in XREAD on their streams and on the
-/// replica's wake-up stream, and hands each room's new entries to
-/// `deliver`. It ends on [`Follow::Quit`], when `follows` is closed, or
-/// when `deliver` answers false (the hub is gone).
-pub fn spawn_reader(
-    url: String,
+/// it to (through `follows`), blocking in XREAD on their streams, on the
+/// replica's wake-up stream and on `chat:resets`, and hands `deliver` each
+/// room's new acknowledged entries and each epoch minted. It ends on
+/// [`Follow::Quit`], when `follows` is closed, or when `deliver` answers
+/// false (the hub is gone).
+fn spawn_reader(
+    mut link: Link,
     replica: String,
     follows: async_channel::Receiver<Follow>,
-    mut deliver: impl FnMut(String, Vec<(StreamId, Entry)>) -> bool + Send + 'static,
+    mut deliver: impl FnMut(Delivery) -> bool + Send + 'static,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new().name("chat-broker-reader".to_string()).spawn(move || {
         let wake = wake_key(&replica);
         let members = members_key(&replica);
         let mut wake_position = "0-0".to_string();
-        let mut rooms: HashMap<String, StreamId> = HashMap::new();
-        let mut conn: Option<Connection> = None;
+        let mut resets_position: Option<String> = None;
+        let mut rooms: HashMap<String, Followed> = HashMap::new();
         let mut refreshed = Instant::now();
+        let mut failing = false;
         loop {
             loop {
                 match follows.try_recv() {
-                    Ok(Follow::Start(room, from)) => {
-                        rooms.insert(room, from);
+                    Ok(Follow::Start { room, position, committed }) => {
+                        rooms.insert(room, Followed::new(position, committed));
                     }
                     Ok(Follow::Stop(room)) => {
                         rooms.remove(&room);
@@ -413,66 +905,127 @@ pub fn spawn_reader(
                     Err(async_channel::TryRecvError::Empty) => break,
                 }
             }
-            let connection = match conn.as_mut() {
-                Some(c) => c,
-                None => match connect(&url).and_then(|c| {
-                    c.set_read_timeout(Some(READ_BLOCK + REPLY_TIMEOUT))?;
-                    Ok(c)
-                }) {
-                    Ok(c) => conn.insert(c),
+            if failing {
+                // A dedicated thread, not a completion-queue thread: waiting here blocks no call.
+                thread::sleep(RECONNECT_DELAY);
+            }
+            let connected = link
+                .conn()
+                .and_then(|conn| conn.set_read_timeout(Some(READ_BLOCK + REPLY_TIMEOUT)).map_err(|e| e.to_string()));
+            if let Err(e) = connected {
+                if !failing {
+                    warn!("chat: broker reader: {e}; retrying");
+                }
+                failing = true;
+                continue;
+            }
+            if failing {
+                info!("chat: broker reader: reconnected to {}", link.url);
+                failing = false;
+            }
+            if resets_position.is_none() {
+                // Epochs minted from now on; the hub loads a room's current one itself.
+                let last: Result<Value, String> = link.run(|conn| {
+                    redis::cmd("XREVRANGE").arg(RESETS_KEY).arg("+").arg("-").arg("COUNT").arg(1).query(conn)
+                });
+                match last {
+                    Ok(last) => {
+                        let id = parse_entries_ids(&last).pop().unwrap_or_else(|| "0-0".to_string());
+                        resets_position = Some(id);
+                    }
                     Err(e) => {
-                        warn!("chat: broker reader cannot reach {url}: {e}; retrying");
-                        // A dedicated thread, not a completion-queue thread: waiting here blocks no call.
-                        thread::sleep(RECONNECT_DELAY);
+                        warn!("chat: broker reader: {e}; reconnecting");
+                        failing = true;
+                        for followed in rooms.values_mut() {
+                            followed.rewind();
+                        }
                         continue;
                     }
-                },
-            };
+                }
+            }
             if refreshed.elapsed() > MEMBERS_TTL / 3 {
-                let _ = redis::cmd("PEXPIRE").arg(&members).arg(MEMBERS_TTL.as_millis() as u64).query::<()>(connection);
+                let _ = link.run(|conn| {
+                    redis::cmd("PEXPIRE").arg(&members).arg(MEMBERS_TTL.as_millis() as u64).query::<()>(conn)
+                });
                 refreshed = Instant::now();
             }
-            let names: Vec<&String> = rooms.keys().collect();
+            let names: Vec<String> = rooms.keys().cloned().collect();
             let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT").arg(1000).arg("BLOCK").arg(READ_BLOCK.as_millis() as u64).arg("STREAMS").arg(&wake);
+            cmd.arg("COUNT").arg(1000).arg("BLOCK").arg(READ_BLOCK.as_millis() as u64).arg("STREAMS");
+            cmd.arg(&wake).arg(RESETS_KEY);
             for room in &names {
                 cmd.arg(log_key(room));
             }
-            cmd.arg(&wake_position);
+            cmd.arg(&wake_position).arg(resets_position.as_deref().unwrap_or("0-0"));
             for room in &names {
-                let (ms, seq) = rooms[*room];
+                let (ms, seq) = rooms[room].read;
                 cmd.arg(format!("{ms}-{seq}"));
             }
-            let reply: Value = match cmd.query(connection) {
+            let reply: Value = match link.run(|conn| cmd.query(conn)) {
                 Ok(reply) => reply,
                 Err(e) => {
                     warn!("chat: broker reader: {e}; reconnecting");
-                    conn = None;
+                    failing = true;
+                    // What a new primary has is read again from what was delivered.
+                    for followed in rooms.values_mut() {
+                        followed.rewind();
+                    }
+                    resets_position = None;
                     continue;
                 }
             };
             for (key, entries) in xread_streams(reply) {
                 if key == wake {
-                    if let Some(last) = entries.last().and_then(|e| match e {
-                        Value::Array(pair) => pair.first().and_then(text),
-                        _ => None,
-                    }) {
+                    if let Some(last) = parse_entries_ids(&Value::Array(entries)).pop() {
                         wake_position = last;
                     }
                     continue;
                 }
-                let Some(room) = key.strip_prefix("chat:log:") else { continue };
-                let entries = parse_entries(room, &Value::Array(entries));
-                let Some(&(last, _)) = entries.last() else { continue };
-                if let Some(position) = rooms.get_mut(room) {
-                    *position = last;
+                if key == RESETS_KEY {
+                    for (id, fields) in raw_entries(&entries) {
+                        resets_position = Some(id);
+                        if let (Some(room), Some(epoch)) = (fields.get("r"), fields.get("e")) {
+                            if !deliver(Delivery::Reset { room: room.clone(), epoch: epoch.clone() }) {
+                                return;
+                            }
+                        }
+                    }
+                    continue;
                 }
-                if !deliver(room.to_string(), entries) {
+                let Some(room) = key.strip_prefix("chat:log:") else { continue };
+                let Some(followed) = rooms.get_mut(room) else { continue };
+                let ready = followed.take(parse_entries(room, &Value::Array(entries)));
+                if !ready.is_empty() && !deliver(Delivery::Entries(room.to_string(), ready)) {
                     return;
                 }
             }
         }
     })
+}
+
+/// The ids of an XRANGE-style array.
+fn parse_entries_ids(value: &Value) -> Vec<String> {
+    let Value::Array(items) = value else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|e| match e {
+            Value::Array(pair) => pair.first().and_then(text),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The ids and fields of XRANGE-style entries.
+fn raw_entries(items: &[Value]) -> Vec<(String, HashMap<String, String>)> {
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else { return None };
+            let [id, Value::Array(fields)] = &pair[..] else { return None };
+            let fields = fields.chunks(2).filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?))).collect();
+            Some((text(id)?, fields))
+        })
+        .collect()
 }
 
 /// The (key, entries) pairs of an XREAD reply, in either RESP2 or RESP3 shape.
@@ -524,5 +1077,26 @@ mod tests {
         let Entry::Message(m) = &entries[0].1 else { panic!("{:?}", entries[0]) };
         assert_eq!((m.seq, m.user.as_str(), m.text.as_str(), m.client_id.as_str()), (7, "ann", "hi", "x1"));
         assert_eq!(entries[1], ((7, 1), Entry::Joined { user: "bob".into(), time_unix_ms: 13 }));
+    }
+
+    fn message(seq: u64) -> (StreamId, Entry) {
+        ((seq, 0), Entry::Message(Message { seq, ..Default::default() }))
+    }
+
+    #[test]
+    fn entries_after_an_unacknowledged_message_are_held_back_until_a_mark_covers_it() {
+        let joined = |k| ((2, k), Entry::Joined { user: "bob".into(), time_unix_ms: 0 });
+        let mut room = Followed::new((1, 0), 1);
+        let ready = room.take(vec![joined(1), message(2), joined(2), message(3)]);
+        assert_eq!(ready, vec![joined(1)], "the join before message 2 goes at once");
+        assert_eq!(room.delivered, (2, 1));
+        assert!(room.take(vec![((3, 1), Entry::Committed(2))]).len() == 2, "message 2 and the join after it");
+        assert_eq!(room.read, (3, 1));
+        room.rewind();
+        assert_eq!(room.read, (2, 2), "message 3 is read again from a new primary");
+        assert!(room.held.is_empty());
+        let ready = room.take(vec![message(3), ((3, 0), Entry::Committed(3))]);
+        assert_eq!(ready, vec![message(3)]);
+        assert_eq!(room.delivered, (3, 0));
     }
 }

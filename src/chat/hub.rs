@@ -5,6 +5,11 @@
 //! numbered in one Redis round trip) before they are fanned out. Being the
 //! only owner of the rooms, it needs no lock, and a join sees a consistent
 //! cut: its backlog ends exactly where its subscription starts.
+//!
+//! In broker mode the hub never waits on Redis: what needs Redis is a
+//! [`broker::Job`] for the broker's writer thread, which answers the
+//! caller itself or, when the hub needs the answer (a room to load), sends
+//! it back as a [`Command`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -13,28 +18,42 @@ use std::thread;
 use futures::channel::oneshot;
 use log::{debug, info, warn};
 
-use super::broker::{self, Broker, Entry, Follow, StreamId};
+use super::broker::{self, Broker, BrokerConfig, Delivery, Entry, Follow, Job, Loaded, Said, StreamId};
 use super::cache::{Window, WindowCache};
 use super::limits::MAX_RESUME;
 use super::store::Store;
-use super::{now_unix_ms, ChatConfig, ChatError, Event, Stats};
+use super::types::{ChatConfig, ChatError, Event, Stats};
 use crate::fanout::{Ended, Fanout, SubscriberId, Subscription, WhenFull};
 use crate::proto::chat::{server_event, Message, Presence, RoomInfo, ServerEvent};
+use crate::wire::now_unix_ms;
 
 type Reply<T> = oneshot::Sender<Result<T, ChatError>>;
 
-/// What a join answers: the room's last sequence number, the backlog up to
-/// it, and the subscription to what follows.
-pub(super) type JoinAnswer = (u64, Vec<Message>, Subscription<Event>);
+/// What a join answers.
+pub(super) struct JoinAnswer {
+    /// The room's last sequence number.
+    pub last_seq: u64,
+    /// The backlog, up to `last_seq`.
+    pub backlog: Vec<Message>,
+    /// What follows `last_seq`.
+    pub subscription: Subscription<Event>,
+    /// The room's epoch.
+    pub epoch: String,
+}
+
+/// A join, as asked.
+pub(super) struct JoinRequest {
+    pub room: String,
+    pub user: String,
+    pub resume_after: Option<u64>,
+    /// The epoch the client saw `resume_after` in.
+    pub epoch: Option<String>,
+    pub history: usize,
+    pub reply: Reply<JoinAnswer>,
+}
 
 pub(super) enum Command {
-    Join {
-        room: String,
-        user: String,
-        resume_after: Option<u64>,
-        history: usize,
-        reply: Reply<JoinAnswer>,
-    },
+    Join(JoinRequest),
     Say {
         message: Message,
         reply: Reply<u64>,
@@ -57,6 +76,16 @@ pub(super) enum Command {
         room: String,
         entries: Vec<(StreamId, Entry)>,
     },
+    /// A room's numbering (re)started under this epoch, from the broker reader.
+    Reset {
+        room: String,
+        epoch: String,
+    },
+    /// A room loaded by the broker's writer, for the joins waiting for it.
+    Loaded {
+        room: String,
+        loaded: Result<Loaded, String>,
+    },
     Stop,
 }
 
@@ -71,6 +100,8 @@ struct Room {
     last_seq: u64,
     /// Broker mode: the last stream entry fanned out here.
     position: StreamId,
+    /// Its epoch: joins that resume must present it.
+    epoch: String,
 }
 
 enum Backend {
@@ -86,6 +117,10 @@ struct Hub {
     subscriber_queue: usize,
     /// Messages said in the current batch, not yet stored.
     pending: Vec<(Message, Reply<u64>)>,
+    /// Broker mode: rooms being loaded, with the joins waiting for them.
+    opening: HashMap<String, Vec<JoinRequest>>,
+    /// The hub's own command channel, for answers from the broker's writer.
+    me: async_channel::WeakSender<Command>,
 }
 
 /// Most commands taken in one batch.
@@ -100,16 +135,22 @@ pub(super) fn start(
     let (commands, receiver) = async_channel::unbounded();
     let backend = match &config.broker {
         Some(url) => {
-            let (follows, followed) = async_channel::unbounded();
-            let broker = Broker::connect(url, config.stream_cap, follows)?;
             // Weak: the reader must not keep the hub alive once every handle is gone.
             let hub = commands.downgrade();
-            let deliver = move |room, entries| {
-                hub.upgrade().is_some_and(|hub| hub.send_blocking(Command::Delivered { room, entries }).is_ok())
+            let deliver = move |delivery| {
+                let command = match delivery {
+                    Delivery::Entries(room, entries) => Command::Delivered { room, entries },
+                    Delivery::Reset { room, epoch } => Command::Reset { room, epoch },
+                };
+                hub.upgrade().is_some_and(|hub| hub.try_send(command).is_ok())
             };
-            broker::spawn_reader(broker.url().to_string(), broker.replica().to_string(), followed, deliver)
-                .map_err(|e| format!("cannot start the broker reader: {e}"))?;
-            Backend::Broker(broker)
+            let broker_config = BrokerConfig {
+                url: url.clone(),
+                cap: config.stream_cap.max(1),
+                replicas_to_ack: config.replicas_to_ack.unwrap_or(if broker::is_sentinel_url(url) { 1 } else { 0 }),
+                ack_timeout: config.ack_timeout,
+            };
+            Backend::Broker(Broker::start(&broker_config, deliver)?)
         }
         None => match Store::open(config.data_dir.as_deref()) {
             Ok(store) => Backend::Local(store),
@@ -127,6 +168,8 @@ pub(super) fn start(
         stats,
         subscriber_queue: config.subscriber_queue,
         pending: Vec::new(),
+        opening: HashMap::new(),
+        me: commands.downgrade(),
     };
     let thread = thread::Builder::new()
         .name("chat-hub".to_string())
@@ -187,6 +230,11 @@ impl Hub {
         }
         commands.close();
         self.flush();
+        for (_, joins) in std::mem::take(&mut self.opening) {
+            for join in joins {
+                reply(join.reply, Err(ChatError::ShuttingDown));
+            }
+        }
         self.stop();
         // Commands that were queued behind the stop get their answer.
         while let Ok(command) = commands.try_recv() {
@@ -196,11 +244,15 @@ impl Hub {
 
     fn refuse(&mut self, command: Command) {
         match command {
-            Command::Join { reply: r, .. } => reply(r, Err(ChatError::ShuttingDown)),
+            Command::Join(join) => reply(join.reply, Err(ChatError::ShuttingDown)),
             Command::Say { reply: r, .. } => reply(r, Err(ChatError::ShuttingDown)),
             Command::History { reply: r, .. } => reply(r, Err(ChatError::ShuttingDown)),
             Command::Rooms { reply: r } => reply(r, Err(ChatError::ShuttingDown)),
-            Command::Leave { .. } | Command::Delivered { .. } | Command::Stop => {}
+            Command::Leave { .. }
+            | Command::Delivered { .. }
+            | Command::Reset { .. }
+            | Command::Loaded { .. }
+            | Command::Stop => {}
         }
     }
 
@@ -218,10 +270,9 @@ impl Hub {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Say { message, reply: r } => self.say(message, r),
-            Command::Join { room, user, resume_after, history, reply: r } => {
+            Command::Join(join) => {
                 self.flush();
-                let answer = self.join(&room, &user, resume_after, history);
-                reply(r, answer);
+                self.join(join);
             }
             Command::Leave { room, id } => {
                 self.flush();
@@ -231,16 +282,20 @@ impl Hub {
             }
             Command::History { room, limit, before_seq, reply: r } => {
                 self.flush();
-                let answer = self.history(&room, limit, before_seq);
-                reply(r, answer);
+                self.history(&room, limit, before_seq, r);
             }
-            Command::Rooms { reply: r } => {
-                let answer = self.list_rooms();
-                reply(r, answer);
-            }
+            Command::Rooms { reply: r } => self.list_rooms(r),
             Command::Delivered { room, entries } => {
                 self.flush();
                 self.delivered(&room, entries);
+            }
+            Command::Reset { room, epoch } => {
+                self.flush();
+                self.reset(&room, &epoch);
+            }
+            Command::Loaded { room, loaded } => {
+                self.flush();
+                self.loaded(&room, loaded);
             }
             Command::Stop => self.refuse(command),
         }
@@ -276,114 +331,199 @@ impl Hub {
         Ok(last_seq)
     }
 
-    /// Makes `room` live on this server: its last sequence number known
-    /// and, with a broker, its stream followed from there.
-    fn open_room(&mut self, room: &str, missed: &mut bool) -> Result<(), ChatError> {
-        if self.rooms.contains_key(room) {
-            return Ok(());
+    fn new_room(&self, last_seq: u64, position: StreamId, epoch: String) -> Room {
+        let fanout = Fanout::new(self.subscriber_queue, WhenFull::Disconnect);
+        Room { fanout, members: HashMap::new(), subscribers: HashMap::new(), last_seq, position, epoch }
+    }
+
+    /// A join: at once if its room is live here (or in embedded mode),
+    /// else once the broker's writer has loaded the room.
+    fn join(&mut self, join: JoinRequest) {
+        let mut missed = false;
+        if !self.rooms.contains_key(&join.room) {
+            match &self.backend {
+                Backend::Local(store) => {
+                    let epoch = store.epoch().to_string();
+                    let last_seq = match self.local_window(&join.room, &mut missed) {
+                        Ok(last_seq) => last_seq,
+                        Err(e) => return reply(join.reply, Err(e)),
+                    };
+                    let room = self.new_room(last_seq, (0, 0), epoch);
+                    self.rooms.insert(join.room.clone(), room);
+                }
+                Backend::Broker(broker) => {
+                    if let Some(waiting) = self.opening.get_mut(&join.room) {
+                        waiting.push(join);
+                        return;
+                    }
+                    self.stats.store_reads.inc();
+                    let me = self.me.clone();
+                    let room = join.room.clone();
+                    let done = Box::new(move |loaded| {
+                        if let Some(hub) = me.upgrade() {
+                            let _ = hub.try_send(Command::Loaded { room, loaded });
+                        }
+                    });
+                    broker.send(Job::Load { room: join.room.clone(), window: self.cache.window, done });
+                    self.opening.insert(join.room.clone(), vec![join]);
+                    return;
+                }
+            }
         }
-        let (last_seq, position) = match &mut self.backend {
-            Backend::Local(_) => (0, (0, 0)),
-            Backend::Broker(broker) => {
-                *missed = true;
-                self.stats.store_reads.inc();
-                let loaded = broker.load(room, self.cache.window).map_err(ChatError::Unavailable)?;
-                broker.follow(Follow::Start(room.to_string(), loaded.position)).map_err(ChatError::Unavailable)?;
-                let messages = contiguous_tail(loaded.last_seq, loaded.messages);
-                self.cache.insert(room, Window::new(loaded.last_seq, messages));
-                (loaded.last_seq, loaded.position)
+        self.join_live_room(join, missed);
+    }
+
+    /// Broker mode: the room the joins waiting for it asked for is loaded.
+    fn loaded(&mut self, name: &str, loaded: Result<Loaded, String>) {
+        let joins = self.opening.remove(name).unwrap_or_default();
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                for join in joins {
+                    reply(join.reply, Err(ChatError::Unavailable(e.clone())));
+                }
+                return;
             }
         };
-        let last_seq = match self.backend {
-            Backend::Local(_) => self.local_window(room, missed)?,
-            Backend::Broker(_) => last_seq,
-        };
-        let fanout = Fanout::new(self.subscriber_queue, WhenFull::Disconnect);
-        let room_state = Room { fanout, members: HashMap::new(), subscribers: HashMap::new(), last_seq, position };
-        self.rooms.insert(room.to_string(), room_state);
-        Ok(())
-    }
-
-    /// The messages `after < seq <= upto` of a room: from the cache when
-    /// its window holds them, else from the store (which sets `missed`).
-    fn read_range(&mut self, room: &str, after: u64, upto: u64, missed: &mut bool) -> Result<Vec<Message>, ChatError> {
-        if let Some(messages) = self.cache.get(room).and_then(|w| w.range(after, upto)) {
-            return Ok(messages);
+        if joins.is_empty() || self.rooms.contains_key(name) {
+            return;
         }
-        *missed = true;
-        self.stats.store_reads.inc();
-        match &mut self.backend {
-            Backend::Local(store) => store.range(room, after, upto),
-            Backend::Broker(broker) => broker.range(room, after, upto),
+        if let Backend::Broker(broker) = &self.backend {
+            let (position, committed) = (loaded.position, loaded.last_seq);
+            broker.follow(Follow::Start { room: name.to_string(), position, committed });
         }
-        .map_err(ChatError::Unavailable)
-    }
-
-    fn join(
-        &mut self,
-        room: &str,
-        user: &str,
-        resume_after: Option<u64>,
-        history: usize,
-    ) -> Result<JoinAnswer, ChatError> {
-        let mut missed = false;
-        self.open_room(room, &mut missed)?;
-        let joined = self.join_open_room(room, user, resume_after, history, &mut missed);
-        if joined.is_err() && self.rooms.get(room).is_some_and(|r| r.subscribers.is_empty()) {
-            self.close_room(room);
+        let messages = contiguous_tail(loaded.last_seq, loaded.messages);
+        self.cache.insert(name, Window::new(loaded.last_seq, messages));
+        let room = self.new_room(loaded.last_seq, loaded.position, loaded.epoch);
+        self.rooms.insert(name.to_string(), room);
+        for join in joins {
+            self.join_live_room(join, true);
         }
-        let joined = joined?;
-        self.count_lookup(room, missed);
+        if self.rooms.get(name).is_some_and(|r| r.subscribers.is_empty()) {
+            self.close_room(name);
+        }
         self.update_counts();
-        Ok(joined)
     }
 
-    fn join_open_room(
-        &mut self,
-        room: &str,
-        user: &str,
-        resume_after: Option<u64>,
-        history: usize,
-        missed: &mut bool,
-    ) -> Result<JoinAnswer, ChatError> {
-        let last_seq = self.rooms[room].last_seq;
+    /// Broker mode: a room's numbering (re)started. If this replica holds
+    /// the room under another epoch, its members are cut off: resuming
+    /// tells them the history was reset.
+    fn reset(&mut self, name: &str, epoch: &str) {
+        if self.rooms.get(name).is_some_and(|r| r.epoch != epoch) {
+            warn!(
+                "chat: the history of room {name:?} was reset (new epoch {epoch}); its members here must join afresh"
+            );
+            if let Some(mut room) = self.rooms.remove(name) {
+                room.fanout.close();
+            }
+            self.cache.invalidate(name);
+            if let Backend::Broker(broker) = &self.backend {
+                broker.follow(Follow::Stop(name.to_string()));
+            }
+            self.update_counts();
+        }
+    }
+
+    /// A join of a room live on this server.
+    fn join_live_room(&mut self, join: JoinRequest, mut missed: bool) {
+        let JoinRequest { room, user, resume_after, epoch, history, reply: r } = join;
+        let state = &self.rooms[&room];
+        let (last_seq, room_epoch) = (state.last_seq, state.epoch.clone());
+        let reset = |why: String| {
+            Err(ChatError::OutOfRange(format!(
+                "the history of room {room:?} was reset ({why}): its numbering started again; join afresh without resume_after"
+            )))
+        };
         let after = match resume_after {
-            Some(seen) if last_seq.saturating_sub(seen) > MAX_RESUME => {
-                return Err(ChatError::OutOfRange(format!(
+            Some(_) if epoch.as_ref().is_some_and(|e| *e != room_epoch) => {
+                return self.refuse_join(&room, r, reset("another epoch".to_string()));
+            }
+            Some(seen) if seen > last_seq => {
+                return self.refuse_join(&room, r, reset(format!("it is at message {last_seq}, not {seen}")));
+            }
+            Some(seen) if last_seq - seen > MAX_RESUME => {
+                let why = format!(
                     "cannot resume after message {seen}: {} messages were missed, at most {MAX_RESUME} are replayed; join without resume_after",
                     last_seq - seen
-                )));
+                );
+                return self.refuse_join(&room, r, Err(ChatError::OutOfRange(why)));
             }
-            Some(seen) => seen.min(last_seq),
+            Some(seen) => seen,
             None => last_seq.saturating_sub(history as u64),
         };
-        let backlog = self.read_range(room, after, last_seq, missed)?;
-        if resume_after.is_some() && backlog.len() as u64 != last_seq - after {
-            let oldest = backlog.first().map_or(last_seq + 1, |m| m.seq);
-            return Err(ChatError::OutOfRange(format!(
-                "cannot resume after message {after}: the room's history now starts at message {oldest}; join without resume_after"
-            )));
+        let cached = self.cache.get(&room).and_then(|w| w.range(after, last_seq));
+        if cached.is_none() {
+            missed = true;
+            self.stats.store_reads.inc();
         }
-        let state = self.rooms.get_mut(room).expect("opened above");
+        let backlog = match (cached, &mut self.backend) {
+            (Some(backlog), _) => Some(backlog),
+            (None, Backend::Local(store)) => match store.range(&room, after, last_seq) {
+                Ok(backlog) => Some(backlog),
+                Err(e) => return self.refuse_join(&room, r, Err(ChatError::Unavailable(e))),
+            },
+            (None, Backend::Broker(_)) => None,
+        };
+        if let Some(backlog) = &backlog {
+            if let Err(e) = check_backlog(resume_after, after, last_seq, backlog) {
+                return self.refuse_join(&room, r, Err(e));
+            }
+        }
+        self.count_lookup(&room, missed);
+        let state = self.rooms.get_mut(&room).expect("live");
         let subscription = state.fanout.subscribe();
-        state.subscribers.insert(subscription.id, user.to_string());
-        let connections = state.members.entry(user.to_string()).or_insert(0);
+        let id = subscription.id;
+        state.subscribers.insert(id, user.clone());
+        let connections = state.members.entry(user.clone()).or_insert(0);
         *connections += 1;
         if *connections == 1 {
             let members = state.members.len();
-            self.announce(room, user, true, members);
+            self.announce(&room, &user, true, members);
         }
-        Ok((last_seq, backlog, subscription))
+        self.update_counts();
+        let answer = move |backlog| JoinAnswer { last_seq, backlog, subscription, epoch: room_epoch };
+        match (backlog, &self.backend) {
+            (Some(backlog), _) => reply(r, Ok(answer(backlog))),
+            (None, Backend::Local(_)) => unreachable!("embedded mode reads its backlog above"),
+            (None, Backend::Broker(broker)) => {
+                // The subscription already holds what follows last_seq; the
+                // backlog up to it comes from Redis, off this thread.
+                let me = self.me.clone();
+                let name = room.clone();
+                let done = Box::new(move |read: Result<Vec<Message>, String>| {
+                    let checked = read
+                        .map_err(ChatError::Unavailable)
+                        .and_then(|backlog| check_backlog(resume_after, after, last_seq, &backlog).map(|()| backlog));
+                    match checked {
+                        Ok(backlog) => reply(r, Ok(answer(backlog))),
+                        Err(e) => {
+                            if let Some(hub) = me.upgrade() {
+                                let _ = hub.try_send(Command::Leave { room: name, id });
+                            }
+                            reply(r, Err(e));
+                        }
+                    }
+                });
+                broker.send(Job::Range { room, after, upto: last_seq, done });
+            }
+        }
+    }
+
+    /// Answers a join that failed, and frees its room if nobody is in it.
+    fn refuse_join(&mut self, room: &str, r: Reply<JoinAnswer>, answer: Result<JoinAnswer, ChatError>) {
+        reply(r, answer);
+        if self.rooms.get(room).is_some_and(|r| r.subscribers.is_empty()) {
+            self.close_room(room);
+        }
+        self.update_counts();
     }
 
     /// Tells the room that `user` joined or left (`members` distinct users
     /// are left on this server).
     fn announce(&mut self, room: &str, user: &str, joined: bool, members: usize) {
-        if let Backend::Broker(broker) = &mut self.backend {
+        if let Backend::Broker(broker) = &self.backend {
             // The event comes back through the reader, to every replica.
-            if let Err(e) = broker.presence(room, user, joined).and_then(|()| broker.set_members(room, members)) {
-                warn!("chat: cannot announce {user:?} in {room:?}: {e}");
-            }
+            broker.send(Job::Presence { room: room.to_string(), user: user.to_string(), joined, members });
         } else {
             self.fan_out(room, presence_event(room, user, now_unix_ms(), joined));
         }
@@ -420,11 +560,13 @@ impl Hub {
     /// (and forgets its cached window, which nothing keeps current now).
     fn close_room(&mut self, room: &str) {
         self.rooms.remove(room);
-        if let Backend::Broker(broker) = &mut self.backend {
-            self.cache.invalidate(room);
-            if let Err(e) = broker.follow(Follow::Stop(room.to_string())) {
-                warn!("chat: {e}");
+        match &self.backend {
+            Backend::Broker(broker) => {
+                self.cache.invalidate(room);
+                broker.follow(Follow::Stop(room.to_string()));
             }
+            // Embedded mode keeps the window: the store does not change behind it.
+            Backend::Local(_) => {}
         }
     }
 
@@ -445,63 +587,55 @@ impl Hub {
     }
 
     fn say(&mut self, mut message: Message, reply_to: Reply<u64>) {
+        let Some(state) = self.rooms.get_mut(&message.room) else {
+            return reply(reply_to, Err(ChatError::Unavailable(format!("not in room {:?}", message.room))));
+        };
         match &self.backend {
             Backend::Local(_) => {
-                let Some(state) = self.rooms.get_mut(&message.room) else {
-                    return reply(reply_to, Err(ChatError::Unavailable(format!("not in room {:?}", message.room))));
-                };
                 state.last_seq += 1;
                 message.seq = state.last_seq;
+                self.pending.push((message, reply_to));
             }
-            // Redis numbers it at the flush.
-            Backend::Broker(_) => {}
+            // Redis numbers it; the writer answers once it is acknowledged.
+            Backend::Broker(broker) => {
+                let epoch = state.epoch.clone();
+                let done = Box::new(move |stored: Result<u64, String>| {
+                    reply(reply_to, stored.map_err(ChatError::Unavailable));
+                });
+                broker.send(Job::Say(Said { message, epoch, done }));
+            }
         }
-        self.pending.push((message, reply_to));
     }
 
-    /// Stores the messages said in this batch, then answers their senders
-    /// and (embedded mode) fans them out; a broker fans them out when the
-    /// reader reads them back.
+    /// Embedded mode: stores the messages said in this batch in one
+    /// transaction, then answers their senders and fans them out.
     fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
         }
         let (messages, replies): (Vec<Message>, Vec<Reply<u64>>) =
             std::mem::take(&mut self.pending).into_iter().unzip();
-        let stored = match &mut self.backend {
-            Backend::Local(store) => store.append(&messages).map(|()| messages.iter().map(|m| m.seq).collect()),
-            Backend::Broker(broker) => broker.say(&messages),
+        let Backend::Local(store) = &mut self.backend else {
+            unreachable!("only embedded mode keeps messages pending")
         };
-        let seqs: Vec<u64> = match stored {
-            Ok(seqs) if seqs.len() == messages.len() => seqs,
-            Ok(_) | Err(_) => {
-                let why = match stored {
-                    Err(e) => e,
-                    Ok(_) => "the broker answered the wrong number of sequence numbers".to_string(),
-                };
-                warn!("chat: {} message(s) not stored: {why}", messages.len());
-                if let Backend::Local(_) = self.backend {
-                    // Give the numbers back, so the sequence stays gap-free.
-                    for m in &messages {
-                        if let Some(state) = self.rooms.get_mut(&m.room) {
-                            state.last_seq = state.last_seq.min(m.seq - 1);
-                        }
-                    }
+        if let Err(why) = store.append(&messages) {
+            warn!("chat: {} message(s) not stored: {why}", messages.len());
+            // Give the numbers back, so the sequence stays gap-free.
+            for m in &messages {
+                if let Some(state) = self.rooms.get_mut(&m.room) {
+                    state.last_seq = state.last_seq.min(m.seq - 1);
                 }
-                for r in replies {
-                    reply(r, Err(ChatError::Unavailable(format!("the message was not stored: {why}"))));
-                }
-                return;
             }
-        };
-        let local = matches!(self.backend, Backend::Local(_));
-        for ((message, r), seq) in messages.into_iter().zip(replies).zip(seqs) {
-            reply(r, Ok(seq));
-            if local {
-                self.cache.append(&message);
-                let room = message.room.clone();
-                self.fan_out(&room, message_event(message));
+            for r in replies {
+                reply(r, Err(ChatError::Unavailable(format!("the message was not stored: {why}"))));
             }
+            return;
+        }
+        for (message, r) in messages.into_iter().zip(replies) {
+            reply(r, Ok(message.seq));
+            self.cache.append(&message);
+            let room = message.room.clone();
+            self.fan_out(&room, message_event(message));
         }
     }
 
@@ -528,31 +662,57 @@ impl Hub {
                 }
                 Entry::Joined { user, time_unix_ms } => presence_event(room, &user, time_unix_ms, true),
                 Entry::Left { user, time_unix_ms } => presence_event(room, &user, time_unix_ms, false),
+                Entry::Committed(_) => continue,
             };
             self.fan_out(room, event);
         }
     }
 
-    fn history(&mut self, room: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<Message>, ChatError> {
+    fn history(&mut self, room: &str, limit: usize, before_seq: Option<u64>, r: Reply<Vec<Message>>) {
         let mut missed = false;
         let live = self.rooms.get(room).map(|state| state.last_seq);
-        let last_seq = if let Some(last_seq) = live {
-            last_seq
-        } else if let Backend::Broker(broker) = &mut self.backend {
-            broker.last_seq(room).map_err(ChatError::Unavailable)?
-        } else {
-            self.local_window(room, &mut missed)?
+        let last_seq = match (live, &self.backend) {
+            (Some(last_seq), _) => last_seq,
+            (None, Backend::Broker(broker)) => {
+                self.count_lookup(room, true);
+                self.stats.store_reads.inc();
+                let done = Box::new(move |read: Result<Vec<Message>, String>| {
+                    reply(r, read.map_err(ChatError::Unavailable));
+                });
+                return broker.send(Job::History { room: room.to_string(), limit, before_seq, done });
+            }
+            (None, Backend::Local(_)) => match self.local_window(room, &mut missed) {
+                Ok(last_seq) => last_seq,
+                Err(e) => return reply(r, Err(e)),
+            },
         };
         let upto = before_seq.map_or(last_seq, |before| before.saturating_sub(1).min(last_seq));
-        let messages = self.read_range(room, upto.saturating_sub(limit as u64), upto, &mut missed)?;
-        self.count_lookup(room, missed);
-        debug!("chat: history of {room:?}: {} message(s)", messages.len());
-        Ok(messages)
+        let after = upto.saturating_sub(limit as u64);
+        if let Some(messages) = self.cache.get(room).and_then(|w| w.range(after, upto)) {
+            self.count_lookup(room, missed);
+            return reply(r, Ok(messages));
+        }
+        self.count_lookup(room, true);
+        self.stats.store_reads.inc();
+        match &mut self.backend {
+            Backend::Local(store) => reply(r, store.range(room, after, upto).map_err(ChatError::Unavailable)),
+            Backend::Broker(broker) => {
+                let done = Box::new(move |read: Result<Vec<Message>, String>| {
+                    reply(r, read.map_err(ChatError::Unavailable));
+                });
+                broker.send(Job::Range { room: room.to_string(), after, upto, done });
+            }
+        }
     }
 
-    fn list_rooms(&mut self) -> Result<Vec<RoomInfo>, ChatError> {
-        match &mut self.backend {
-            Backend::Broker(broker) => broker.rooms().map_err(ChatError::Unavailable),
+    fn list_rooms(&mut self, r: Reply<Vec<RoomInfo>>) {
+        match &self.backend {
+            Backend::Broker(broker) => {
+                let done = Box::new(move |rooms: Result<Vec<RoomInfo>, String>| {
+                    reply(r, rooms.map_err(ChatError::Unavailable));
+                });
+                broker.send(Job::Rooms { done });
+            }
             Backend::Local(_) => {
                 let mut rooms: Vec<RoomInfo> = self
                     .rooms
@@ -564,10 +724,21 @@ impl Hub {
                     })
                     .collect();
                 rooms.sort_by(|a, b| a.room.cmp(&b.room));
-                Ok(rooms)
+                reply(r, Ok(rooms));
             }
         }
     }
+}
+
+/// A resumed backlog must hold every message after the resume point.
+fn check_backlog(resume_after: Option<u64>, after: u64, last_seq: u64, backlog: &[Message]) -> Result<(), ChatError> {
+    if resume_after.is_some() && backlog.len() as u64 != last_seq - after {
+        let oldest = backlog.first().map_or(last_seq + 1, |m| m.seq);
+        return Err(ChatError::OutOfRange(format!(
+            "cannot resume after message {after}: the room's history now starts at message {oldest}; join without resume_after"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

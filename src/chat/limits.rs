@@ -8,7 +8,7 @@
 //! | messages replayed by a fresh join, or returned by `History` | 1,000 |
 //! | messages a resume may replay | 10,000 (more: OUT_OF_RANGE, join afresh) |
 
-use super::ChatError;
+use super::types::ChatError;
 
 fn invalid_argument(message: impl Into<String>) -> ChatError {
     ChatError::InvalidArgument(message.into())

@@ -17,168 +17,34 @@
 //!   shared history. A reader thread per replica follows, with `XREAD BLOCK`,
 //!   the streams of the rooms that have members here and hands what it reads
 //!   to the hub, which fans it out locally.
+//!   With Sentinels (`--broker redis+sentinel://...`) the broker follows a
+//!   failover, and a message is acknowledged only once a Redis replica has
+//!   it (`WAIT`), so that it survives the primary's loss.
+//! - Every room has an epoch, minted when its numbering starts: a join that
+//!   resumes from another epoch (the room's history was reset) is refused.
 //! - [`cache`]: the recent messages of each room, in front of the store:
 //!   joins and `History` calls for that window are served from it; its hits
 //!   and misses are counted ([`ChatStats`]) and misses are logged.
 //! - [`limits`]: what a peer may send.
+//! - `types`: what the parts share (config, errors, events, counters), so
+//!   that the hub and the handle here never import each other.
 
 pub mod broker;
 pub mod cache;
 mod hub;
 pub mod limits;
 pub mod store;
+mod types;
 
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
-use prometheus::{IntCounter, IntGauge};
 
 use crate::fanout::{SubscriberId, Subscription};
-use crate::proto::chat::{Message, RoomInfo, ServerEvent};
-
-/// How the chat keeps its rooms.
-#[derive(Debug, Clone)]
-pub struct ChatConfig {
-    /// Where the SQLite history lives (`chat.sqlite3` in it); `None` keeps
-    /// it in memory, for as long as the server runs. Unused with a broker.
-    pub data_dir: Option<PathBuf>,
-    /// When `data_dir` cannot be used (another server holds it), keep the
-    /// history in memory with a warning instead of failing to start: for
-    /// the default data dir, so that a second server started without
-    /// `--data-dir` still runs.
-    pub data_dir_is_default: bool,
-    /// `redis://host:port` or `redis+unix:///path`: rooms span every replica
-    /// using the same Redis, which also keeps the history.
-    pub broker: Option<String>,
-    /// An event is sent on a Connect stream that has been idle this long.
-    pub heartbeat: Duration,
-    /// Messages a fresh join replays when the client does not say.
-    pub join_history: u32,
-    /// Events a subscriber may have waiting before it is cut off.
-    pub subscriber_queue: usize,
-    /// Rooms whose recent messages the cache keeps.
-    pub cache_rooms: usize,
-    /// Recent messages kept per room in the cache.
-    pub cache_window: usize,
-    /// Broker mode: entries kept per room stream (`XADD MAXLEN ~`).
-    pub stream_cap: usize,
-}
-
-impl Default for ChatConfig {
-    fn default() -> Self {
-        ChatConfig {
-            data_dir: None,
-            data_dir_is_default: false,
-            broker: None,
-            heartbeat: Duration::from_secs(15),
-            join_history: 20,
-            subscriber_queue: 1024,
-            cache_rooms: 1024,
-            cache_window: 256,
-            stream_cap: 100_000,
-        }
-    }
-}
-
-/// The default `--data-dir`: `$XDG_DATA_HOME/greet`, else
-/// `~/.local/share/greet`, else `./greet-data`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("greet");
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".local/share/greet"),
-        None => PathBuf::from("greet-data"),
-    }
-}
-
-/// Why a chat operation failed; the service turns it into a status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChatError {
-    /// What the peer sent breaks a limit ([`limits`]); the message says which.
-    InvalidArgument(String),
-    /// The store or the broker failed; the operation did not happen.
-    Unavailable(String),
-    /// A resume point whose messages are no longer kept.
-    OutOfRange(String),
-    /// The server is shutting down.
-    ShuttingDown,
-}
-
-impl fmt::Display for ChatError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ChatError::InvalidArgument(why) | ChatError::Unavailable(why) | ChatError::OutOfRange(why) => {
-                f.write_str(why)
-            }
-            ChatError::ShuttingDown => f.write_str("the server is shutting down; reconnect to resume"),
-        }
-    }
-}
-
-/// Counters of the chat, for tests, logs and the admin port's `/metrics`
-/// ([`Chat::register_metrics`]); the hub updates them.
-pub struct Stats {
-    pub rooms: IntGauge,
-    pub subscribers: IntGauge,
-    pub cache_hits: IntCounter,
-    pub cache_misses: IntCounter,
-    pub store_reads: IntCounter,
-    pub cut_off: IntCounter,
-}
-
-/// A snapshot of [`Stats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ChatStats {
-    /// Rooms with members on this server.
-    pub rooms: usize,
-    /// Connect calls subscribed to a room on this server.
-    pub subscribers: usize,
-    /// Joins and History calls served from the cache.
-    pub cache_hits: u64,
-    /// Joins and History calls that read the store.
-    pub cache_misses: u64,
-    /// Reads of the store (SQLite or Redis) for history.
-    pub store_reads: u64,
-    /// Subscribers cut off for falling behind.
-    pub cut_off: u64,
-}
-
-impl Stats {
-    fn new() -> Result<Stats, prometheus::Error> {
-        let gauge = |name: &str, help: &str| IntGauge::new(name, help);
-        let counter = |name: &str, help: &str| IntCounter::new(name, help);
-        Ok(Stats {
-            rooms: gauge("chat_rooms", "Chat rooms with members on this server.")?,
-            subscribers: gauge("chat_subscribers", "Chat streams subscribed to a room on this server.")?,
-            cache_hits: counter(
-                "chat_cache_hits_total",
-                "Joins and History calls served from the recent-messages cache.",
-            )?,
-            cache_misses: counter("chat_cache_misses_total", "Joins and History calls that read the store.")?,
-            store_reads: counter("chat_store_reads_total", "Reads of the history store (SQLite or Redis).")?,
-            cut_off: counter("chat_cut_off_total", "Chat streams cut off for falling behind their room.")?,
-        })
-    }
-
-    pub fn snapshot(&self) -> ChatStats {
-        ChatStats {
-            rooms: self.rooms.get().max(0) as usize,
-            subscribers: self.subscribers.get().max(0) as usize,
-            cache_hits: self.cache_hits.get(),
-            cache_misses: self.cache_misses.get(),
-            store_reads: self.store_reads.get(),
-            cut_off: self.cut_off.get(),
-        }
-    }
-}
-
-/// What a fan-out delivers: one event, shared by every subscriber.
-pub type Event = Arc<ServerEvent>;
+use crate::proto::chat::{Message, RoomInfo};
+use crate::wire::now_unix_ms;
+pub use types::{default_data_dir, ChatConfig, ChatError, ChatStats, Event, Stats};
 
 /// A join that took effect.
 pub struct Joined {
@@ -186,6 +52,8 @@ pub struct Joined {
     pub last_seq: u64,
     /// The messages the client asked for, up to `last_seq`, oldest first.
     pub backlog: Vec<Message>,
+    /// The room's epoch: a client resuming later presents it.
+    pub epoch: String,
     /// Every event after `last_seq`.
     pub subscription: Subscription<Event>,
     /// Leaves the room when dropped, however the call ends.
@@ -258,20 +126,26 @@ impl Chat {
 
     /// Joins `room` as `user`: the backlog (what was missed after
     /// `resume_after`, else the last `history` messages), then live events.
+    /// A resume from another `epoch` than the room's, or after a message
+    /// the room has not reached, is [`ChatError::OutOfRange`]: the room's
+    /// history was reset.
     pub async fn join(
         &self,
         room: &str,
         user: &str,
         resume_after: Option<u64>,
+        epoch: Option<&str>,
         history: usize,
     ) -> Result<Joined, ChatError> {
-        let (room, user) = (room.to_string(), user.to_string());
+        let (room, user, epoch) = (room.to_string(), user.to_string(), epoch.map(str::to_string));
         let joined = self
-            .ask(|reply| hub::Command::Join { room: room.clone(), user: user.clone(), resume_after, history, reply })
+            .ask(|reply| {
+                hub::Command::Join(hub::JoinRequest { room: room.clone(), user, resume_after, epoch, history, reply })
+            })
             .await?;
-        let (last_seq, backlog, subscription) = joined;
+        let hub::JoinAnswer { last_seq, backlog, subscription, epoch } = joined;
         let membership = Membership { commands: self.commands.clone(), room, id: subscription.id };
-        Ok(Joined { last_seq, backlog, subscription, membership })
+        Ok(Joined { last_seq, backlog, epoch, subscription, membership })
     }
 
     /// Stores a message and fans it out; answers its sequence number.
@@ -313,9 +187,4 @@ impl Chat {
             }
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }

@@ -15,6 +15,9 @@ pub const FILE_NAME: &str = "chat.sqlite3";
 pub struct Store {
     conn: Connection,
     path: Option<PathBuf>,
+    /// Minted when the history was created: every room's numbering starts
+    /// with it, so it is every room's epoch.
+    epoch: String,
 }
 
 fn describe(path: Option<&Path>) -> String {
@@ -36,7 +39,7 @@ impl Store {
             _ => Connection::open_in_memory(),
         }
         .map_err(|e| format!("cannot open {}: {e}", describe(path.as_deref())))?;
-        let store = Store { conn, path };
+        let mut store = Store { conn, path, epoch: String::new() };
         store.init().map_err(|e| {
             format!(
                 "cannot use {}: {e} (is another server using the same --data-dir?)",
@@ -46,7 +49,7 @@ impl Store {
         Ok(store)
     }
 
-    fn init(&self) -> rusqlite::Result<()> {
+    fn init(&mut self) -> rusqlite::Result<()> {
         self.conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         self.conn.pragma_update(None, "journal_mode", "WAL")?;
         // A crash loses at most the last transactions, never the file.
@@ -62,8 +65,18 @@ impl Store {
                  client_id TEXT NOT NULL,
                  PRIMARY KEY (room, seq)
              ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
              COMMIT;",
-        )
+        )?;
+        self.conn
+            .execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)", [super::broker::new_epoch()])?;
+        self.epoch = self.conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |row| row.get(0))?;
+        Ok(())
+    }
+
+    /// The epoch of every room in this history.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
     }
 
     /// Stores `messages` in one transaction: all or none.
@@ -137,13 +150,16 @@ mod tests {
     fn messages_survive_reopening_and_rooms_stay_apart() {
         let dir = std::env::temp_dir().join(format!("greet-store-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let epoch;
         {
             let mut store = Store::open(Some(&dir)).unwrap();
+            epoch = store.epoch().to_string();
             store.append(&(1..=5).map(|s| message("a", s)).collect::<Vec<_>>()).unwrap();
             store.append(&[message("b", 1)]).unwrap();
             assert!(Store::open(Some(&dir)).is_err(), "a second server cannot share the history");
         }
         let mut store = Store::open(Some(&dir)).unwrap();
+        assert_eq!(store.epoch(), epoch, "the epoch is kept with the history");
         let (recent, last) = store.recent("a", 2).unwrap();
         assert_eq!(last, 5);
         assert_eq!(recent.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5]);

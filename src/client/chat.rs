@@ -4,7 +4,9 @@
 //! to the next address of its list — and resumes with `resume_after`, so
 //! it misses nothing and sees nothing twice; messages it had said whose
 //! echo it never saw are said again unless the resumed backlog shows they
-//! were stored.
+//! were stored. If the room's history was reset meanwhile (the server
+//! answers the resume with OUT_OF_RANGE: another epoch), it says so and
+//! joins afresh.
 
 use std::collections::VecDeque;
 use std::pin::pin;
@@ -91,6 +93,8 @@ struct Pending {
 struct State {
     /// The last sequence number seen: where a resume starts.
     last_seq: Option<u64>,
+    /// The room's epoch that `last_seq` belongs to.
+    epoch: Option<String>,
     pending: VecDeque<Pending>,
     /// Prefix of this run's client ids: tells its own echoes from the
     /// same user's messages of another run.
@@ -105,6 +109,8 @@ enum Ended {
     Left,
     /// Worth another connection (the server went away, or cut us off).
     Lost(CliError),
+    /// The room's history was reset: join again, afresh, at once.
+    Reset,
 }
 
 fn retryable(e: &grpcio::Error) -> bool {
@@ -144,6 +150,7 @@ pub async fn run(
     }
     let mut state = State {
         last_seq: None,
+        epoch: None,
         pending: VecDeque::new(),
         run_id: format!("{:x}{:x}", std::process::id(), crate::wire::now_unix_ms()),
         said: 0,
@@ -158,6 +165,7 @@ pub async fn run(
         let mut connected = false;
         match session(&client, addr, options, &mut state, &lines, &mut output, &mut connected).await {
             Ok(Ended::Left) => return Ok(()),
+            Ok(Ended::Reset) => {}
             Ok(Ended::Lost(e)) => {
                 if connected {
                     failing_since = None;
@@ -207,6 +215,7 @@ async fn session(
         room: options.room.clone(),
         user: options.user.clone(),
         resume_after: state.last_seq,
+        epoch: state.last_seq.and(state.epoch.clone()),
         history: options.history,
         ..Default::default()
     };
@@ -220,9 +229,24 @@ async fn session(
             return Err(CliError::new("INTERNAL", format!("expected a welcome from {addr}, got {other:?}")));
         }
         Ok(None) => return Ok(Ended::Lost(CliError::new("UNAVAILABLE", format!("{addr} ended the call")))),
+        Err(grpcio::Error::RpcFailure(s))
+            if s.code() == RpcStatusCode::OUT_OF_RANGE
+                && state.last_seq.is_some()
+                && s.message().contains("was reset") =>
+        {
+            output(Output::Notice(format!(
+                "the history of {} was reset (seen up to message {} of another epoch): joining afresh; messages numbered anew follow",
+                options.room,
+                state.last_seq.unwrap_or(0)
+            )));
+            state.last_seq = None;
+            state.epoch = None;
+            return Ok(Ended::Reset);
+        }
         Err(e) => return lost(e),
     };
     *connected = true;
+    state.epoch = Some(welcome.epoch.clone()).filter(|e| !e.is_empty());
     let resumed = state.last_seq.is_some();
     output(Output::Notice(format!(
         "{} {} on {addr} at message {}",

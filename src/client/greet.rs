@@ -51,7 +51,7 @@ impl Client {
         }
     }
 
-    /// Sends `headers` with every call, e.g. [`super::bearer_metadata`].
+    /// Sends `headers` with every call, e.g. a bearer token's (`client::bearer_metadata`).
     pub fn with_headers(mut self, headers: Metadata) -> Self {
         self.headers = Some(headers);
         self

@@ -88,7 +88,7 @@ impl Client {
         Client { stub: RouteGuideClient::new(channel), timeout, headers: None }
     }
 
-    /// Sends `headers` with every call, e.g. [`super::bearer_metadata`].
+    /// Sends `headers` with every call, e.g. a bearer token's (`client::bearer_metadata`).
     pub fn with_headers(mut self, headers: Metadata) -> Self {
         self.headers = Some(headers);
         self

@@ -85,7 +85,7 @@ pub fn de_request<T: Message>(reader: MessageReader) -> grpcio::Result<T> {
 }
 
 /// Decodes a request of a client-streaming or bidi call: an oversized one is
-/// an error from the request stream, which [`super::CallError`] turns
+/// an error from the request stream, which the call runtime turns
 /// into RESOURCE_EXHAUSTED.
 pub fn de_stream_request<T: Message>(reader: MessageReader) -> grpcio::Result<T> {
     check(&reader).map_err(|too_large| grpcio::Error::Codec(Box::new(too_large)))?;

@@ -132,7 +132,7 @@ impl ChatService {
             None => self.chat.config().join_history as usize,
         };
         let room = join.room;
-        let joined = self.chat.join(&room, &user, join.resume_after, history).await?;
+        let joined = self.chat.join(&room, &user, join.resume_after, join.epoch.as_deref(), history).await?;
         // Leaves the room when this function returns, however it returns.
         let _membership = joined.membership;
         // A zero interval would spin; the binary refuses below 10 ms too.
@@ -142,6 +142,7 @@ impl ChatService {
             last_seq: joined.last_seq,
             heartbeat_ms: heartbeat.as_millis().min(u32::MAX as u128) as u32,
             backlog: joined.backlog.len() as u32,
+            epoch: joined.epoch.clone(),
             ..Default::default()
         };
         send(sink, server_event(server_event::Event::Welcome(welcome)), !joined.backlog.is_empty()).await?;

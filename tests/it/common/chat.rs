@@ -97,6 +97,17 @@ impl Redis {
     }
 }
 
+impl Redis {
+    /// Its process id, for signals (SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str()).unwrap().get_connection().expect("redis answers")
+    }
+}
+
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -104,8 +115,225 @@ impl Drop for Redis {
     }
 }
 
+/// Sends `signal` (libc::SIGSTOP, SIGCONT, SIGKILL...) to a process.
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) on a child of ours; no memory is involved.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal} to {pid}");
+}
+
+/// A free TCP port on loopback (free when asked; Redis binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it answers `Some`, for at most `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(std::time::Instant::now() < deadline, "gave up after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One Redis node of a [`RedisHa`].
+pub struct Node {
+    pub port: u16,
+    child: Child,
+    /// How it was started, to start it again on the same port and data.
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Node {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL (if alive), then start it again with its data (appendonly),
+    /// as a supervisor would; returns once it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new().append(true).open(&self.log).unwrap();
+        self.child =
+            Command::new("redis-server").args(&self.args).stdout(log).stderr(Stdio::inherit()).spawn().unwrap();
+        poll("redis to answer again", Duration::from_secs(10), || {
+            redis_query::<String>(&self.url(), &redis::cmd("PING")).ok()
+        });
+    }
+}
+
+/// Redis as it runs highly available: a primary, a replica and three
+/// Sentinels (quorum 2, a node is down after 1 s), on free loopback ports,
+/// with persistence (appendonly); every process killed on drop.
+pub struct RedisHa {
+    pub primary: Node,
+    pub replica: Node,
+    pub sentinels: Vec<Node>,
+    pub dir: TempDir,
+}
+
+pub const MASTER_NAME: &str = "chatmaster";
+
+fn redis_query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> redis::RedisResult<T> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(1))?;
+    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+    cmd.query(&mut conn)
+}
+
+impl RedisHa {
+    pub fn start() -> RedisHa {
+        let dir = TempDir::new("redis-ha");
+        let root = dir.path().to_path_buf();
+        let spawn = |name: &str, port: u16, args: Vec<String>| -> Node {
+            let path = root.join(format!("{name}.log"));
+            let log = std::fs::File::create(&path).unwrap();
+            let child = Command::new("redis-server")
+                .args(&args)
+                .stdout(log)
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("redis-server is installed (scripts/ensure-deps.sh installs it)");
+            Node { port, child, args, log: path }
+        };
+        let node_args = |name: &str, port: u16| -> Vec<String> {
+            let data = root.join(name);
+            std::fs::create_dir_all(&data).unwrap();
+            [
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                data.to_str().unwrap(),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "notice",
+            ]
+            .map(String::from)
+            .to_vec()
+        };
+        let port = free_port();
+        let primary = spawn("primary", port, node_args("primary", port));
+        let port = free_port();
+        let mut args = node_args("replica", port);
+        args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), primary.port.to_string()]);
+        let replica = spawn("replica", port, args);
+        let mut ha = RedisHa { primary, replica, sentinels: Vec::new(), dir };
+        for node in [&ha.primary, &ha.replica] {
+            poll("redis to answer", Duration::from_secs(10), || {
+                redis_query::<String>(&node.url(), &redis::cmd("PING")).ok()
+            });
+        }
+        poll("the replica to be in sync", Duration::from_secs(20), || {
+            let info: String = redis_query(&ha.replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
+            info.contains("master_link_status:up").then_some(())
+        });
+        for i in 0..3 {
+            let port = free_port();
+            let conf = ha.dir.path().join(format!("sentinel{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 10000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    ha.dir.path().display(),
+                    ha.primary.port
+                ),
+            )
+            .unwrap();
+            let args = [conf.to_str().unwrap().to_string(), "--sentinel".to_string()];
+            ha.sentinels.push(spawn(&format!("sentinel{i}"), port, args.to_vec()));
+        }
+        // Each Sentinel knows the replica and the two other Sentinels: a failover can happen.
+        for sentinel in &ha.sentinels {
+            poll("the sentinels to know each other and the replica", Duration::from_secs(30), || {
+                let master: std::collections::HashMap<String, String> =
+                    redis_query(&sentinel.url(), redis::cmd("SENTINEL").arg("MASTER").arg(MASTER_NAME)).ok()?;
+                let ready = master.get("num-slaves").map(String::as_str) == Some("1")
+                    && master.get("num-other-sentinels").map(String::as_str) == Some("2");
+                ready.then_some(())
+            });
+        }
+        ha
+    }
+
+    /// `redis+sentinel://` URL of the three Sentinels.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+    }
+
+    /// The primary's port, as the first Sentinel that answers names it.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| {
+            let addr: Option<(String, u16)> =
+                redis_query(&s.url(), redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(MASTER_NAME)).ok()?;
+            addr.map(|(_, port)| port)
+        })
+    }
+
+    /// Waits until the Sentinels have promoted the replica and it acts as the primary.
+    pub fn wait_for_failover(&self, timeout: Duration) {
+        poll("the sentinels to promote the replica", timeout, || {
+            (self.primary_port() == Some(self.replica.port)).then_some(())
+        });
+        poll("the replica to act as the primary", timeout, || {
+            let info: String = redis_query(&self.replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
+            info.contains("role:master").then_some(())
+        });
+    }
+
+    /// SIGKILL the primary (no goodbye, nothing saved since the last write).
+    pub fn kill_primary(&mut self) {
+        self.primary.kill();
+    }
+}
+
+impl Drop for RedisHa {
+    fn drop(&mut self) {
+        for node in std::iter::once(&mut self.primary).chain(Some(&mut self.replica)).chain(self.sentinels.iter_mut()) {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+    }
+}
+
 pub fn join_frame(room: &str, user: &str, resume_after: Option<u64>, history: Option<u32>) -> ClientFrame {
     let join = Join { room: room.to_string(), user: user.to_string(), resume_after, history, ..Default::default() };
+    ClientFrame { frame: Some(client_frame::Frame::Join(join)), ..Default::default() }
+}
+
+/// A join that resumes in the room's `epoch` (from a Welcome).
+pub fn join_frame_in_epoch(room: &str, user: &str, resume_after: Option<u64>, epoch: Option<&str>) -> ClientFrame {
+    let join = Join {
+        room: room.to_string(),
+        user: user.to_string(),
+        resume_after,
+        epoch: epoch.map(str::to_string),
+        ..Default::default()
+    };
     ClientFrame { frame: Some(client_frame::Frame::Join(join)), ..Default::default() }
 }
 
@@ -156,6 +384,24 @@ impl Member {
     ) -> grpcio::Result<Member> {
         let (mut sink, mut events) = client.connect_opt(options.timeout(DEADLINE))?;
         sink.send((join_frame(room, user, resume_after, history), WriteFlags::default())).await?;
+        match events.try_next().await? {
+            Some(ServerEvent { event: Some(server_event::Event::Welcome(welcome)), .. }) => {
+                Ok(Member { sink, events, welcome })
+            }
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    /// Joins resuming after `resume_after` in `epoch`, and waits for the welcome.
+    pub async fn join_with_epoch(
+        client: &ChatClient,
+        room: &str,
+        user: &str,
+        resume_after: Option<u64>,
+        epoch: Option<&str>,
+    ) -> grpcio::Result<Member> {
+        let (mut sink, mut events) = client.connect_opt(CallOption::default().timeout(DEADLINE))?;
+        sink.send((join_frame_in_epoch(room, user, resume_after, epoch), WriteFlags::default())).await?;
         match events.try_next().await? {
             Some(ServerEvent { event: Some(server_event::Event::Welcome(welcome)), .. }) => {
                 Ok(Member { sink, events, welcome })
