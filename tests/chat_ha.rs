@@ -121,11 +121,11 @@ fn acknowledged_messages_survive_the_primary_being_killed_with_members_on_two_re
     ha.kill_primary();
     ann.say("ann after the kill");
     // Once the Sentinels have promoted the replica, a supervisor starts the
-    // old primary again: they make it the new primary's replica, which
-    // acknowledgements need (one replica must confirm).
+    // old primary again as its replica, which acknowledgements need (one
+    // replica must confirm).
     ha.wait_for_failover(Duration::from_secs(15));
     eprintln!("failover: the Sentinels promoted the replica {:?} after the kill", killed.elapsed());
-    ha.primary.restart();
+    ha.restart_old_primary_as_replica();
     ann.until(|seen| seen.iter().any(|o| matches!(o, Output::Sent(m) if m.text == "ann after the kill")));
     let window = killed.elapsed();
     eprintln!("failover: the first message after the primary was killed was acknowledged {window:?} after the kill");
