@@ -346,3 +346,27 @@ fn a_paused_redis_stalls_no_other_call_and_the_room_goes_on_without_gap_or_dupli
     let stored = history(&chat, "live", 100, None).unwrap();
     assert_eq!(seqs(&stored), (1..=9).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_say_resent_with_the_same_client_id_is_stored_once() {
+    let redis = Redis::start();
+    let server = start_chat_server(ChatConfig { broker: Some(redis.url.clone()), ..Default::default() });
+    let chat = client(server.addr());
+    let mut ann = block_on(Member::join(&chat, "once", "ann", None, Some(0))).unwrap();
+    let say = |text: &str, client_id: &str| {
+        let say = greet::proto::chat::Say { text: text.into(), client_id: client_id.into(), ..Default::default() };
+        let frame = greet::proto::chat::ClientFrame {
+            frame: Some(greet::proto::chat::client_frame::Frame::Say(say)),
+            ..Default::default()
+        };
+        (frame, grpcio::WriteFlags::default())
+    };
+    use futures::SinkExt;
+    block_on(ann.sink.send(say("hello", "c1"))).unwrap();
+    block_on(ann.sink.send(say("hello", "c1"))).unwrap();
+    block_on(ann.sink.send(say("next", "c2"))).unwrap();
+    let got = block_on(ann.messages(2)).unwrap();
+    assert_eq!(seqs(&got), [1, 2]);
+    assert_eq!(texts(&got), ["hello", "next"], "the resend found the stored copy");
+    assert_eq!(texts(&history(&chat, "once", 10, None).unwrap()), ["hello", "next"]);
+}
