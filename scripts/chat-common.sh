@@ -113,13 +113,14 @@ CONF
 
 # SIGKILLs the Redis primary, waits (up to 30 s) for the Sentinels to
 # promote the replica, then starts the old primary again on the same port
-# and data, as a supervisor would: the Sentinels make it the new primary's
-# replica (acknowledgements need one).
+# and data as the new primary's replica, as a supervisor that asks the
+# Sentinels would (acknowledgements need a replica; left to itself the old
+# primary comes back as a primary and the Sentinels take ~10 s to demote it).
 kill_and_restart_redis_primary() {
   local sentinel_port
   sentinel_port=$(echo "$broker" | sed 's|redis+sentinel://127.0.0.1:\([0-9]*\).*|\1|')
   kill -KILL "$redis_primary_pid"; wait "$redis_primary_pid" 2>/dev/null || true
   wait_redis "$sentinel_port" "^$redis_replica_port\$" sentinel get-master-addr-by-name chat
   echo "$(basename "$0"): the Sentinels promoted the replica (:$redis_replica_port); restarting the old primary" >&2
-  redis_node primary "$redis_primary_port"; redis_primary_pid=${pids[-1]}
+  redis_node primary "$redis_primary_port" --replicaof 127.0.0.1 "$redis_replica_port"; redis_primary_pid=${pids[-1]}
 }

@@ -118,11 +118,11 @@ fn acknowledged_messages_survive_the_primary_being_killed_with_members_on_two_re
     ha.kill_primary();
     ann.say("ann after the kill");
     // Once the Sentinels have promoted the replica, a supervisor starts the
-    // old primary again: they make it the new primary's replica, which
-    // acknowledgements need (one replica must confirm).
+    // old primary again as its replica, which acknowledgements need (one
+    // replica must confirm).
     ha.wait_for_failover(Duration::from_secs(15));
     eprintln!("failover: the Sentinels promoted the replica {:?} after the kill", killed.elapsed());
-    ha.primary.restart();
+    ha.restart_old_primary_as_replica();
     ann.until(|seen| seen.iter().any(|o| matches!(o, Output::Sent(m) if m.text == "ann after the kill")));
     let window = killed.elapsed();
     eprintln!("failover: the first message after the primary was killed was acknowledged {window:?} after the kill");
@@ -342,4 +342,28 @@ fn a_paused_redis_stalls_no_other_call_and_the_room_goes_on_without_gap_or_dupli
     assert_eq!(seqs(&block_on(bob.messages(1)).unwrap()), [9], "no gap, no duplicate");
     let stored = history(&chat, "live", 100, None).unwrap();
     assert_eq!(seqs(&stored), (1..=9).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_say_resent_with_the_same_client_id_is_stored_once() {
+    let redis = Redis::start();
+    let server = start_chat_server(ChatConfig { broker: Some(redis.url.clone()), ..Default::default() });
+    let chat = client(server.addr());
+    let mut ann = block_on(Member::join(&chat, "once", "ann", None, Some(0))).unwrap();
+    let say = |text: &str, client_id: &str| {
+        let say = greet::proto::chat::Say { text: text.into(), client_id: client_id.into(), ..Default::default() };
+        let frame = greet::proto::chat::ClientFrame {
+            frame: Some(greet::proto::chat::client_frame::Frame::Say(say)),
+            ..Default::default()
+        };
+        (frame, grpcio::WriteFlags::default())
+    };
+    use futures::SinkExt;
+    block_on(ann.sink.send(say("hello", "c1"))).unwrap();
+    block_on(ann.sink.send(say("hello", "c1"))).unwrap();
+    block_on(ann.sink.send(say("next", "c2"))).unwrap();
+    let got = block_on(ann.messages(2)).unwrap();
+    assert_eq!(seqs(&got), [1, 2]);
+    assert_eq!(texts(&got), ["hello", "next"], "the resend found the stored copy");
+    assert_eq!(texts(&history(&chat, "once", 10, None).unwrap()), ["hello", "next"]);
 }

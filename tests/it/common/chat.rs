@@ -165,7 +165,13 @@ impl Node {
     /// SIGKILL (if alive), then start it again with its data (appendonly),
     /// as a supervisor would; returns once it answers.
     pub fn restart(&mut self) {
+        self.restart_with(&[]);
+    }
+
+    /// [`Node::restart`] with extra arguments (e.g. `--replicaof`).
+    pub fn restart_with(&mut self, extra: &[String]) {
         self.kill();
+        self.args.extend_from_slice(extra);
         let log = std::fs::OpenOptions::new().append(true).open(&self.log).unwrap();
         self.child =
             Command::new("redis-server").args(&self.args).stdout(log).stderr(Stdio::inherit()).spawn().unwrap();
@@ -247,6 +253,16 @@ impl RedisHa {
             let info: String = redis_query(&ha.replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
             info.contains("master_link_status:up").then_some(())
         });
+        // After its first sync the replica rewrites its appendonly file;
+        // until that is done what it receives is not in the file, and a
+        // replica killed then would come back without it.
+        poll("the replica's appendonly file to be rewritten after its sync", Duration::from_secs(20), || {
+            let info: String = redis_query(&ha.replica.url(), redis::cmd("INFO").arg("persistence")).ok()?;
+            let settled = info.contains("aof_rewrite_in_progress:0")
+                && info.contains("aof_rewrite_scheduled:0")
+                && !info.contains("aof_rewrites:0");
+            settled.then_some(())
+        });
         for i in 0..3 {
             let port = free_port();
             let conf = ha.dir.path().join(format!("sentinel{i}.conf"));
@@ -303,6 +319,15 @@ impl RedisHa {
             let info: String = redis_query(&self.replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
             info.contains("role:master").then_some(())
         });
+    }
+
+    /// Starts the killed primary again as the replica of the one the
+    /// Sentinels promoted, as a supervisor that asks them would (left to
+    /// itself, it comes back as a primary and the Sentinels take some 10 s
+    /// to demote it).
+    pub fn restart_old_primary_as_replica(&mut self) {
+        let primary = self.primary_port().expect("the Sentinels name a primary");
+        self.primary.restart_with(&["--replicaof".to_string(), "127.0.0.1".to_string(), primary.to_string()]);
     }
 
     /// SIGKILL the primary (no goodbye, nothing saved since the last write).
