@@ -21,6 +21,7 @@ const MANY: usize = 200_000;
 
 #[test]
 fn a_bidi_peer_that_never_reads_stalls_only_itself() {
+    let _alone = crate::alone();
     let server = start_server(Duration::ZERO);
     let hog = GreetServiceClient::new(greet::client::connect(server.addr()));
     let (mut sink, mut receiver) = hog.say_hello_bidirectional_streaming_opt(opt()).unwrap();
@@ -59,6 +60,7 @@ fn a_bidi_peer_that_never_reads_stalls_only_itself() {
 
 #[test]
 fn a_server_stream_reader_that_stops_reading_stalls_only_itself() {
+    let _alone = crate::alone();
     let server = start_server(Duration::ZERO);
     let hog = GreetServiceClient::new(greet::client::connect(server.addr()));
     let names: Vec<String> = (0..20_000).map(|i| format!("a-fairly-long-name-to-fill-the-window-{i}")).collect();

@@ -102,6 +102,7 @@ fn history_when_ready(client: &greet::proto::chat_grpc::ChatClient, room: &str, 
 
 #[test]
 fn acknowledged_messages_survive_the_primary_being_killed_with_members_on_two_replicas() {
+    let _alone = crate::alone();
     let mut ha = RedisHa::start();
     let a = start_chat_server(ha_config(&ha));
     let b = start_chat_server(ha_config(&ha));
@@ -211,6 +212,7 @@ fn stall_replication_then_kill_the_primary(replicas_to_ack: u32) -> Stalled {
 
 #[test]
 fn without_the_acknowledgement_rule_a_message_acknowledged_while_replication_stalled_is_lost() {
+    let _alone = crate::alone();
     let stalled = stall_replication_then_kill_the_primary(0);
     eprintln!(
         "replicas_to_ack 0: acknowledged while stalled {:?}; History after the failover {:?}",
@@ -224,6 +226,7 @@ fn without_the_acknowledgement_rule_a_message_acknowledged_while_replication_sta
 
 #[test]
 fn with_the_acknowledgement_rule_a_say_no_replica_confirms_fails_and_nothing_acknowledged_is_lost() {
+    let _alone = crate::alone();
     let stalled = stall_replication_then_kill_the_primary(1);
     eprintln!(
         "replicas_to_ack 1: refused with {:?}; History after the failover {:?}",
@@ -238,6 +241,7 @@ fn with_the_acknowledgement_rule_a_say_no_replica_confirms_fails_and_nothing_ack
 
 #[test]
 fn a_room_whose_redis_data_is_flushed_refuses_a_resume_and_client_chat_rejoins_afresh() {
+    let _alone = crate::alone();
     let redis = Redis::start();
     let server = start_chat_server(ChatConfig { broker: Some(redis.url.clone()), ..Default::default() });
     let chat = client(server.addr());
@@ -287,6 +291,7 @@ fn a_room_whose_redis_data_is_flushed_refuses_a_resume_and_client_chat_rejoins_a
 
 #[test]
 fn a_paused_redis_stalls_no_other_call_and_the_room_goes_on_without_gap_or_duplicate() {
+    let _alone = crate::alone();
     let redis = Redis::start();
     let server = start_chat_server(ChatConfig { broker: Some(redis.url.clone()), ..Default::default() });
     let chat = client(server.addr());
@@ -346,6 +351,7 @@ fn a_paused_redis_stalls_no_other_call_and_the_room_goes_on_without_gap_or_dupli
 
 #[test]
 fn a_say_resent_with_the_same_client_id_is_stored_once() {
+    let _alone = crate::alone();
     let redis = Redis::start();
     let server = start_chat_server(ChatConfig { broker: Some(redis.url.clone()), ..Default::default() });
     let chat = client(server.addr());

@@ -34,6 +34,7 @@ fn assert_served(server: &RunningServer) {
 
 #[test]
 fn garbage_instead_of_the_preface_gets_the_connection_closed() {
+    let _alone = crate::alone();
     let server = start_server(Duration::ZERO);
     for garbage in
         [&b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"[..], &[0xff; 64][..], b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"]
@@ -47,6 +48,7 @@ fn garbage_instead_of_the_preface_gets_the_connection_closed() {
 
 #[test]
 fn silent_connections_do_not_hurt_others_and_are_closed_at_the_handshake_deadline() {
+    let _alone = crate::alone();
     let server = start_server_with_handshake_timeout(Duration::from_secs(2));
     let silent: Vec<RawConnection> = (0..50).map(|_| RawConnection::open(server.addr())).collect();
     assert_served(&server);
@@ -58,6 +60,7 @@ fn silent_connections_do_not_hurt_others_and_are_closed_at_the_handshake_deadlin
 
 #[test]
 fn a_partial_frame_then_silence_is_closed_at_the_handshake_deadline() {
+    let _alone = crate::alone();
     let server = start_server_with_handshake_timeout(Duration::from_secs(2));
     let mut conn = RawConnection::open(server.addr());
     // The preface, then 5 of the 9 header bytes of the client's SETTINGS.
@@ -69,6 +72,7 @@ fn a_partial_frame_then_silence_is_closed_at_the_handshake_deadline() {
 
 #[test]
 fn a_partial_frame_after_a_good_start_stalls_only_its_connection() {
+    let _alone = crate::alone();
     let server = start_server(Duration::ZERO);
     let mut conn = RawConnection::open(server.addr());
     // A proper start, then half of a HEADERS frame, then nothing.
@@ -95,6 +99,7 @@ fn flood(conn: &mut RawConnection, one: &[u8], count: usize) -> usize {
 
 #[test]
 fn a_ping_flood_gets_goaway_too_many_pings_and_others_are_served() {
+    let _alone = crate::alone();
     let server = start_server(Duration::ZERO);
     let mut conn = RawConnection::open(server.addr());
     let sent = flood(&mut conn, &frame(PING, 0, 0, &[0; 8]), 20_000);
@@ -105,6 +110,7 @@ fn a_ping_flood_gets_goaway_too_many_pings_and_others_are_served() {
 
 #[test]
 fn a_settings_flood_is_acknowledged_or_cut_off_and_others_are_served() {
+    let _alone = crate::alone();
     let server = start_server(Duration::ZERO);
     let mut conn = RawConnection::open(server.addr());
     let client = client_for(&server);
@@ -123,6 +129,7 @@ fn a_settings_flood_is_acknowledged_or_cut_off_and_others_are_served() {
 
 #[test]
 fn two_thousand_streams_from_twenty_connections_are_all_served() {
+    let _alone = crate::alone();
     const CONNECTIONS: usize = 20;
     const PER_CONNECTION: usize = 100;
     let server = start_server(Duration::ZERO);
@@ -164,6 +171,7 @@ fn two_thousand_streams_from_twenty_connections_are_all_served() {
 
 #[test]
 fn a_stream_refused_for_too_many_streams_gets_a_status_not_a_hang() {
+    let _alone = crate::alone();
     let config = ServerConfig {
         addr: "127.0.0.1:0".to_string(),
         stream_interval: Duration::ZERO,
@@ -187,6 +195,7 @@ fn a_stream_refused_for_too_many_streams_gets_a_status_not_a_hang() {
 
 #[test]
 fn a_server_out_of_file_descriptors_recovers_once_the_idle_connections_close() {
+    let _alone = crate::alone();
     // The server binary under a 256-descriptor limit, then 400 idle
     // connections: the shape of CVE-2023-4785 (accept failing with EMFILE).
     let mut command = std::process::Command::new("sh");
