@@ -15,6 +15,7 @@ mod chat_history;
 mod chat_identity;
 mod cli;
 mod decode_props;
+mod envoy;
 mod greet_patterns;
 mod health;
 mod health_probe;
