@@ -20,6 +20,7 @@ mod greet_patterns;
 mod health;
 mod health_probe;
 mod interop_cases;
+mod k8s;
 mod layers;
 mod metrics;
 mod proxy;
