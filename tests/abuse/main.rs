@@ -6,4 +6,5 @@
 mod common;
 
 mod abusive_peers;
+mod envoy_flood;
 mod hostile_connections;
