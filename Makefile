@@ -85,7 +85,7 @@ lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) fmt --check --manifest-path bench/tonic-peer/Cargo.toml
 	$(CARGO) clippy --release --all-targets -- -D warnings
-	@unformatted="$$(gofmt -l tests/interop/go bench/go)"; \
+	@unformatted="$$(gofmt -l tests/interop/go tests/xds bench/go)"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
 	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/envoy.py scripts/h2flood.py \

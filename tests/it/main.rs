@@ -31,3 +31,4 @@ mod route_guide;
 mod scale_out;
 mod stream_timing;
 mod tls;
+mod xds;
