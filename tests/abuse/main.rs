@@ -8,6 +8,7 @@ mod common;
 
 mod abusive_peers;
 mod chat_ha;
+mod envoy_flood;
 mod hostile_connections;
 
 /// Runs the tests of this binary one at a time: each measures a server under

@@ -24,7 +24,7 @@ fn backends(replicas: &[ServerProcess]) -> Vec<Backend<'_>> {
 
 /// Builds a program of the pinned grpc-go examples module (tests/interop/go)
 /// with the Go toolchain, through the Go module proxy and build cache.
-fn go_program(package: &str, name: &str) -> PathBuf {
+pub(crate) fn go_program(package: &str, name: &str) -> PathBuf {
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-programs").join(name);
     let go = ["/usr/local/go/bin/go", "/usr/bin/go"]
         .iter()
