@@ -187,6 +187,8 @@ impl Node {
 pub struct RedisHa {
     pub primary: Node,
     pub replica: Node,
+    /// More replicas of the primary ([`RedisHa::start_with_spares`]).
+    pub spares: Vec<Node>,
     pub sentinels: Vec<Node>,
     pub dir: TempDir,
 }
@@ -201,7 +203,14 @@ fn redis_query<T: redis::FromRedisValue>(url: &str, cmd: &redis::Cmd) -> redis::
 }
 
 impl RedisHa {
+    /// A primary, one replica and three Sentinels.
     pub fn start() -> RedisHa {
+        RedisHa::start_with_spares(0)
+    }
+
+    /// A primary, `1 + spares` replicas and three Sentinels. With a spare, the
+    /// promoted replica still has a replica to confirm writes after a failover.
+    pub fn start_with_spares(spares: usize) -> RedisHa {
         let dir = TempDir::new("redis-ha");
         let root = dir.path().to_path_buf();
         let spawn = |name: &str, port: u16, args: Vec<String>| -> Node {
@@ -243,26 +252,36 @@ impl RedisHa {
         let mut args = node_args("replica", port);
         args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), primary.port.to_string()]);
         let replica = spawn("replica", port, args);
-        let mut ha = RedisHa { primary, replica, sentinels: Vec::new(), dir };
-        for node in [&ha.primary, &ha.replica] {
+        let spares = (0..spares)
+            .map(|i| {
+                let port = free_port();
+                let mut args = node_args(&format!("spare{i}"), port);
+                args.extend(["--replicaof".to_string(), "127.0.0.1".to_string(), primary.port.to_string()]);
+                spawn(&format!("spare{i}"), port, args)
+            })
+            .collect();
+        let mut ha = RedisHa { primary, replica, spares, sentinels: Vec::new(), dir };
+        for node in [&ha.primary, &ha.replica].into_iter().chain(&ha.spares) {
             poll("redis to answer", Duration::from_secs(10), || {
                 redis_query::<String>(&node.url(), &redis::cmd("PING")).ok()
             });
         }
-        poll("the replica to be in sync", Duration::from_secs(20), || {
-            let info: String = redis_query(&ha.replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
-            info.contains("master_link_status:up").then_some(())
-        });
-        // After its first sync the replica rewrites its appendonly file;
-        // until that is done what it receives is not in the file, and a
-        // replica killed then would come back without it.
-        poll("the replica's appendonly file to be rewritten after its sync", Duration::from_secs(20), || {
-            let info: String = redis_query(&ha.replica.url(), redis::cmd("INFO").arg("persistence")).ok()?;
-            let settled = info.contains("aof_rewrite_in_progress:0")
-                && info.contains("aof_rewrite_scheduled:0")
-                && !info.contains("aof_rewrites:0");
-            settled.then_some(())
-        });
+        for replica in std::iter::once(&ha.replica).chain(&ha.spares) {
+            poll("the replica to be in sync", Duration::from_secs(20), || {
+                let info: String = redis_query(&replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
+                info.contains("master_link_status:up").then_some(())
+            });
+            // After its first sync a replica rewrites its appendonly file;
+            // until that is done what it receives is not in the file, and a
+            // replica killed then would come back without it.
+            poll("the replica's appendonly file to be rewritten after its sync", Duration::from_secs(20), || {
+                let info: String = redis_query(&replica.url(), redis::cmd("INFO").arg("persistence")).ok()?;
+                let settled = info.contains("aof_rewrite_in_progress:0")
+                    && info.contains("aof_rewrite_scheduled:0")
+                    && !info.contains("aof_rewrites:0");
+                settled.then_some(())
+            });
+        }
         for i in 0..3 {
             let port = free_port();
             let conf = ha.dir.path().join(format!("sentinel{i}.conf"));
@@ -282,12 +301,13 @@ impl RedisHa {
             let args = [conf.to_str().unwrap().to_string(), "--sentinel".to_string()];
             ha.sentinels.push(spawn(&format!("sentinel{i}"), port, args.to_vec()));
         }
-        // Each Sentinel knows the replica and the two other Sentinels: a failover can happen.
+        // Each Sentinel knows the replicas and the two other Sentinels: a failover can happen.
+        let replicas = (1 + ha.spares.len()).to_string();
         for sentinel in &ha.sentinels {
-            poll("the sentinels to know each other and the replica", Duration::from_secs(30), || {
+            poll("the sentinels to know each other and the replicas", Duration::from_secs(30), || {
                 let master: std::collections::HashMap<String, String> =
                     redis_query(&sentinel.url(), redis::cmd("SENTINEL").arg("MASTER").arg(MASTER_NAME)).ok()?;
-                let ready = master.get("num-slaves").map(String::as_str) == Some("1")
+                let ready = master.get("num-slaves").map(String::as_str) == Some(replicas.as_str())
                     && master.get("num-other-sentinels").map(String::as_str) == Some("2");
                 ready.then_some(())
             });
@@ -312,11 +332,13 @@ impl RedisHa {
 
     /// Waits until the Sentinels have promoted the replica and it acts as the primary.
     pub fn wait_for_failover(&self, timeout: Duration) {
-        poll("the sentinels to promote the replica", timeout, || {
-            (self.primary_port() == Some(self.replica.port)).then_some(())
+        let replicas: Vec<&Node> = std::iter::once(&self.replica).chain(&self.spares).collect();
+        let promoted = poll("the sentinels to promote a replica", timeout, || {
+            let port = self.primary_port()?;
+            replicas.iter().find(|node| node.port == port).copied()
         });
-        poll("the replica to act as the primary", timeout, || {
-            let info: String = redis_query(&self.replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
+        poll("the promoted replica to act as the primary", timeout, || {
+            let info: String = redis_query(&promoted.url(), redis::cmd("INFO").arg("replication")).ok()?;
             info.contains("role:master").then_some(())
         });
     }
@@ -338,7 +360,8 @@ impl RedisHa {
 
 impl Drop for RedisHa {
     fn drop(&mut self) {
-        for node in std::iter::once(&mut self.primary).chain(Some(&mut self.replica)).chain(self.sentinels.iter_mut()) {
+        let nodes = std::iter::once(&mut self.primary).chain(Some(&mut self.replica)).chain(self.spares.iter_mut());
+        for node in nodes.chain(self.sentinels.iter_mut()) {
             let _ = node.child.kill();
             let _ = node.child.wait();
         }
