@@ -293,18 +293,30 @@ fn write_methods(out: &mut String, full_name: &str, rpcs: &[Rpc], request_decode
     }
 }
 
-fn write_client(out: &mut String, package: &str, service: &ServiceDescriptorProto, types: &HashMap<String, String>) {
-    let name = service.name();
-    let service_snake = snake_case(name);
+/// A service's `<SERVICE>_FULL_NAME` constant and its `Method`s (see
+/// [`write_methods`]); its full name and RPCs.
+fn write_header(
+    out: &mut String,
+    package: &str,
+    service: &ServiceDescriptorProto,
+    types: &HashMap<String, String>,
+    request_decoder: impl Fn(Pattern) -> &'static str,
+) -> (String, Vec<Rpc>) {
     let (full_name, rpcs) = rpcs_of(package, service, types);
     writeln!(
         out,
         "/// The full name of `{full_name}`, as health checking and reflection name it.\n\
          pub const {}_FULL_NAME: &str = \"{full_name}\";\n",
-        service_snake.to_uppercase()
+        snake_case(service.name()).to_uppercase()
     )
     .unwrap();
-    write_methods(out, &full_name, &rpcs, |_| "::grpcio::pb_de");
+    write_methods(out, &full_name, &rpcs, request_decoder);
+    (full_name, rpcs)
+}
+
+fn write_client(out: &mut String, package: &str, service: &ServiceDescriptorProto, types: &HashMap<String, String>) {
+    let name = service.name();
+    let (full_name, rpcs) = write_header(out, package, service, types, |_| "::grpcio::pb_de");
 
     // Client.
     writeln!(
@@ -374,15 +386,7 @@ fn write_client(out: &mut String, package: &str, service: &ServiceDescriptorProt
 fn write_server(out: &mut String, package: &str, service: &ServiceDescriptorProto, types: &HashMap<String, String>) {
     let name = service.name();
     let service_snake = snake_case(name);
-    let (full_name, rpcs) = rpcs_of(package, service, types);
-    writeln!(
-        out,
-        "/// The full name of `{full_name}`, as health checking and reflection name it.\n\
-         pub const {}_FULL_NAME: &str = \"{full_name}\";\n",
-        service_snake.to_uppercase()
-    )
-    .unwrap();
-    write_methods(out, &full_name, &rpcs, Pattern::request_decoder);
+    let (full_name, rpcs) = write_header(out, package, service, types, Pattern::request_decoder);
 
     writeln!(
         out,
