@@ -65,6 +65,10 @@ ATTACKS = {
                                                               "--connections", "4", "--seconds", "5"],
     "reset 5 ms after a whole request (4 conns x 5 s)": ["--attack", "reset-after-body", "--reset-after-ms", "5",
                                                          "--connections", "4", "--seconds", "5"],
+    "HEADERS reset 2 ms later on a streaming method from 16 addresses (16 conns x 6 s)": [
+        "--attack", "reset-after-headers", "--reset-after-ms", "2", "--path",
+        "/greet_service.GreetService/SayHelloBidirectionalStreaming", "--sources", "16", "--connections", "16",
+        "--seconds", "6"],
     "reset 2 ms after a whole request from 16 addresses (16 conns x 6 s)": [
         "--attack", "reset-after-body", "--reset-after-ms", "2", "--sources", "16", "--connections", "16",
         "--seconds", "6"],
