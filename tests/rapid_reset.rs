@@ -138,6 +138,14 @@ impl Flood {
         )
     }
 
+    /// The replicas' half of the bar alone: every replica under 64 MiB (for
+    /// floods whose streams share the proxy's queue with the client's calls).
+    fn assert_memory_held(&self, what: &str, min_streams: f64) {
+        eprintln!("{what}: {}", self.summary());
+        assert!(self.streams() >= min_streams, "{what}: the flood was too weak to prove anything: {}", self.report);
+        assert!(self.peak_mib() < 64.0, "{what}: the replicas grew: {}: {}", self.summary(), self.report);
+    }
+
     /// The bar: >= 99% of the client's calls OK, every replica under 64 MiB.
     fn assert_held(&self, what: &str, min_streams: f64) {
         eprintln!("{what}: {}", self.summary());
@@ -274,10 +282,9 @@ fn streams_reset_just_after_a_whole_request_do_not_grow_the_replicas() {
     // 100% of them answered within their 1 s deadline in three runs.
     let _flood = one_flood_at_a_time();
     let deployment = Deployment::shipped();
-    let flood = deployment.flood(&RESET_AFTER_BODY);
-    eprintln!("whole requests reset 2 ms later, from 16 addresses: {}", flood.summary());
-    assert!(flood.streams() >= 50_000.0, "the flood was too weak to prove anything: {}", flood.report);
-    assert!(flood.peak_mib() < 64.0, "the replicas grew: {}: {}", flood.summary(), flood.report);
+    deployment
+        .flood(&RESET_AFTER_BODY)
+        .assert_memory_held("whole requests reset 2 ms later, from 16 addresses", 50_000.0);
 }
 
 #[test]
@@ -299,19 +306,9 @@ fn short_connections_of_a_few_whole_requests_do_not_grow_the_replicas() {
     // runs under other load, so only the memory is asserted.
     let _flood = one_flood_at_a_time();
     let deployment = Deployment::shipped();
-    let flood = deployment.flood(&[
-        "--attack",
-        "short-connections",
-        "--sources",
-        "16",
-        "--connections",
-        "16",
-        "--seconds",
-        "5",
-    ]);
-    eprintln!("connections of 5 whole requests each, closed at once, from 16 addresses: {}", flood.summary());
-    assert!(flood.streams() >= 10_000.0, "the flood was too weak to prove anything: {}", flood.report);
-    assert!(flood.peak_mib() < 64.0, "the replicas grew: {}: {}", flood.summary(), flood.report);
+    deployment
+        .flood(&["--attack", "short-connections", "--sources", "16", "--connections", "16", "--seconds", "5"])
+        .assert_memory_held("connections of 5 whole requests each, closed at once, from 16 addresses", 10_000.0);
 }
 
 #[test]

@@ -128,7 +128,23 @@ where
     Ok(())
 }
 
+/// The responses one FullDuplexCall or HalfDuplexCall request asks for, or
+/// the status it asks the call to end with.
+async fn answer(
+    sink: &mut DuplexSink<StreamingOutputCallResponse>,
+    request: &StreamingOutputCallRequest,
+) -> Result<(), CallError> {
+    if let Some(status) = echo_status(request.response_status.as_ref()) {
+        return Err(status.into());
+    }
+    let kind = payload_type(request.response_type)?;
+    send_responses(sink, kind, &request.response_parameters).await
+}
+
 impl TestService for InteropService {
+    /// `x-grpc-test-echo-initial` is echoed.
+    const READS_REQUEST_HEADERS: bool = true;
+
     /// Answers the empty message.
     async fn empty_call(&self, _call: &mut Call, _request: Empty) -> Result<Empty, CallError> {
         Ok(Empty::default())
@@ -200,11 +216,7 @@ impl TestService for InteropService {
             sink.set_headers(headers);
         }
         while let Some(request) = requests.try_next().await? {
-            if let Some(status) = echo_status(request.response_status.as_ref()) {
-                return Err(status.into());
-            }
-            let kind = payload_type(request.response_type)?;
-            send_responses(sink, kind, &request.response_parameters).await?;
+            answer(sink, &request).await?;
         }
         Ok(())
     }
@@ -231,11 +243,7 @@ impl TestService for InteropService {
             buffered.push(request);
         }
         for request in buffered {
-            if let Some(status) = echo_status(request.response_status.as_ref()) {
-                return Err(status.into());
-            }
-            let kind = payload_type(request.response_type)?;
-            send_responses(sink, kind, &request.response_parameters).await?;
+            answer(sink, &request).await?;
         }
         Ok(())
     }

@@ -81,16 +81,6 @@ impl User {
     }
 }
 
-fn messages_in(outputs: &[Output]) -> Vec<Message> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Message(m) | Output::Sent(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn ha_config(ha: &RedisHa) -> ChatConfig {
     ChatConfig { broker: Some(ha.url()), ..Default::default() }
 }

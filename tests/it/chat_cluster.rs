@@ -121,16 +121,6 @@ fn outputs_until(outputs: &mpsc::Receiver<Output>, seen: &mut Vec<Output>, mut d
     }
 }
 
-fn messages_in(outputs: &[Output]) -> Vec<Message> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Message(m) | Output::Sent(m) => Some(m.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn a_member_whose_replica_is_killed_resumes_on_the_other_with_the_whole_conversation() {
     let redis = Redis::start();

@@ -500,6 +500,18 @@ impl Member {
     }
 }
 
+/// The messages among `client chat`'s outputs: others' and its own, in order.
+pub fn messages_in(outputs: &[greet::client::chat::Output]) -> Vec<Message> {
+    use greet::client::chat::Output;
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Message(m) | Output::Sent(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn seqs(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
