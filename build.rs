@@ -393,7 +393,9 @@ fn write_server(out: &mut String, package: &str, service: &ServiceDescriptorProt
         "/// Serves `{full_name}`. Each method returns its call's outcome: the reply, or\n\
          /// `Ok(())` once it has sent its stream; an error becomes the call's status.\n\
          /// A method not overridden answers UNIMPLEMENTED.\n\
-         pub trait {name}: Clone + Send + Sync + 'static {{"
+         pub trait {name}: Clone + Send + Sync + 'static {{\n    \
+             /// Whether handlers read `Call::request_headers` (copied per call only then).\n    \
+             const READS_REQUEST_HEADERS: bool = false;\n"
     )
     .unwrap();
     for rpc in &rpcs {
@@ -468,7 +470,7 @@ fn write_server(out: &mut String, package: &str, service: &ServiceDescriptorProt
         };
         writeln!(
             out,
-            "    let (shared, method) = (service.clone(), runtime.method(&{c}));\n    \
+            "    let (shared, method) = (service.clone(), runtime.method(&{c}, S::READS_REQUEST_HEADERS));\n    \
              builder = builder.{add}(&{c}, move |ctx, {args}| {{\n        \
                  {start}\n        \
                  let service = shared.clone();\n        \

@@ -145,9 +145,15 @@ impl Runtime {
         &self.tracker
     }
 
-    /// The runtime of one method (the generated registration asks once per method).
-    pub fn method<Req, Resp>(&self, method: &grpcio::Method<Req, Resp>) -> MethodRuntime {
-        MethodRuntime { name: method.name, metrics: self.metrics.method(method), runtime: self.clone() }
+    /// The runtime of one method (the generated registration asks once per
+    /// method); `reads_request_headers`: whether its handler reads them.
+    pub fn method<Req, Resp>(&self, method: &grpcio::Method<Req, Resp>, reads_request_headers: bool) -> MethodRuntime {
+        MethodRuntime {
+            name: method.name,
+            metrics: self.metrics.method(method),
+            reads_request_headers,
+            runtime: self.clone(),
+        }
     }
 }
 
@@ -156,6 +162,9 @@ impl Runtime {
 pub struct MethodRuntime {
     name: &'static str,
     metrics: MethodMetrics,
+    /// Copying a call's request headers costs allocations on every call:
+    /// only for the services that read them.
+    reads_request_headers: bool,
     runtime: Runtime,
 }
 
@@ -183,7 +192,7 @@ impl MethodRuntime {
         }
         Call {
             method: self.name,
-            request_headers: ctx.request_headers().clone(),
+            request_headers: self.reads_request_headers.then(|| ctx.request_headers().clone()),
             response_headers: None,
             _running: self.runtime.tracker.enter(),
         }
@@ -253,7 +262,7 @@ impl MethodRuntime {
 /// until the runtime has ended it.
 pub struct Call {
     method: &'static str,
-    request_headers: Metadata,
+    request_headers: Option<Metadata>,
     response_headers: Option<Metadata>,
     _running: CallGuard,
 }
@@ -264,9 +273,11 @@ impl Call {
         self.method
     }
 
-    /// The metadata the client sent.
+    /// The metadata the client sent; empty unless the service's trait
+    /// implementation sets `READS_REQUEST_HEADERS`.
     pub fn request_headers(&self) -> &Metadata {
-        &self.request_headers
+        static NONE: OnceLock<Metadata> = OnceLock::new();
+        self.request_headers.as_ref().unwrap_or_else(|| NONE.get_or_init(|| MetadataBuilder::new().build()))
     }
 
     /// Initial metadata to answer a unary or client-streaming call with,

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 pub struct CallTracker {
     active: AtomicUsize,
     started: AtomicUsize,
+    /// Threads in a `wait_*` call: a call's start and end take the lock and
+    /// wake them only when there are any, so that counting costs a call two
+    /// atomic increments and nothing more when nobody waits.
+    waiters: AtomicUsize,
     /// Paired with `idle`; protects nothing but the wake-up.
     lock: Mutex<()>,
     idle: Condvar,
@@ -47,34 +51,40 @@ impl CallTracker {
 
     /// Blocks until at most `n` calls are running, or `timeout` passes.
     pub fn wait_active_at_most(&self, n: usize, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        // A poisoned lock only means a waiter panicked; the counter is atomic.
-        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while self.active() > n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            guard = self.idle.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        true
+        self.wait_until(|| self.active() <= n, timeout)
     }
 
     /// Blocks until at least `n` calls have started, or `timeout` passes.
     pub fn wait_started(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(|| self.started() >= n, timeout)
+    }
+
+    fn wait_until(&self, done: impl Fn() -> bool, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        // Counted before the first check: a change made after that check
+        // sees the waiter and wakes it (both sides are SeqCst).
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        // A poisoned lock only means a waiter panicked; the counters are atomic.
         let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        while self.started() < n {
+        let met = loop {
+            if done() {
+                break true;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return false;
+                break false;
             }
             guard = self.idle.wait_timeout(guard, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        true
+        };
+        drop(guard);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        met
     }
 
     fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.idle.notify_all();
     }

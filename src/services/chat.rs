@@ -211,6 +211,9 @@ impl ChatService {
 }
 
 impl api::Chat for ChatService {
+    /// The bearer token names the member.
+    const READS_REQUEST_HEADERS: bool = true;
+
     /// Joins a room, then relays the client's messages to it and its
     /// events to the client; see `protos/chat.proto`.
     async fn connect(
