@@ -30,6 +30,9 @@ every load generator on core 1. Peers:
                                     (built by tests/interop/run_matrix.py --build-only,
                                     or --go-greet-server PATH)
   both, on tonic                    bench/tonic-peer (tonic + prost, tokio multi-threaded)
+  both, on "baseline"               another build of our server (--baseline-server PATH, e.g.
+                                    an older commit), run exactly like ours: a change's cost
+                                    measured side by side in one run
 
 Measurements (each one per round and per server, a fresh server each time):
   unary_max        h2load, 50 connections x 4 streams, posts a prebuilt gRPC frame;
@@ -68,7 +71,7 @@ GO_DIR = HERE / "go"
 RESULTS = HERE / "results"
 TONIC_PEER = HERE / "tonic-peer"
 # Every server implementation, in the order of the table's columns.
-IMPLS = ("ours", "grpc-go", "tonic")
+IMPLS = ("ours", "grpc-go", "tonic", "baseline")
 PROTOS = REPO / "protos"
 GREET_PROTO = PROTOS / "greet.proto"
 HELLOWORLD_PROTO = PROTOS / "helloworld.proto"
@@ -267,9 +270,10 @@ class Peers:
         """A fresh server: impl one of IMPLS; service 'helloworld' or 'greet'."""
         port = gopeers.free_port()
         log_path = self.log_dir / f"{impl}-{service}.log"
-        if impl == "ours":
+        if impl in ("ours", "baseline"):
             env = dict(os.environ, RUST_LOG="warn")
-            argv = [self.ours, "--addr", f"127.0.0.1:{port}", "--stream-interval", "0", "--threads", "1"]
+            binary = self.ours if impl == "ours" else self.args.baseline_server
+            argv = [binary, "--addr", f"127.0.0.1:{port}", "--stream-interval", "0", "--threads", "1"]
         elif impl == "tonic":
             # One binary serves both services, with no per-call log.
             env = dict(os.environ)
@@ -635,7 +639,7 @@ def svg_plot(records: list[dict], path: Path, rps: int) -> None:
     xmax = 3.0  # -log10(1 - p): 0 -> p0, 3 -> p99.9
     ymax = max(float(v) for r in runs for k, v in r["latency_quantiles_us"].items() if float(k) <= 99.9) / 1e3
     ymax = max(ymax * 1.05, 0.1)
-    colors = {"ours": "#d95f02", "grpc-go": "#1b9e77", "tonic": "#7570b3"}
+    colors = {"ours": "#d95f02", "grpc-go": "#1b9e77", "tonic": "#7570b3", "baseline": "#666666"}
 
     def x(p: float) -> float:
         return L + pw * min(-math.log10(max(1 - p / 100, 1e-3)), xmax) / xmax
@@ -710,14 +714,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--publish", action="store_true",
                    help="also copy latest.md, latency.svg and their JSON into bench/results/ (the snapshot the "
                         "README quotes), removing the JSON they replace")
-    p.add_argument("--peers", default=",".join(IMPLS[1:]),
-                   help=f"servers to compare ours with, comma-separated (default {','.join(IMPLS[1:])})")
+    p.add_argument("--peers", default="grpc-go,tonic",
+                   help=f"servers to compare ours with, comma-separated, of {','.join(IMPLS[1:])} (default "
+                        "grpc-go,tonic; --baseline-server adds baseline)")
+    p.add_argument("--baseline-server", type=Path, default=None,
+                   help="another build of our server, measured as the peer 'baseline' (e.g. an older commit's)")
     p.add_argument("--wait-quiet", type=float, default=0,
                    help="wait up to this many seconds for the 1-minute load average to drop below 0.5")
     p.add_argument("--keep-logs", action="store_true", help="keep server logs (their directory is printed)")
     a = p.parse_args(argv)
     a.only = [s for s in a.only.split(",") if s]
     peers = [s for s in a.peers.split(",") if s]
+    if a.baseline_server:
+        if not a.baseline_server.is_file():
+            p.error(f"--baseline-server: no file {a.baseline_server}")
+        peers.append("baseline")
+    elif "baseline" in peers:
+        p.error("--peers baseline needs --baseline-server PATH")
     unknown = [s for s in peers if s not in IMPLS[1:]]
     if unknown:
         p.error(f"--peers: unknown {','.join(unknown)} (known: {','.join(IMPLS[1:])})")
@@ -789,7 +802,7 @@ def main(argv: list[str]) -> int:
             "date": now.isoformat(timespec="seconds"), "quick": args.quick, "rounds": args.rounds,
             "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "placement": {"server_core": SERVER_CORE, "generator_core": CLIENT_CORE,
-                          "ours": "--threads 1", "grpc-go": "GOMAXPROCS=1",
+                          "ours": "--threads 1", "baseline": "--threads 1", "grpc-go": "GOMAXPROCS=1",
                           "tonic": "tokio multi-threaded runtime, one worker (affinity)"},
             "loadavg_before": load, "loadavg_after": loadavg(), "tools": tool_versions(peers),
             "run_seconds": time.monotonic() - run_started, "records": records,

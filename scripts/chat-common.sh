@@ -4,9 +4,17 @@
 . "$(dirname "${BASH_SOURCE[0]}")/ready-file.sh"
 work=$(mktemp -d)
 pids=()
+# Bounded: what has not exited 5 s after SIGTERM gets SIGKILL (a Redis
+# replica writing its first append-only file refuses SIGTERM, and keeps
+# refusing it).
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ "${#pids[@]}" -gt 0 ] || { rm -rf "$work"; return; }
+  kill "${pids[@]}" 2>/dev/null || true
+  (sleep 5; kill -KILL "${pids[@]}") >/dev/null 2>&1 &
+  local reaper=$!
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  kill "$reaper" 2>/dev/null || true
+  wait "$reaper" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -22,13 +22,17 @@ addr_b=$(replica_addr B "${pids[-1]}")
 echo "chat-demo: replica A on $addr_a, replica B on $addr_b" >&2
 
 user_pids=()
-# One user: says each "delay line" pair after its delay, then leaves (EOF).
+# One user: says each "delay line" pair after its delay, stays until it has
+# heard the two others say goodbye (up to 30 s: the failover may delay
+# them), then leaves (EOF).
 user() {
   local name=$1 addrs=$2; shift 2
   {
     while [ "$#" -gt 0 ]; do sleep "$1"; echo "$2"; shift 2; done
-    # Stay long enough to hear the others' last lines, which the failover may delay.
-    sleep 8
+    for _ in $(seq 300); do
+      [ "$(grep -c '^\[[0-9:]*\] [a-z]*: bye' "$work/$name.out")" -ge 2 ] && break
+      sleep 0.1
+    done
   } | "$bin/client" --addr "$addrs" --timeout 30s chat --room demo --user "$name" --history 0 \
       >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
