@@ -1,11 +1,28 @@
-# Sourced by chat-demo.sh and chat-bench.sh: a work dir and the processes
-# started in it, all stopped on exit; waiting for a log line; a redis-server
-# on a unix socket; a server replica (ready once its --ready-file is written).
+# Sourced by chat-demo.sh, chat-bench.sh and mesh-demo.sh: a work dir and the
+# processes started in it, all stopped on exit (SIGKILL after 5 s); waiting
+# for a log line; a redis-server on a unix socket; a server replica (ready
+# once its --ready-file is written).
 . "$(dirname "${BASH_SOURCE[0]}")/ready-file.sh"
 work=$(mktemp -d)
 pids=()
+# Alive: running, not a zombie waiting to be reaped (Linux /proc).
+alive() {
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+# SIGTERM to each, up to 5 s for them to exit, then SIGKILL to the rest, so
+# that cleanup never hangs; then reap them all.
 cleanup() {
+  local pid left
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 100); do
+    left=0
+    for pid in "${pids[@]}"; do if alive "$pid"; then left=1; fi; done
+    [ "$left" = 0 ] && break
+    sleep 0.05
+  done
+  for pid in "${pids[@]}"; do if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
