@@ -211,6 +211,35 @@ fn grpc_gos_own_xds_client_reaches_every_replica_the_control_plane_names() {
     }
 }
 
+#[test]
+fn the_xds_control_plane_refuses_bad_flags_and_files_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = dir.path().join("endpoints");
+    std::fs::write(&endpoints, "127.0.0.1:1\n127.0.0.1:2").unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (&["-weights", "80"], "a split needs at least two weights"),
+        (&["-weights", "80,x"], "\"x\" is not a positive integer"),
+        (&["-weights", "50,30,20"], "2 line(s) of endpoints for 3 weights: one line per cluster"),
+        (&["-abort-percent", "150"], "-abort-percent 150: must be between 0 and 100"),
+    ];
+    for (flags, error) in cases {
+        let mut command = Command::new(go_build("tests/xds/controlplane", ".", "xds-controlplane"));
+        command.arg("-endpoints-file").arg(&endpoints).args(flags);
+        let mut process = Process::spawn(command);
+        process.wait_for_line(error, Duration::from_secs(10));
+        let status = process.wait_exit(Duration::from_secs(10)).expect("it exits");
+        assert_eq!(status.code(), Some(1), "{flags:?}: {status}");
+    }
+
+    // A file it cannot use on SIGHUP is refused; it keeps serving the last one.
+    let mut mesh = Mesh::start(&[&["r1"]], &[]);
+    std::fs::write(&mesh.endpoints, "127.0.0.1:notaport").unwrap();
+    mesh.control_plane.signal("HUP");
+    mesh.control_plane.wait_for_line("version 2 rejected: line 1: \"127.0.0.1:notaport\"", Duration::from_secs(10));
+    let summary = mesh.load_ok(100);
+    assert_eq!(served(&summary, "r1"), 100, "{summary}");
+}
+
 /// SayHello calls a replica has answered, from its admin port's `/metrics`.
 fn say_hello_handled(replica: &ServerProcess) -> u64 {
     let (_, metrics) = http_get(&replica.admin, "/metrics");
