@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo chat-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check
+.PHONY: deps build run-server run-client demo chat-demo mesh-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check
 
 deps:
 	@scripts/ensure-deps.sh
@@ -30,6 +30,11 @@ demo: build
 ## killed halfway and its users resume on B. Fails if anyone missed a message.
 chat-demo: build
 	scripts/chat-demo.sh $(BIN)
+
+## Proxyless over xDS: 3 replicas, the control plane of tests/xds/controlplane (needs Go)
+## and `client --addr xds:///greet load`; r3 leaves the endpoints midway. Fails on any failed call.
+mesh-demo: build
+	scripts/mesh-demo.sh $(BIN)
 
 ## N replicas on loopback ports behind HAProxy (deploy/haproxy/haproxy.cfg) on PORT;
 ## PROXY=envoy: behind Envoy (deploy/envoy/envoy.yaml; Envoy from scripts/envoy.py).

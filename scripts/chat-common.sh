@@ -1,6 +1,7 @@
-# Sourced by chat-demo.sh and chat-bench.sh: a work dir and the processes
-# started in it, all stopped on exit; waiting for a log line; a redis-server
-# on a unix socket; a server replica (ready once its --ready-file is written).
+# Sourced by chat-demo.sh, chat-bench.sh and mesh-demo.sh: a work dir and the
+# processes started in it, all stopped on exit (SIGKILL after 5 s); waiting
+# for a log line; a redis-server on a unix socket; a server replica (ready
+# once its --ready-file is written).
 . "$(dirname "${BASH_SOURCE[0]}")/ready-file.sh"
 work=$(mktemp -d)
 pids=()

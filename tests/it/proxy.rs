@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::common::process::{repo_root, Backend, Haproxy, ServerProcess};
+use crate::common::go_build;
+use crate::common::process::{Backend, Haproxy, ServerProcess};
 use greet::client::load::{self, LoadConfig, Workload};
 use greet::client::Connector;
 
@@ -22,26 +23,9 @@ fn backends(replicas: &[ServerProcess]) -> Vec<Backend<'_>> {
         .collect()
 }
 
-/// Builds a program of the pinned grpc-go examples module (tests/interop/go)
-/// with the Go toolchain, through the Go module proxy and build cache.
+/// Builds a program of the pinned grpc-go examples module (tests/interop/go).
 pub(crate) fn go_program(package: &str, name: &str) -> PathBuf {
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-programs").join(name);
-    let go = ["/usr/local/go/bin/go", "/usr/bin/go"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .expect("Go is installed (/usr/local/go/bin/go): it builds the official grpc-go programs");
-    let status = Command::new(go)
-        .args(["build", "-buildvcs=false", "-o"])
-        .arg(&out)
-        .arg(package)
-        .current_dir(repo_root().join("tests/interop/go"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .status()
-        .expect("go runs");
-    assert!(status.success(), "go build {package} failed");
-    out
+    go_build("tests/interop/go", package, name)
 }
 
 #[test]
