@@ -5,6 +5,12 @@
 . "$(dirname "${BASH_SOURCE[0]}")/ready-file.sh"
 work=$(mktemp -d)
 pids=()
+# Alive: running, not a zombie waiting to be reaped (Linux /proc).
+alive() {
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
 # Bounded: what has not exited 5 s after SIGTERM gets SIGKILL (a Redis
 # replica writing its first append-only file refuses SIGTERM, and keeps
 # refusing it).

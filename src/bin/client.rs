@@ -27,14 +27,16 @@ struct Args {
     /// later ones are backups under pick_first), or a URI such as dns:///host:port.
     #[arg(long, default_value = "localhost:8080", global = true)]
     addr: String,
-    /// Load balancing over the addresses: pick_first or round_robin (which
-    /// also health-checks every server and skips those NOT_SERVING).
-    #[arg(long, default_value = "pick_first", global = true)]
-    lb: LbPolicy,
+    /// Load balancing over the addresses: pick_first (the default) or
+    /// round_robin (which also health-checks every server and skips those
+    /// NOT_SERVING). Not with an xds: address, whose control plane chooses.
+    #[arg(long, global = true)]
+    lb: Option<LbPolicy>,
     /// Retries of a call that failed with UNAVAILABLE (exponential backoff,
-    /// by the C core's retry policy); 0 turns retrying off.
-    #[arg(long, default_value_t = DEFAULT_RETRIES, global = true)]
-    retries: u32,
+    /// by the C core's retry policy; default 3); 0 turns retrying off. Not
+    /// with an xds: address, whose routes carry their own retry policy.
+    #[arg(long, global = true)]
+    retries: Option<u32>,
     /// Calls wait for a server to become reachable (up to --timeout) instead of failing at once.
     #[arg(long, global = true)]
     wait_for_ready: bool,
@@ -150,9 +152,15 @@ fn print(line: String) {
 
 /// The connector the flags describe; the error is one line.
 fn connector(args: &Args) -> Result<Connector, String> {
+    if args.addr.starts_with("xds:") && (args.lb.is_some() || args.retries.is_some()) {
+        return Err(format!(
+            "--lb and --retries do not apply to {}: the control plane's routes and clusters set its retries and balancing",
+            args.addr
+        ));
+    }
     let mut connector = Connector::new(&args.addr)?
-        .lb(args.lb)
-        .retries(args.retries)
+        .lb(args.lb.unwrap_or(LbPolicy::PickFirst))
+        .retries(args.retries.unwrap_or(DEFAULT_RETRIES))
         .wait_for_ready(args.wait_for_ready)
         .connections(args.connections)
         .keepalive(args.keepalive.map(|time| Keepalive { time, timeout: args.keepalive_timeout }));

@@ -211,3 +211,23 @@ fn client_refuses_a_bad_address_list_or_policy_in_one_line() {
     assert_eq!(out.status.code(), Some(2), "clap refuses it");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown load-balancing policy \"random\""));
 }
+
+#[test]
+fn client_refuses_lb_or_retries_with_an_xds_address_in_one_line() {
+    // An xds: channel takes its balancing and retries from the control
+    // plane; the flags would be silently ignored, so they are refused.
+    for flags in [["--lb", "round_robin"], ["--retries", "0"]] {
+        let out = Command::new(CLIENT).args(["--addr", "xds:///greet"]).args(flags).arg("unary").output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flags:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("--lb and --retries do not apply to xds:///greet"), "{stderr}");
+    }
+    // The same flags on a plain address are taken (nothing listens: UNAVAILABLE, not a usage error).
+    let out = Command::new(CLIENT)
+        .args(["--addr", &closed_addr(), "--lb", "round_robin", "--retries", "0", "--timeout", "2s", "unary"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: UNAVAILABLE"), "{stderr}");
+}

@@ -77,11 +77,12 @@ impl Mesh {
         self.control_plane.wait_for_line("version 2:", Duration::from_secs(10));
     }
 
-    /// `client --addr xds:///greet --retries 0 load --calls N --json`: whether
+    /// `client --addr xds:///greet load --calls N --json` (the route has no
+    /// retry policy, so a call is tried once): whether
     /// it exited 0 (no call failed) and its JSON summary.
     fn load(&self, calls: u32) -> (bool, Value) {
         let out = Command::new(env!("CARGO_BIN_EXE_client"))
-            .args(["--addr", "xds:///greet", "--retries", "0", "--timeout", "10s"])
+            .args(["--addr", "xds:///greet", "--timeout", "10s"])
             .args(["load", "--calls", &calls.to_string(), "--concurrency", "8", "--json"])
             .env("GRPC_XDS_BOOTSTRAP", &self.bootstrap)
             .output()
@@ -279,10 +280,11 @@ impl Drop for Reaped {
 fn a_running_proxyless_client_moves_off_a_replica_the_control_plane_drops() {
     let mut mesh = Mesh::start(&[&["r1", "r2"]], &[]);
 
-    // 4,000 calls at 500/s (8 s), no client retries, over one channel.
+    // 4,000 calls at 500/s (8 s) over one channel, each tried once (the
+    // route has no retry policy).
     let mut client = Reaped(
         Command::new(env!("CARGO_BIN_EXE_client"))
-            .args(["--addr", "xds:///greet", "--retries", "0", "--timeout", "10s"])
+            .args(["--addr", "xds:///greet", "--timeout", "10s"])
             .args(["load", "--calls", "4000", "--concurrency", "8", "--rps", "500", "--json"])
             .env("GRPC_XDS_BOOTSTRAP", &mesh.bootstrap)
             .stdout(Stdio::piped())
