@@ -82,9 +82,10 @@ wait_redis() {
 }
 
 # Redis highly available on loopback ports: a primary, a replica and three
-# Sentinels (quorum 2, down after 1 s), persistence on (appendonly). Sets
-# $broker (redis+sentinel://...), $redis_primary_port, $redis_replica_port,
-# $redis_primary_pid, $redis_replica_pid.
+# Sentinels (quorum 2, down after 3 s: at 1 s, close to the Sentinels' ping
+# period, one of them may declare a just-promoted primary down and fail over
+# again), persistence on (appendonly). Sets $broker (redis+sentinel://...),
+# $redis_primary_port, $redis_replica_port, $redis_primary_pid, $redis_replica_pid.
 start_redis_ha() {
   local name port
   redis_node() {  # name port [redis-server args...]
@@ -108,7 +109,7 @@ port $port
 bind 127.0.0.1
 dir $work
 sentinel monitor chat 127.0.0.1 $redis_primary_port 2
-sentinel down-after-milliseconds chat 1000
+sentinel down-after-milliseconds chat 3000
 sentinel failover-timeout chat 10000
 CONF
     redis-server "$work/sentinel$i.conf" --sentinel >"$work/sentinel$i.log" 2>&1 &

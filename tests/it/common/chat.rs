@@ -182,7 +182,7 @@ impl Node {
 }
 
 /// Redis as it runs highly available: a primary, a replica and three
-/// Sentinels (quorum 2, a node is down after 1 s), on free loopback ports,
+/// Sentinels (quorum 2, a node is down after 3 s), on free loopback ports,
 /// with persistence (appendonly); every process killed on drop.
 pub struct RedisHa {
     pub primary: Node,
@@ -290,7 +290,7 @@ impl RedisHa {
                 format!(
                     "port {port}\nbind 127.0.0.1\ndir {}\n\
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
-                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 3000\n\
                      sentinel failover-timeout {MASTER_NAME} 10000\n\
                      sentinel parallel-syncs {MASTER_NAME} 1\n",
                     ha.dir.path().display(),
