@@ -35,29 +35,19 @@ pub fn envoy_binary() -> PathBuf {
 
 /// `deploy/envoy/envoy.yaml` rendered for a listener on 127.0.0.1:`port`
 /// (0: any), Envoy's admin interface on a free loopback port and `replicas`
-/// (name, gRPC `host:port`).
+/// (name, gRPC `host:port`), by the project's one renderer
+/// (`deploy/envoy/render.py`, which `make cluster PROXY=envoy` and
+/// `make security-check` use too).
 pub fn render_envoy_config(port: u16, replicas: &[(&str, &str)]) -> String {
-    let template = std::fs::read_to_string(repo_root().join("deploy/envoy/envoy.yaml"))
-        .expect("deploy/envoy/envoy.yaml is in the repository");
-    let mut out = String::new();
-    for line in template.lines() {
-        if line.contains("@REPLICA@") && !line.trim_start().starts_with('#') {
-            for (name, addr) in replicas {
-                let (host, port) = addr.rsplit_once(':').expect("host:port");
-                out.push_str(&line.replace("@REPLICA@", name).replace("@HOST@", host).replace("@PORT@", port));
-                out.push('\n');
-            }
-        } else {
-            let line = line
-                .replace("@BIND_HOST@", "127.0.0.1")
-                .replace("@BIND_PORT@", &port.to_string())
-                .replace("@ADMIN_HOST@", "127.0.0.1")
-                .replace("@ADMIN_PORT@", "0");
-            out.push_str(&line);
-            out.push('\n');
-        }
+    let mut command = Command::new("python3");
+    command.arg(repo_root().join("deploy/envoy/render.py")).args(["--bind", &format!("127.0.0.1:{port}")]);
+    command.args(["--admin", "127.0.0.1:0"]);
+    for (name, addr) in replicas {
+        command.arg("--server").arg(format!("{name}={addr}"));
     }
-    out
+    let out = command.output().expect("python3 runs deploy/envoy/render.py");
+    assert!(out.status.success(), "render.py: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("render.py writes UTF-8")
 }
 
 /// Envoy in the foreground, stopped on drop.
