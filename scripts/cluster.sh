@@ -53,7 +53,9 @@ start_envoy() {
   for _ in $(seq 200); do
     kill -0 "$(cat "$dir/envoy.pid")" 2>/dev/null || { cat "$dir/envoy.log" >&2; exit 1; }
     admin="$(cat "$dir/envoy.admin" 2>/dev/null || true)"
-    if [ -n "$admin" ] && curl -fsS "http://$admin/clusters" 2>/dev/null | grep -q '::health_flags::healthy$'; then
+    # A healthy replica in both clusters (unary calls, streaming calls).
+    if [ -n "$admin" ] && [ "$(curl -fsS "http://$admin/clusters" 2>/dev/null |
+        grep -E '^greet_(replicas|streams)::.*::health_flags::healthy$' | cut -d: -f1 | sort -u | wc -l)" -eq 2 ]; then
       return 0
     fi
     sleep 0.1

@@ -95,15 +95,20 @@ impl Envoy {
         let wanted = replicas.len();
         let mut envoy = envoy;
         let admin = envoy.admin.clone();
-        poll(&mut envoy.process, &format!("Envoy's health checks find {wanted} replica(s) healthy"), || {
-            (healthy_hosts(&admin)?.len() >= wanted).then_some(())
-        });
+        // Both clusters (unary calls, streaming calls) check the replicas on their own.
+        for cluster in CLUSTERS {
+            poll(
+                &mut envoy.process,
+                &format!("Envoy's health checks find {wanted} replica(s) of {cluster} healthy"),
+                || (healthy_hosts(&admin, cluster)?.len() >= wanted).then_some(()),
+            );
+        }
         envoy
     }
 
-    /// The replicas (gRPC `host:port`) Envoy's health checks find healthy now.
+    /// The replicas (gRPC `host:port`) Envoy's health checks of unary calls find healthy now.
     pub fn healthy(&self) -> Vec<String> {
-        healthy_hosts(&self.admin).unwrap_or_default()
+        healthy_hosts(&self.admin, CLUSTERS[0]).unwrap_or_default()
     }
 
     /// Envoy's health flags of `host` (e.g. `healthy`, `/failed_active_hc`).
@@ -123,11 +128,15 @@ impl Envoy {
     }
 }
 
-fn healthy_hosts(admin: &str) -> Option<Vec<String>> {
+/// The shipped config's clusters: unary calls, then streaming calls.
+const CLUSTERS: [&str; 2] = ["greet_replicas", "greet_streams"];
+
+fn healthy_hosts(admin: &str, cluster: &str) -> Option<Vec<String>> {
     let (_, body) = admin_get(admin, "/clusters")?;
+    let prefix = format!("{cluster}::");
     Some(
         body.lines()
-            .filter_map(|l| l.strip_prefix("greet_replicas::"))
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
             .filter_map(|l| l.strip_suffix("::health_flags::healthy"))
             .map(str::to_string)
             .collect(),
