@@ -78,9 +78,9 @@ bench: deps
 chat-bench: build
 	scripts/chat-bench.sh $(BIN) $(CHAT_BENCH_ARGS)
 
-## HTTP/2 floods and h2spec against the bare server, the proxied deployment and
-## grpc-go's greeter_server (loopback, bounded, ~5 minutes); one table of outcomes.
-## SECURITY_ARGS="--targets bare --attacks rapid" for a part of it.
+## HTTP/2 floods and h2spec against the bare server, the deployment behind HAProxy,
+## the one behind Envoy and grpc-go's greeter_server (loopback, bounded, ~8 minutes);
+## one table of outcomes. SECURITY_ARGS="--targets bare,envoy --attacks rapid" for a part of it.
 security-check: deps
 	scripts/ensure-deps.sh protobuf-compiler
 	$(CARGO) build --release --bin server
@@ -94,4 +94,4 @@ lint: deps
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
 	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/envoy.py scripts/h2flood.py \
-	  scripts/security_check.py
+	  scripts/security_check.py deploy/haproxy/render.py deploy/envoy/render.py

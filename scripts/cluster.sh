@@ -33,16 +33,14 @@ stop() {
 
 . "$repo/scripts/ready-file.sh"
 
-# Envoy with deploy/envoy/envoy.yaml rendered for the replicas ($3: the
-# endpoint lines), its admin interface on a free loopback port (written to
-# $dir/envoy.admin), in the background; returns once its health checks have
-# found a replica healthy.
+# Envoy with deploy/envoy/envoy.yaml rendered for the replicas (from $3 on:
+# render.py --server arguments), its admin interface on a free loopback port
+# (written to $dir/envoy.admin), in the background; returns once its health
+# checks have found a replica healthy.
 start_envoy() {
-  local envoy="$1" port="$2" servers="$3"
-  awk -v port="$port" -v servers="$servers" '
-    /@REPLICA@/ && !/^ *#/ { printf "%s", servers; next }
-    { gsub(/@BIND_HOST@|@ADMIN_HOST@/, "127.0.0.1"); gsub(/@BIND_PORT@/, port); gsub(/@ADMIN_PORT@/, "0"); print }' \
-    "$repo/deploy/envoy/envoy.yaml" >"$dir/envoy.yaml"
+  local envoy="$1" port="$2"
+  shift 2
+  python3 "$repo/deploy/envoy/render.py" --bind "127.0.0.1:$port" --admin 127.0.0.1:0 "$@" >"$dir/envoy.yaml"
   "$envoy" --mode validate -c "$dir/envoy.yaml" -l error >/dev/null
   rm -f "$dir/envoy.admin"
   # Detached, like `haproxy -D`: in its own session, its parent a subshell
@@ -55,7 +53,9 @@ start_envoy() {
   for _ in $(seq 200); do
     kill -0 "$(cat "$dir/envoy.pid")" 2>/dev/null || { cat "$dir/envoy.log" >&2; exit 1; }
     admin="$(cat "$dir/envoy.admin" 2>/dev/null || true)"
-    if [ -n "$admin" ] && curl -fsS "http://$admin/clusters" 2>/dev/null | grep -q '::health_flags::healthy$'; then
+    # A healthy replica in both clusters (unary calls, streaming calls).
+    if [ -n "$admin" ] && [ "$(curl -fsS "http://$admin/clusters" 2>/dev/null |
+        grep -E '^greet_(replicas|streams)::.*::health_flags::healthy$' | cut -d: -f1 | sort -u | wc -l)" -eq 2 ]; then
       return 0
     fi
     sleep 0.1
@@ -83,10 +83,7 @@ start() {
       --drain-delay 2s --ready-file "$dir/replica-$i.ready" >"$dir/replica-$i.log" 2>&1 &
     echo $! >"$dir/replica-$i.pid"
   done
-  local line="" envoy_lines=""
-  if [ "$proxy" = envoy ]; then
-    line="$(grep -v '^ *#' "$repo/deploy/envoy/envoy.yaml" | grep -m1 '@REPLICA@')"
-  fi
+  local envoy_servers=()
   for i in $(seq "$n"); do
     local addr admin
     wait_ready "$dir/replica-$i.ready" "$(cat "$dir/replica-$i.pid")" || { cat "$dir/replica-$i.log" >&2; exit 1; }
@@ -94,12 +91,12 @@ start() {
     admin="$(ready_addr "$dir/replica-$i.ready" admin)"
     servers+=(--server "replica-$i=$addr,${admin##*:}")
     if [ "$proxy" = envoy ]; then
-      envoy_lines+="$(echo "$line" | sed -e "s/@REPLICA@/replica-$i/" -e "s/@HOST@/${addr%:*}/" -e "s/@PORT@/${addr##*:}/")"$'\n'
+      envoy_servers+=(--server "replica-$i=$addr")
     fi
     echo "cluster: replica-$i at $addr (admin http://$admin/healthz)"
   done
   if [ "$proxy" = envoy ]; then
-    start_envoy "$envoy" "$port" "$envoy_lines"
+    start_envoy "$envoy" "$port" "${envoy_servers[@]}"
     echo "cluster: $n replicas behind Envoy at 127.0.0.1:$port (Envoy's admin: $(cat "$dir/envoy.admin"))"
     echo "  try:  $bin/client --addr 127.0.0.1:$port load --calls 2000"
     echo "  stop: make cluster-stop"

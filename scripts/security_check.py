@@ -1,10 +1,12 @@
 #!/usr/bin/python3
-"""`make security-check`: HTTP/2 attacks against three targets on loopback, one
+"""`make security-check`: HTTP/2 attacks against four targets on loopback, one
 table of outcomes.
 
 Targets:
   bare      our `server` binary, alone
   proxied   our `server` behind HAProxy with the shipped deploy/haproxy/haproxy.cfg
+  envoy     our `server` behind Envoy with the shipped deploy/envoy/envoy.yaml (rendered by
+            deploy/envoy/render.py, as `make cluster PROXY=envoy` does; Envoy from scripts/envoy.py)
   grpc-go   grpc-go's official helloworld greeter_server (v1.85, tests/interop/go pins it)
 
 Attacks (each against a freshly started target; bounded, loopback only; all but
@@ -22,16 +24,20 @@ h2spec run scripts/h2flood.py while a well-behaved client calls SayHello at
   settings flood           1 connection x 3 s of empty SETTINGS frames
   h2spec                   HTTP/2 conformance (github.com/summerwind/h2spec, pinned in scripts/h2spec/go.mod)
 
-Needs Debian's python3-h2 (run with /usr/bin/python3), haproxy, Go, protoc and our
+Needs Debian's python3-h2 (run with /usr/bin/python3), haproxy, Envoy (for the envoy
+target; scripts/envoy.py installs it), Go, protoc and our
 release `server` (the Makefile target builds it). Writes the table to stdout and
 every raw figure to $CARGO_TARGET_DIR/security-check.json. About 10 minutes.
---replicas N puts N replicas behind the proxy (the RSS cell shows the largest);
---haproxy-template runs another config in place of the shipped one (to compare).
+--replicas N puts N replicas behind each proxy (the RSS cell shows the largest replica;
+the proxy's own peak is in the JSON); --haproxy-template and --envoy-template run
+another config in place of the shipped one (to compare).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import re
@@ -46,11 +52,23 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import gopeers  # noqa: E402
 
-sys.path.insert(0, str(REPO / "deploy" / "haproxy"))
-import render as haproxy_render  # noqa: E402
+
+
+def load_renderer(proxy: str):
+    """deploy/PROXY/render.py, the project's one renderer of that proxy's template."""
+    spec = importlib.util.spec_from_file_location(f"{proxy}_render", REPO / "deploy" / proxy / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+haproxy_render = load_renderer("haproxy")
+envoy_render = load_renderer("envoy")
 
 H2FLOOD = HERE / "h2flood.py"
 HAPROXY_TEMPLATE = REPO / "deploy" / "haproxy" / "haproxy.cfg"
+ENVOY_TEMPLATE = REPO / "deploy" / "envoy" / "envoy.yaml"
+PROXIES = ("proxied", "envoy")
 INTEROP_GO = REPO / "tests" / "interop" / "go"
 H2SPEC_GO = HERE / "h2spec"
 GREETER_SERVER_PKG = "google.golang.org/grpc/examples/helloworld/greeter_server"
@@ -123,8 +141,9 @@ class Target:
     """A started target: `port` for the flood and the probe, `pids` whose RSS to report."""
 
     def __init__(self, name: str, server_bin: Path, go_bin: Path | None, tmp: Path, replicas: int = 1,
-                 template: Path = HAPROXY_TEMPLATE):
-        self.name, self.procs, self.port, self.pids = name, [], 0, []
+                 templates: dict[str, Path] | None = None):
+        templates = templates or {"proxied": HAPROXY_TEMPLATE, "envoy": ENVOY_TEMPLATE}
+        self.name, self.procs, self.port, self.pids, self.proxy_pid = name, [], 0, [], 0
         if name == "grpc-go":
             assert go_bin is not None
             self.port = gopeers.free_port()
@@ -132,10 +151,10 @@ class Target:
             wait_port(self.port, self.procs[-1])
             return
         backends = []
-        for i in range(replicas if name == "proxied" else 1):
+        for i in range(replicas if name in PROXIES else 1):
             grpc_port, admin_port = gopeers.free_port(), gopeers.free_port()
             argv = [server_bin, "--addr", f"127.0.0.1:{grpc_port}", "--stream-interval", "0"]
-            if name == "proxied":
+            if name in PROXIES:
                 argv += ["--admin-addr", f"127.0.0.1:{admin_port}"]
             self.pids.append(self.spawn(argv, tmp / f"{name}-server-{i}.log"))
             wait_port(grpc_port, self.procs[-1])
@@ -144,8 +163,20 @@ class Target:
         if name == "proxied":
             self.port = gopeers.free_port()
             cfg = tmp / "haproxy.cfg"
-            cfg.write_text(render_haproxy(self.port, backends, template))
+            cfg.write_text(render_haproxy(self.port, backends, templates[name]))
             self.spawn(["haproxy", "-db", "-f", cfg], tmp / "haproxy.log")
+        if name == "envoy":
+            self.port = gopeers.free_port()
+            cfg = tmp / "envoy.yaml"
+            servers = [(f"replica{i}", *envoy_render.split_addr(addr)) for i, (addr, _) in enumerate(backends, 1)]
+            cfg.write_text(envoy_render.render(templates[name].read_text(), f"127.0.0.1:{self.port}", "127.0.0.1:0",
+                                               servers))
+            # As scripts/cluster.sh starts it; --concurrency 2 as the tests do.
+            self.proxy_pid = self.spawn([envoy_binary(), "-c", cfg, "--use-dynamic-base-id", "--disable-hot-restart",
+                                         "-l", "warning", "--concurrency", "2"], tmp / "envoy.log")
+        if name in PROXIES:
+            if name == "proxied":
+                self.proxy_pid = self.procs[-1].pid
             wait_port(self.port, self.procs[-1])
             wait_healthy(self.port)
 
@@ -168,6 +199,15 @@ def render_haproxy(bind_port: int, replicas: list[tuple[str, int]], template: Pa
     servers = [f"replica{i}={addr},{admin_port}" for i, (addr, admin_port) in enumerate(replicas, 1)]
     return haproxy_render.render(template.read_text(), f"127.0.0.1:{bind_port}",
                                  [haproxy_render.parse_server(s) for s in servers])
+
+
+@functools.lru_cache(maxsize=None)
+def envoy_binary() -> str:
+    """The pinned Envoy (scripts/envoy.py installs it once, then finds it)."""
+    out = subprocess.run([sys.executable, str(HERE / "envoy.py")], capture_output=True, text=True, timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"scripts/envoy.py failed: {out.stderr.strip()[-2000:]}")
+    return out.stdout.strip()
 
 
 def wait_healthy(port: int, timeout: float = 20) -> None:
@@ -204,7 +244,7 @@ def h2spec(h2spec_bin: Path, port: int) -> dict:
     return {"tests": total, "passed": passed, "skipped": skipped, "failed": failed}
 
 
-def describe_flood(report: dict, pids: list[int]) -> str:
+def describe_flood(report: dict, pids: list[int], proxy_pid: int = 0) -> str:
     probe = report["probe"]["during"]
     parts = []
     if probe["calls"]:
@@ -217,6 +257,9 @@ def describe_flood(report: dict, pids: list[int]) -> str:
     if rss:
         top = max(rss, key=lambda r: r["peak"])
         parts.append(f"RSS {top['before']:.0f}->{top['peak']:.0f} MB")
+    proxy = report["rss_mib"].get(str(proxy_pid))
+    if proxy:
+        parts.append(f"proxy RSS {proxy['before']:.0f}->{proxy['peak']:.0f} MB")
     f = report["flood"]
     if f["goaway"]:
         debug = {json.loads(g)["debug"] or f"code {json.loads(g)['error_code']}" for g in f["goaway"]}
@@ -230,13 +273,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--server-bin", type=Path, default=cargo_target() / "release" / "server")
     ap.add_argument("--go-bin-root", type=Path, default=Path.home() / ".cache" / "greet-security" / "bin")
-    ap.add_argument("--targets", default="bare,proxied,grpc-go")
+    ap.add_argument("--targets", default="bare,proxied,envoy,grpc-go")
     ap.add_argument("--no-h2spec", action="store_true")
     ap.add_argument("--attacks", help="only the attacks whose name starts with one of these, comma separated")
     ap.add_argument("--json", type=Path, default=cargo_target() / "security-check.json")
     ap.add_argument("--replicas", type=int, default=1, help="replicas behind the proxy")
     ap.add_argument("--haproxy-template", type=Path, default=HAPROXY_TEMPLATE,
                     help="an HAProxy config template to use instead of the shipped one")
+    ap.add_argument("--envoy-template", type=Path, default=ENVOY_TEMPLATE,
+                    help="an Envoy config template to use instead of the shipped one")
     args = ap.parse_args()
     targets = args.targets.split(",")
     # Go is only needed for grpc-go and h2spec.
@@ -251,11 +296,12 @@ def main() -> int:
         for check in checks:
             for name in targets:
                 log(f"{check} against {name}")
-                target = Target(name, args.server_bin, go_bin, tmp, args.replicas, args.haproxy_template)
+                target = Target(name, args.server_bin, go_bin, tmp, args.replicas,
+                                {"proxied": args.haproxy_template, "envoy": args.envoy_template})
                 try:
                     if check in ATTACKS:
-                        report = flood(target.port, target.pids, ATTACKS[check])
-                        rows.setdefault(check, {})[name] = describe_flood(report, target.pids) + \
+                        report = flood(target.port, target.pids + [target.proxy_pid], ATTACKS[check])
+                        rows.setdefault(check, {})[name] = describe_flood(report, target.pids, target.proxy_pid) + \
                             ("" if target.alive() else ", SERVER DIED")
                         log(rows[check][name] + f" ({report['flood']['streams_opened']} streams sent)")
                     else:
@@ -268,7 +314,8 @@ def main() -> int:
                     target.stop()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
-    header = {"bare": "bare server", "proxied": "proxied (HAProxy)", "grpc-go": "grpc-go greeter_server"}
+    header = {"bare": "bare server", "proxied": "proxied (HAProxy)", "envoy": "proxied (Envoy)",
+              "grpc-go": "grpc-go greeter_server"}
     print("| attack | " + " | ".join(header[t] for t in targets) + " |")
     print("|---|" + "---|" * len(targets))
     for check, cells in rows.items():

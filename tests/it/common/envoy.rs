@@ -35,29 +35,19 @@ pub fn envoy_binary() -> PathBuf {
 
 /// `deploy/envoy/envoy.yaml` rendered for a listener on 127.0.0.1:`port`
 /// (0: any), Envoy's admin interface on a free loopback port and `replicas`
-/// (name, gRPC `host:port`).
+/// (name, gRPC `host:port`), by the project's one renderer
+/// (`deploy/envoy/render.py`, which `make cluster PROXY=envoy` and
+/// `make security-check` use too).
 pub fn render_envoy_config(port: u16, replicas: &[(&str, &str)]) -> String {
-    let template = std::fs::read_to_string(repo_root().join("deploy/envoy/envoy.yaml"))
-        .expect("deploy/envoy/envoy.yaml is in the repository");
-    let mut out = String::new();
-    for line in template.lines() {
-        if line.contains("@REPLICA@") && !line.trim_start().starts_with('#') {
-            for (name, addr) in replicas {
-                let (host, port) = addr.rsplit_once(':').expect("host:port");
-                out.push_str(&line.replace("@REPLICA@", name).replace("@HOST@", host).replace("@PORT@", port));
-                out.push('\n');
-            }
-        } else {
-            let line = line
-                .replace("@BIND_HOST@", "127.0.0.1")
-                .replace("@BIND_PORT@", &port.to_string())
-                .replace("@ADMIN_HOST@", "127.0.0.1")
-                .replace("@ADMIN_PORT@", "0");
-            out.push_str(&line);
-            out.push('\n');
-        }
+    let mut command = Command::new("python3");
+    command.arg(repo_root().join("deploy/envoy/render.py")).args(["--bind", &format!("127.0.0.1:{port}")]);
+    command.args(["--admin", "127.0.0.1:0"]);
+    for (name, addr) in replicas {
+        command.arg("--server").arg(format!("{name}={addr}"));
     }
-    out
+    let out = command.output().expect("python3 runs deploy/envoy/render.py");
+    assert!(out.status.success(), "render.py: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("render.py writes UTF-8")
 }
 
 /// Envoy in the foreground, stopped on drop.
@@ -105,15 +95,20 @@ impl Envoy {
         let wanted = replicas.len();
         let mut envoy = envoy;
         let admin = envoy.admin.clone();
-        poll(&mut envoy.process, &format!("Envoy's health checks find {wanted} replica(s) healthy"), || {
-            (healthy_hosts(&admin)?.len() >= wanted).then_some(())
-        });
+        // Both clusters (unary calls, streaming calls) check the replicas on their own.
+        for cluster in CLUSTERS {
+            poll(
+                &mut envoy.process,
+                &format!("Envoy's health checks find {wanted} replica(s) of {cluster} healthy"),
+                || (healthy_hosts(&admin, cluster)?.len() >= wanted).then_some(()),
+            );
+        }
         envoy
     }
 
-    /// The replicas (gRPC `host:port`) Envoy's health checks find healthy now.
+    /// The replicas (gRPC `host:port`) Envoy's health checks of unary calls find healthy now.
     pub fn healthy(&self) -> Vec<String> {
-        healthy_hosts(&self.admin).unwrap_or_default()
+        healthy_hosts(&self.admin, CLUSTERS[0]).unwrap_or_default()
     }
 
     /// Envoy's health flags of `host` (e.g. `healthy`, `/failed_active_hc`).
@@ -133,11 +128,15 @@ impl Envoy {
     }
 }
 
-fn healthy_hosts(admin: &str) -> Option<Vec<String>> {
+/// The shipped config's clusters: unary calls, then streaming calls.
+const CLUSTERS: [&str; 2] = ["greet_replicas", "greet_streams"];
+
+fn healthy_hosts(admin: &str, cluster: &str) -> Option<Vec<String>> {
     let (_, body) = admin_get(admin, "/clusters")?;
+    let prefix = format!("{cluster}::");
     Some(
         body.lines()
-            .filter_map(|l| l.strip_prefix("greet_replicas::"))
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
             .filter_map(|l| l.strip_suffix("::health_flags::healthy"))
             .map(str::to_string)
             .collect(),
