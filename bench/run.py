@@ -813,7 +813,9 @@ def main(argv: list[str]) -> int:
                   f"round(s){' (--quick)' if args.quick else ''}; each figure is the median (min–max) over rounds; a "
                   f"ratio is of the medians, its range over same-round pairs; goals are issue 10's, against grpc-go. "
                   f"Servers on core 0 (ours `--threads 1`, grpc-go GOMAXPROCS=1, tonic {tonic_version()} on a "
-                  f"multi-threaded tokio runtime with one worker), load generators on core 1. Load average before/after: "
+                  f"multi-threaded tokio runtime with one worker"
+                  f"{', baseline `' + str(args.baseline_server) + '` run like ours' if args.baseline_server else ''}), "
+                  f"load generators on core 1. Load average before/after: "
                   f"{load[0]:.2f} / {loadavg()[0]:.2f}. Raw: `{json_path.name}`. Generator CPU is % of its one core: "
                   f"near 100 means the generator, not the server, set the rate; server CPU is % of core 0 over the same window (near 100: the server was the bottleneck; well below 100 for both: something waited).\n\n")
         (args.out_dir / "latest.md").write_text(header + table)
