@@ -173,6 +173,9 @@ fn stall_replication_then_kill_the_primary(replicas_to_ack: u32) -> Stalled {
         block_on(ann.say(&format!("before {i}"))).unwrap();
     }
     assert_eq!(texts(&block_on(ann.messages(3)).unwrap()), ["before 0", "before 1", "before 2"]);
+    // The replica is killed and started again from its file below: what it
+    // confirmed must be in the file first (CI once saw all three gone).
+    ha.wait_replica_on_disk();
 
     signal(ha.replica.pid(), libc::SIGSTOP);
     let mut acknowledged_while_stalled = Vec::new();

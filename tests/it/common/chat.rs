@@ -356,6 +356,24 @@ impl RedisHa {
     pub fn kill_primary(&mut self) {
         self.primary.kill();
     }
+
+    /// Waits until the replica has all the primary has sent and has written
+    /// it to its appendonly file: what a test that then kills the replica
+    /// and starts it again from that file needs. (With `appendfsync
+    /// everysec` a write waits up to 2 s behind a slow fsync; a replica
+    /// confirms what it holds in memory.)
+    pub fn wait_replica_on_disk(&self) {
+        fn field(info: &str, key: &str) -> Option<String> {
+            info.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix(':')).map(|v| v.trim().to_string())
+        }
+        poll("the replica to hold the primary's writes in its appendonly file", Duration::from_secs(10), || {
+            let primary: String = redis_query(&self.primary.url(), redis::cmd("INFO").arg("replication")).ok()?;
+            let replica: String = redis_query(&self.replica.url(), redis::cmd("INFO").arg("replication")).ok()?;
+            let disk: String = redis_query(&self.replica.url(), redis::cmd("INFO").arg("persistence")).ok()?;
+            let caught_up = field(&primary, "master_repl_offset")? == field(&replica, "slave_repl_offset")?;
+            (caught_up && field(&disk, "aof_buffer_length")? == "0").then_some(())
+        });
+    }
 }
 
 impl Drop for RedisHa {
