@@ -93,6 +93,21 @@ impl Mesh {
         (out.status.success(), summary)
     }
 
+    /// `client --addr xds:///greet load ARGS --json` started in the
+    /// background, its output piped (read it with [`finish`]).
+    fn spawn_load(&self, args: &[&str]) -> Reaped {
+        Reaped(
+            Command::new(env!("CARGO_BIN_EXE_client"))
+                .args(["--addr", "xds:///greet", "--timeout", "10s", "load", "--json"])
+                .args(args)
+                .env("GRPC_XDS_BOOTSTRAP", &self.bootstrap)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("client runs"),
+        )
+    }
+
     /// [`Mesh::load`] that every call must pass.
     fn load_ok(&self, calls: u32) -> Value {
         let (ok, summary) = self.load(calls);
@@ -217,11 +232,12 @@ fn the_xds_control_plane_refuses_bad_flags_and_files_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let endpoints = dir.path().join("endpoints");
     std::fs::write(&endpoints, "127.0.0.1:1\n127.0.0.1:2").unwrap();
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["-weights", "80"], "a split needs at least two weights"),
         (&["-weights", "80,x"], "\"x\" is not a positive integer"),
         (&["-weights", "50,30,20"], "2 line(s) of endpoints for 3 weights: one line per cluster"),
         (&["-abort-percent", "150"], "-abort-percent 150: must be between 0 and 100"),
+        (&["-retries", "11"], "-retries 11: must be between 0 and 10"),
     ];
     for (flags, error) in cases {
         let mut command = Command::new(go_build("tests/xds/controlplane", ".", "xds-controlplane"));
@@ -282,16 +298,7 @@ fn a_running_proxyless_client_moves_off_a_replica_the_control_plane_drops() {
 
     // 4,000 calls at 500/s (8 s) over one channel, each tried once (the
     // route has no retry policy).
-    let mut client = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_client"))
-            .args(["--addr", "xds:///greet", "--timeout", "10s"])
-            .args(["load", "--calls", "4000", "--concurrency", "8", "--rps", "500", "--json"])
-            .env("GRPC_XDS_BOOTSTRAP", &mesh.bootstrap)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("client runs"),
-    );
+    let mut client = mesh.spawn_load(&["--calls", "4000", "--concurrency", "8", "--rps", "500"]);
     // Both replicas serve it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while say_hello_handled(&mesh.replicas[0]) < 200 || say_hello_handled(&mesh.replicas[1]) < 200 {
@@ -314,4 +321,39 @@ fn a_running_proxyless_client_moves_off_a_replica_the_control_plane_drops() {
     // answers what was in flight or sent before the update arrived.
     assert!(r1_after < 50, "r1 answered {r1_after} calls after the update: {summary}");
     assert!(served(&summary, "r2") > served(&summary, "r1") + 1000, "r2 took over: {summary}");
+}
+
+/// 20,000 calls through `xds:///greet` over 3 replicas, 32 in flight;
+/// r2 is SIGKILLed once a quarter of them are answered. The control plane
+/// runs with `flags`.
+fn load_through_a_kill(flags: &[&str]) -> Value {
+    let mut mesh = Mesh::start(&[&["r1", "r2", "r3"]], flags);
+    let mut client = mesh.spawn_load(&["--calls", "20000", "--concurrency", "32"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mesh.replicas.iter().map(say_hello_handled).sum::<u64>() < 5000 {
+        assert!(Instant::now() < deadline, "the load did not reach 5,000 calls");
+        thread::sleep(Duration::from_millis(5));
+    }
+    mesh.replicas[1].process.kill();
+    let (_, stdout, stderr) = finish(&mut client.0);
+    let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+    println!("xDS, control plane {flags:?}, r2 killed mid-load: {summary}");
+    assert!(served(&summary, "r2") > 0, "r2 served calls before it died: {summary}");
+    assert_eq!(summary["calls"], 20000, "{summary}");
+    summary
+}
+
+#[test]
+fn an_xds_route_retry_policy_carries_every_call_through_a_replica_killed_mid_load() {
+    let summary = load_through_a_kill(&["-retries", "3"]);
+    assert_eq!(summary["ok"], 20000, "the route retries what the dead replica never answered: {summary}");
+}
+
+#[test]
+fn without_a_retry_policy_on_the_xds_route_the_same_kill_fails_calls() {
+    let summary = load_through_a_kill(&[]);
+    let failed = summary["failed"].as_u64().unwrap_or(0);
+    assert!(failed > 0, "the calls in flight on the killed replica fail: {summary}");
+    let codes = summary["codes"].as_object().expect("codes");
+    assert!(codes.keys().all(|c| c == "OK" || c == "UNAVAILABLE"), "{summary}");
 }

@@ -13,7 +13,8 @@
 // over the clusters NAME-cluster-1, NAME-cluster-2, ... by those weights.
 // With -abort-percent P the listener's HTTP filters begin with a fault
 // filter that fails P% of calls with UNAVAILABLE before they leave the
-// client.
+// client. With -retries N the route carries a retry policy: a call that
+// fails with UNAVAILABLE is tried again up to N times (backoff from 50 ms).
 //
 // It logs (stderr) "version N: ENDPOINTS" after each snapshot is set, then,
 // once serving, "listening on HOST:PORT". A file it cannot use at start is
@@ -33,6 +34,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	cluster "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -51,6 +53,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -59,6 +62,7 @@ type config struct {
 	name         string
 	weights      []uint32 // nil: one cluster, no split
 	abortPercent uint32   // 0: no fault filter
+	retries      uint32   // 0: no retry policy on the route
 }
 
 func main() {
@@ -68,6 +72,7 @@ func main() {
 	endpointsFile := flag.String("endpoints-file", "", "a file holding one line of replicas per cluster, HOST:PORT,HOST:PORT,... (reread on SIGHUP)")
 	weights := flag.String("weights", "", "W1,W2,...: one cluster per line of -endpoints-file, calls split by these weights (e.g. 80,20)")
 	abortPercent := flag.Uint("abort-percent", 0, "fail this percentage of calls (0-100) with UNAVAILABLE by an HTTP fault filter in the client")
+	retries := flag.Uint("retries", 0, "the route retries a call that failed with UNAVAILABLE this many times (0-10; 0: no retry policy)")
 	flag.Parse()
 	log.SetFlags(0)
 
@@ -86,6 +91,10 @@ func main() {
 		log.Fatalf("-abort-percent %d: must be between 0 and 100", *abortPercent)
 	}
 	cfg.abortPercent = uint32(*abortPercent)
+	if *retries > 10 {
+		log.Fatalf("-retries %d: must be between 0 and 10", *retries)
+	}
+	cfg.retries = uint32(*retries)
 
 	ctx := context.Background()
 	snapshots := cache.NewSnapshotCache(true, cache.IDHash{}, nil)
@@ -230,6 +239,16 @@ func snapshot(cfg config, version string, lines []string) (*cache.Snapshot, erro
 			split.Clusters = append(split.Clusters, &route.WeightedCluster_ClusterWeight{Name: clusterNames[i], Weight: wrapperspb.UInt32(w)})
 		}
 		action = &route.RouteAction{ClusterSpecifier: &route.RouteAction_WeightedClusters{WeightedClusters: split}}
+	}
+	if cfg.retries > 0 {
+		action.RetryPolicy = &route.RetryPolicy{
+			RetryOn:    "unavailable",
+			NumRetries: wrapperspb.UInt32(cfg.retries),
+			RetryBackOff: &route.RetryPolicy_RetryBackOff{
+				BaseInterval: durationpb.New(50 * time.Millisecond),
+				MaxInterval:  durationpb.New(500 * time.Millisecond),
+			},
+		}
 	}
 	rc := &route.RouteConfiguration{
 		Name: routeName,
