@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
@@ -307,23 +306,28 @@ async fn run_chat(
     .await
 }
 
-fn main() -> ExitCode {
+fn main() {
+    greet::client::exit(run_main())
+}
+
+/// The process's exit code: 0, or 1 on a failure (reported on stderr).
+fn run_main() -> u8 {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let (connector, headers) = match connector(&args).and_then(|connector| Ok((connector, headers(&args)?))) {
         Ok(set_up) => set_up,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     // The one place the client blocks.
     let result = block_on(run(&args, &connector, headers));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            1
         }
     }
 }

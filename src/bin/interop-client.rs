@@ -4,7 +4,6 @@
 //! line `error: <case>: <why>` on stderr and exit 1.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
@@ -77,14 +76,19 @@ fn target(args: &Args) -> Result<Target, String> {
     Ok(Target { addr, tls })
 }
 
-fn main() -> ExitCode {
+fn main() {
+    greet::client::exit(run_main())
+}
+
+/// The process's exit code: 0, or 1 on a failure (reported on stderr).
+fn run_main() -> u8 {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let target = match target(&args) {
         Ok(target) => target,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     let soak = SoakConfig {
@@ -117,7 +121,7 @@ fn main() -> ExitCode {
         failed
     });
     if failed {
-        return ExitCode::FAILURE;
+        return 1;
     }
-    ExitCode::SUCCESS
+    0
 }
