@@ -3,10 +3,10 @@
 # (r1, r2, r3), the xDS control plane of tests/xds/controlplane (built with
 # Go) naming them in one round-robin cluster, and our client dialling
 # xds:///greet with no proxy in the path: 6,000 calls at 1,000/s, each tried
-# once (the route has no retry policy). Once half of them are answered, r3 is removed from the
-# endpoints (the file rewritten, SIGHUP to the control plane). Prints the
-# client's JSON summary (calls by status and by replica) and what r3 answered
-# after the update; exits non-zero if any call failed.
+# once (the route has no retry policy). Once half of them are answered, r3 is
+# removed from the endpoints (the file rewritten, SIGHUP to the control
+# plane). Prints the client's JSON summary (calls by status and by replica)
+# and what r3 answered after the update; exits non-zero if any call failed.
 set -euo pipefail
 bin="${1:?usage: mesh-demo.sh <dir with the server and client binaries>}"
 calls=6000

@@ -81,16 +81,7 @@ impl Mesh {
     /// retry policy, so a call is tried once): whether
     /// it exited 0 (no call failed) and its JSON summary.
     fn load(&self, calls: u32) -> (bool, Value) {
-        let out = Command::new(env!("CARGO_BIN_EXE_client"))
-            .args(["--addr", "xds:///greet", "--timeout", "10s"])
-            .args(["load", "--calls", &calls.to_string(), "--concurrency", "8", "--json"])
-            .env("GRPC_XDS_BOOTSTRAP", &self.bootstrap)
-            .output()
-            .expect("client runs");
-        let summary = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("{e}: {} {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-        });
-        (out.status.success(), summary)
+        self.spawn_load(&["--calls", &calls.to_string(), "--concurrency", "8"]).summary()
     }
 
     /// `client --addr xds:///greet load ARGS --json` started in the
@@ -285,6 +276,16 @@ fn finish(child: &mut std::process::Child) -> (ExitStatus, String, String) {
 /// leaves nothing running).
 struct Reaped(std::process::Child);
 
+impl Reaped {
+    /// Waits for a `client load --json` to end: whether it exited 0 (no
+    /// call failed) and its JSON summary.
+    fn summary(mut self) -> (bool, Value) {
+        let (status, stdout, stderr) = finish(&mut self.0);
+        let summary = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+        (status.success(), summary)
+    }
+}
+
 impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -298,7 +299,7 @@ fn a_running_proxyless_client_moves_off_a_replica_the_control_plane_drops() {
 
     // 4,000 calls at 500/s (8 s) over one channel, each tried once (the
     // route has no retry policy).
-    let mut client = mesh.spawn_load(&["--calls", "4000", "--concurrency", "8", "--rps", "500"]);
+    let client = mesh.spawn_load(&["--calls", "4000", "--concurrency", "8", "--rps", "500"]);
     // Both replicas serve it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while say_hello_handled(&mesh.replicas[0]) < 200 || say_hello_handled(&mesh.replicas[1]) < 200 {
@@ -311,9 +312,8 @@ fn a_running_proxyless_client_moves_off_a_replica_the_control_plane_drops() {
     mesh.name_only(&r2);
     let r1_at_update = say_hello_handled(&mesh.replicas[0]);
 
-    let (status, stdout, stderr) = finish(&mut client.0);
-    assert!(status.success(), "client through xDS: {stderr}");
-    let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let (ok, summary) = client.summary();
+    assert!(ok, "client through xDS: {summary}");
     let r1_after = say_hello_handled(&mesh.replicas[0]) - r1_at_update;
     println!("xDS update mid-load: {summary}; r1 answered {r1_after} call(s) after the control plane dropped it");
     assert_eq!(summary["ok"], 4000, "no call fails while the client moves off r1: {summary}");
@@ -328,15 +328,14 @@ fn a_running_proxyless_client_moves_off_a_replica_the_control_plane_drops() {
 /// runs with `flags`.
 fn load_through_a_kill(flags: &[&str]) -> Value {
     let mut mesh = Mesh::start(&[&["r1", "r2", "r3"]], flags);
-    let mut client = mesh.spawn_load(&["--calls", "20000", "--concurrency", "32"]);
+    let client = mesh.spawn_load(&["--calls", "20000", "--concurrency", "32"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while mesh.replicas.iter().map(say_hello_handled).sum::<u64>() < 5000 {
         assert!(Instant::now() < deadline, "the load did not reach 5,000 calls");
         thread::sleep(Duration::from_millis(5));
     }
     mesh.replicas[1].process.kill();
-    let (_, stdout, stderr) = finish(&mut client.0);
-    let summary: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+    let (_, summary) = client.summary();
     println!("xDS, control plane {flags:?}, r2 killed mid-load: {summary}");
     assert!(served(&summary, "r2") > 0, "r2 served calls before it died: {summary}");
     assert_eq!(summary["calls"], 20000, "{summary}");
