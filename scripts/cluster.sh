@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # A local cluster: N `server` replicas on free loopback ports, each with an
-# admin port, and a proxy in front of them: HAProxy with
-# deploy/haproxy/haproxy.cfg (the default), or Envoy with
-# deploy/envoy/envoy.yaml when PROXY=envoy (Envoy from `scripts/envoy.py`).
+# admin port, and a proxy in front of them: Envoy with deploy/envoy/envoy.yaml
+# (the default; Envoy from `scripts/envoy.py`), or HAProxy with
+# deploy/haproxy/haproxy.cfg when PROXY=haproxy (the alternative: it does not
+# hold streams reset just after a chat Connect request, docs/security.md).
 #
-#   [PROXY=haproxy|envoy] scripts/cluster.sh start BIN_DIR [N] [PORT]   # N=3, PORT=8080 (the proxy's)
+#   [PROXY=envoy|haproxy] scripts/cluster.sh start BIN_DIR [N] [PORT]   # N=3, PORT=8080 (the proxy's)
 #   scripts/cluster.sh stop
 #
 # State (pids, logs, the rendered config) lives in $CLUSTER_DIR
@@ -65,12 +66,12 @@ start_envoy() {
 }
 
 start() {
-  local bin="$1" n="${2:-3}" port="${3:-8080}" proxy="${PROXY:-haproxy}" envoy=""
+  local bin="$1" n="${2:-3}" port="${3:-8080}" proxy="${PROXY:-envoy}" envoy=""
   [ -x "$bin/server" ] || { echo "cluster: $bin/server not found; run make build" >&2; exit 1; }
   case "$proxy" in
     haproxy) command -v haproxy >/dev/null || { echo "cluster: haproxy not installed; run make deps" >&2; exit 1; } ;;
     envoy) envoy="$(python3 "$repo/scripts/envoy.py")" ;;
-    *) echo "cluster: PROXY=$proxy: haproxy or envoy" >&2; exit 2 ;;
+    *) echo "cluster: PROXY=$proxy: envoy or haproxy" >&2; exit 2 ;;
   esac
   if [ -n "$(ls "$dir"/*.pid 2>/dev/null)" ]; then
     echo "cluster: already running (make cluster-stop first)" >&2; exit 1

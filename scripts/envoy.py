@@ -6,7 +6,7 @@ binary) into a cached virtual environment, and prints the binary's path.
 The environment is $CARGO_TARGET_DIR/../envoy-<version> (else
 ~/.cache/greet/envoy-<version>); a second run finds it and installs nothing.
 `make test` passes the path to the tests in GREET_ENVOY, `scripts/cluster.sh`
-runs it for `make cluster PROXY=envoy`. Python standard library only."""
+runs it for `make cluster` (Envoy is its default proxy). Python standard library only."""
 
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 #!/usr/bin/python3
-"""`make security-check`: HTTP/2 attacks against four targets on loopback, one
+"""`make security-check`: HTTP/2 attacks against up to four targets on loopback, one
 table of outcomes.
 
-Targets:
+Targets (--targets; by default bare,envoy: the server alone and the default front):
   bare      our `server` binary, alone
-  proxied   our `server` behind HAProxy with the shipped deploy/haproxy/haproxy.cfg
   envoy     our `server` behind Envoy with the shipped deploy/envoy/envoy.yaml (rendered by
-            deploy/envoy/render.py, as `make cluster PROXY=envoy` does; Envoy from scripts/envoy.py)
+            deploy/envoy/render.py, as `make cluster` does; Envoy from scripts/envoy.py)
+  proxied   our `server` behind HAProxy with the shipped deploy/haproxy/haproxy.cfg (the
+            alternative front, `make cluster PROXY=haproxy`)
   grpc-go   grpc-go's official helloworld greeter_server (v1.85, tests/interop/go pins it)
 
 Attacks (each against a freshly started target; bounded, loopback only; all but
@@ -27,7 +28,7 @@ h2spec run scripts/h2flood.py while a well-behaved client calls SayHello at
 Needs Debian's python3-h2 (run with /usr/bin/python3), haproxy, Envoy (for the envoy
 target; scripts/envoy.py installs it), Go, protoc and our
 release `server` (the Makefile target builds it). Writes the table to stdout and
-every raw figure to $CARGO_TARGET_DIR/security-check.json. About 10 minutes.
+every raw figure to $CARGO_TARGET_DIR/security-check.json. About 10 minutes for all four targets.
 --replicas N puts N replicas behind each proxy (the RSS cell shows the largest replica;
 the proxy's own peak is in the JSON); --haproxy-template and --envoy-template run
 another config in place of the shipped one (to compare).
@@ -273,7 +274,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--server-bin", type=Path, default=cargo_target() / "release" / "server")
     ap.add_argument("--go-bin-root", type=Path, default=Path.home() / ".cache" / "greet-security" / "bin")
-    ap.add_argument("--targets", default="bare,proxied,envoy,grpc-go")
+    ap.add_argument("--targets", default="bare,envoy",
+                    help="comma separated, of bare, envoy, proxied (HAProxy), grpc-go")
     ap.add_argument("--no-h2spec", action="store_true")
     ap.add_argument("--attacks", help="only the attacks whose name starts with one of these, comma separated")
     ap.add_argument("--json", type=Path, default=cargo_target() / "security-check.json")
@@ -284,6 +286,9 @@ def main() -> int:
                     help="an Envoy config template to use instead of the shipped one")
     args = ap.parse_args()
     targets = args.targets.split(",")
+    unknown = [t for t in targets if t not in ("bare", "envoy", "proxied", "grpc-go")]
+    if unknown:
+        sys.exit(f"security-check: --targets {','.join(unknown)}: each must be one of bare, envoy, proxied, grpc-go")
     # Go is only needed for grpc-go and h2spec.
     go_bin = go_tools(args.go_bin_root) if "grpc-go" in targets or not args.no_h2spec else None
     results: dict = {}

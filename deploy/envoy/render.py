@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Renders the Envoy template (deploy/envoy/envoy.yaml) for a set of replicas:
-the one renderer that `make cluster PROXY=envoy`, the tests and
+the one renderer that `make cluster` (Envoy by default), the tests and
 `make security-check` use.
 
     python3 deploy/envoy/render.py --bind 127.0.0.1:8080 --admin 127.0.0.1:0 \\

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Renders the HAProxy template (deploy/haproxy/haproxy.cfg) for a set of
-replicas: the one renderer that `make cluster`, the tests and
-`make security-check` use.
+replicas: the one renderer that `make cluster PROXY=haproxy`, the tests and
+`make security-check SECURITY_ARGS=--targets=proxied` use.
 
     python3 deploy/haproxy/render.py --bind 127.0.0.1:8080 \\
         --server replica-1=127.0.0.1:50051,9001 --server spare=127.0.0.1:50052,9002,backup > haproxy.cfg
