@@ -6,13 +6,21 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build run-server run-client demo chat-demo mesh-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check
+.PHONY: deps build image run-server run-client demo chat-demo mesh-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check
 
 deps:
 	@scripts/ensure-deps.sh
 
 build: deps
 	$(CARGO) build --release --bins
+
+## OCI images greet-server:VERSION and greet-client:VERSION from the release binaries
+## (image/build.sh: FROM scratch, the libraries ldd lists, stripped binaries, user 65532),
+## exported as docker-archives into $(CARGO_TARGET_DIR)/image (docs/deployment.md, "Operating it").
+IMAGE_DEPS := podman buildah skopeo runc
+image: build
+	scripts/ensure-deps.sh $(IMAGE_DEPS)
+	image/build.sh $(BIN) $(CARGO_TARGET_DIR)/image
 
 ## Serve the demo's GreetService on :8080 (Ctrl-C stops it gracefully).
 run-server: build
@@ -36,11 +44,11 @@ chat-demo: build
 mesh-demo: build
 	scripts/mesh-demo.sh $(BIN)
 
-## N replicas on loopback ports behind HAProxy (deploy/haproxy/haproxy.cfg) on PORT;
-## PROXY=envoy: behind Envoy (deploy/envoy/envoy.yaml; Envoy from scripts/envoy.py).
+## N replicas on loopback ports behind Envoy (deploy/envoy/envoy.yaml; Envoy from
+## scripts/envoy.py) on PORT; PROXY=haproxy: behind HAProxy (deploy/haproxy/haproxy.cfg).
 N ?= 3
 PORT ?= 8080
-PROXY ?= haproxy
+PROXY ?= envoy
 cluster: build
 	PROXY=$(PROXY) scripts/cluster.sh start $(BIN) $(N) $(PORT)
 
@@ -56,8 +64,9 @@ envoy:
 	@python3 scripts/envoy.py >/dev/null
 
 ## The tests that run grpcurl and grpc-health-probe find them through GREET_GO_TOOLS,
-## Envoy through GREET_ENVOY.
+## Envoy through GREET_ENVOY; the image tests (tests/it/image.rs) run podman.
 test: deps
+	scripts/ensure-deps.sh $(IMAGE_DEPS)
 	tools="$$(python3 scripts/gotools.py)" && envoy="$$(python3 scripts/envoy.py)" && \
 	  GREET_GO_TOOLS="$$tools" GREET_ENVOY="$$envoy" $(CARGO) test --release
 
@@ -78,9 +87,10 @@ bench: deps
 chat-bench: build
 	scripts/chat-bench.sh $(BIN) $(CHAT_BENCH_ARGS)
 
-## HTTP/2 floods and h2spec against the bare server, the deployment behind HAProxy,
-## the one behind Envoy and grpc-go's greeter_server (loopback, bounded, ~8 minutes);
-## one table of outcomes. SECURITY_ARGS="--targets bare,envoy --attacks rapid" for a part of it.
+## HTTP/2 floods and h2spec against the bare server and the default deployment, behind
+## Envoy (loopback, bounded); one table of outcomes. SECURITY_ARGS="--targets
+## bare,envoy,proxied,grpc-go" adds HAProxy and grpc-go's greeter_server (~8 minutes);
+## SECURITY_ARGS="--attacks rapid" runs a part of it.
 security-check: deps
 	scripts/ensure-deps.sh protobuf-compiler
 	$(CARGO) build --release --bin server

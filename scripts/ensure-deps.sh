@@ -3,10 +3,12 @@
 # and says what it installs: cmake, a C++ compiler, pkg-config and OpenSSL
 # headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
 # the openssl CLI (tests make throwaway TLS certificates), HAProxy (the
-# proxy in front of replicas: `make cluster` and the proxy tests), python3-venv
+# alternative proxy: `make cluster PROXY=haproxy` and the proxy tests), python3-venv
 # (scripts/envoy.py installs Envoy into a virtual environment) and
 # redis-server (the chat tests and `make chat-demo` start their own; its
 # Sentinels are `redis-server --sentinel`, so no redis-sentinel package is needed).
+# Extra Debian packages a target needs are its arguments, each installed only
+# when missing: `make image` and `make test` pass podman buildah skopeo runc.
 set -euo pipefail
 
 missing=()
