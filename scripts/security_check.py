@@ -275,7 +275,7 @@ def main() -> int:
     ap.add_argument("--server-bin", type=Path, default=cargo_target() / "release" / "server")
     ap.add_argument("--go-bin-root", type=Path, default=Path.home() / ".cache" / "greet-security" / "bin")
     ap.add_argument("--targets", default="bare,envoy",
-                    help="comma separated, of bare, envoy, proxied (HAProxy), grpc-go")
+                    help="comma separated, of bare, envoy, proxied (HAProxy), grpc-go (default: %(default)s)")
     ap.add_argument("--no-h2spec", action="store_true")
     ap.add_argument("--attacks", help="only the attacks whose name starts with one of these, comma separated")
     ap.add_argument("--json", type=Path, default=cargo_target() / "security-check.json")
