@@ -141,7 +141,8 @@ def check(writers: dict[str, list[dict]], readers: dict[str, list[dict]], histor
                 break
 
     heal, stop = timeline["heal"], timeline["stop_writing"]
-    post_heal = {cid for cid, (_, _, t, _) in acked.items() if t > heal}
+    # Acknowledged after the heal and kept: what every server's reader must hear.
+    post_heal = {cid for cid, (_, _, t, _) in acked.items() if t > heal and cid in stored}
     # The final last seq, as the most advanced History has it.
     last_seq = max((max(seen.values(), default=0) for seen in final.values()), default=0)
     reader_report, deaf = {}, {}
@@ -199,7 +200,7 @@ def check(writers: dict[str, list[dict]], readers: dict[str, list[dict]], histor
         "reader_repeats": sum(r["repeats"] for r in reader_report.values()),
         "deaf_servers": sorted(deaf),
         "indeterminate": len(indeterminate),
-        "acknowledged_after_heal": len(post_heal),
+        "acknowledged_after_heal_kept": len(post_heal),
         "stored": len(stored),
         "epochs": sorted(set(final_epoch.values())),
         "sides": sides,

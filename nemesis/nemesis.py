@@ -123,6 +123,7 @@ class Run:
         self.timeline: dict[str, float] = {}
         self.notes: list[str] = []
         self.store = None
+        self.unsettled = ""  # why the last settle poll failed
 
     def note(self, msg: str) -> None:
         self.notes.append(f"{time.time() - self.timeline.get('start', time.time()):6.1f}s {msg}")
@@ -225,13 +226,19 @@ class Run:
     def settled(self) -> dict | None:
         """Both Histories, once they agree and every reader has reached their end."""
         h = {side: self.history(side) for side in ("A", "B")}
-        if any("error" in x for x in h.values()) or h["A"]["messages"] != h["B"]["messages"] \
-                or h["A"]["epoch"] != h["B"]["epoch"]:
+        errors = [f"History of {side}: {x['error']}" for side, x in h.items() if "error" in x]
+        if errors:
+            self.unsettled = "; ".join(errors)
+            return None
+        if h["A"]["messages"] != h["B"]["messages"] or h["A"]["epoch"] != h["B"]["epoch"]:
+            self.unsettled = (f"Histories differ: A {len(h['A']['messages'])} messages (epoch {h['A']['epoch']}), "
+                              f"B {len(h['B']['messages'])} (epoch {h['B']['epoch']})")
             return None
         last = h["A"]["messages"][-1][0] if h["A"]["messages"] else 0
         for reader in (c for c in self.clients if c.name.startswith("reader")):
             msgs = [e for e in checker.read_log(reader.events) if e["kind"] == "msg"]
             if not msgs or msgs[-1]["seq"] < last:
+                self.unsettled = f"{reader.name} at seq {msgs[-1]['seq'] if msgs else None}, History at {last}"
                 return None
         return h
 
@@ -266,7 +273,8 @@ class Run:
                 time.sleep(0.5)  # polling interval
         settled = histories is not None
         self.timeline["end"] = time.time()
-        self.note("servers agree, readers caught up" if settled else f"not settled after {a.settle:.0f}s")
+        self.note("servers agree, readers caught up" if settled
+                  else f"not settled after {a.settle:.0f}s: {self.unsettled}")
         stop_clients(readers)
         if histories is None:
             histories = {side: self.history(side) for side in ("A", "B")}

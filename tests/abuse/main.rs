@@ -10,6 +10,7 @@ mod abusive_peers;
 mod chat_ha;
 mod envoy_flood;
 mod hostile_connections;
+mod nemesis;
 
 /// Runs the tests of this binary one at a time: each measures a server under
 /// a flood or a fault, and a neighbour's CPU use would skew it (a Redis
