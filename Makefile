@@ -39,6 +39,11 @@ demo: build
 chat-demo: build
 	scripts/chat-demo.sh $(BIN)
 
+## The same three users on an etcd cluster of three members (built by
+## scripts/etcd.py, needs Go); the etcd leader and replica A are killed halfway.
+chat-demo-etcd: build
+	scripts/chat-demo.sh $(BIN) etcd
+
 ## Proxyless over xDS: 3 replicas, the control plane of tests/xds/controlplane (needs Go)
 ## and `client --addr xds:///greet load`; r3 leaves the endpoints midway. Fails on any failed call.
 mesh-demo: build
@@ -64,11 +69,12 @@ envoy:
 	@python3 scripts/envoy.py >/dev/null
 
 ## The tests that run grpcurl and grpc-health-probe find them through GREET_GO_TOOLS,
-## Envoy through GREET_ENVOY; the image tests (tests/it/image.rs) run podman.
+## Envoy through GREET_ENVOY, etcd (the chat's consensus broker) through GREET_ETCD; the image tests (tests/it/image.rs) run podman.
 test: deps
 	scripts/ensure-deps.sh $(IMAGE_DEPS)
 	tools="$$(python3 scripts/gotools.py)" && envoy="$$(python3 scripts/envoy.py)" && \
-	  GREET_GO_TOOLS="$$tools" GREET_ENVOY="$$envoy" $(CARGO) test --release
+	  etcd="$$(python3 scripts/etcd.py)" && \
+	  GREET_GO_TOOLS="$$tools" GREET_ENVOY="$$envoy" GREET_ETCD="$$etcd" $(CARGO) test --release
 
 ## Cross-language interop matrix against the official grpc-go programs (Go + protoc).
 interop: build

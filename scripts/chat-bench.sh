@@ -6,7 +6,9 @@
 # acknowledgement rule (a replica confirms each message, WAIT 1, before its
 # echo): deliveries per second to the subscribers of one room during a
 # burst, and send-to-receive latency at a fixed rate (a Say's latency to
-# its echo, which is its acknowledgement).
+# its echo, which is its acknowledgement). Last, two replicas on an etcd
+# cluster of three members (scripts/etcd.py), where a message is
+# acknowledged once a quorum has it on disk.
 # Extra arguments go to chat-bench (e.g. --subscribers 100 --burst 2000).
 # Prints a markdown table; the raw JSON lines go to stderr.
 set -euo pipefail
@@ -35,6 +37,13 @@ for ack in 1 0; do
   declare "ha${ack}_json=$("$bin/chat-bench" --addr "$a,$b" "$@")"
   echo "two replicas + Redis HA, --broker-ack-replicas $ack: $(eval echo "\$ha${ack}_json")" >&2
 done
+start_etcd_cluster
+start_replica etcd-a --broker "$broker"
+a=$(replica_addr etcd-a "${pids[-1]}")
+start_replica etcd-b --broker "etcd://$(echo "${broker#etcd://}" | awk -F, '{print $2","$3","$1}')"
+b=$(replica_addr etcd-b "${pids[-1]}")
+etcd_json=$("$bin/chat-bench" --addr "$a,$b" "$@")
+echo "two replicas + etcd (3 members): $etcd_json" >&2
 
 row() {
   python3 - "$1" "$2" <<'PY'
@@ -50,4 +59,5 @@ row "one replica (SQLite)" "$one_json"
 row "two replicas + Redis" "$two_json"
 row "two replicas + Redis HA (Sentinels), ack after 1 replica (WAIT)" "$ha1_json"
 row "two replicas + Redis HA (Sentinels), ack without replica" "$ha0_json"
+row "two replicas + etcd (3 members), ack after a quorum" "$etcd_json"
 echo "(load average at the end: $(cut -d' ' -f1-3 /proc/loadavg))"

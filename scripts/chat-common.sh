@@ -140,3 +140,67 @@ kill_and_restart_redis_primary() {
   echo "$(basename "$0"): the Sentinels promoted the replica (:$redis_replica_port); restarting the old primary" >&2
   redis_node primary "$redis_primary_port" --replicaof 127.0.0.1 "$redis_replica_port"; redis_primary_pid=${pids[-1]}
 }
+
+# An etcd cluster of three members on loopback ports (scripts/etcd.py builds
+# the pinned etcd), each with its own data dir. Sets $broker (etcd://...),
+# $etcd_pids, $etcd_client_ports and $etcd_names.
+start_etcd_cluster() {
+  local etcd_bin i cluster="" peer_ports=()
+  etcd_bin="$(python3 "$(dirname "${BASH_SOURCE[0]}")/etcd.py")/etcd"
+  etcd_pids=(); etcd_client_ports=(); etcd_names=(e1 e2 e3)
+  for i in 0 1 2; do
+    etcd_client_ports+=("$(free_port)"); peer_ports+=("$(free_port)")
+    cluster+="${cluster:+,}${etcd_names[$i]}=http://127.0.0.1:${peer_ports[$i]}"
+  done
+  for i in 0 1 2; do
+    "$etcd_bin" --name "${etcd_names[$i]}" --data-dir "$work/etcd-${etcd_names[$i]}" \
+      --listen-client-urls "http://127.0.0.1:${etcd_client_ports[$i]}" \
+      --advertise-client-urls "http://127.0.0.1:${etcd_client_ports[$i]}" \
+      --listen-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+      --initial-advertise-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+      --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "chat-$$" \
+      --auto-compaction-mode revision --auto-compaction-retention 100000 \
+      >"$work/etcd-${etcd_names[$i]}.log" 2>&1 &
+    pids+=($!); etcd_pids+=($!)
+  done
+  for _ in $(seq 600); do
+    [ -n "$(etcd_leader)" ] && break
+    sleep 0.05
+  done
+  [ -n "$(etcd_leader)" ] || { echo "$(basename "$0"): the etcd cluster elected no leader" >&2; return 1; }
+  broker="etcd://$(printf '127.0.0.1:%s,' "${etcd_client_ports[@]}" | sed 's/,$//')"
+}
+
+# The index (0-2) of the etcd member that is the leader, asked of each live
+# member through etcd's JSON gateway; empty while there is none.
+etcd_leader() {
+  local i
+  for i in 0 1 2; do
+    alive "${etcd_pids[$i]}" || continue
+    curl -s -m 1 -X POST -d '{}' "http://127.0.0.1:${etcd_client_ports[$i]}/v3/maintenance/status" 2>/dev/null |
+      python3 -c 'import json, sys; s = json.load(sys.stdin); sys.exit(0 if s.get("leader") and s["leader"] == s["header"]["member_id"] else 1)' \
+      2>/dev/null && { echo "$i"; return 0; }
+  done
+  return 0
+}
+
+# SIGKILLs the etcd leader, waits (up to 30 s) for the two others to elect
+# one, then starts the killed member again from its data dir, as a
+# supervisor would.
+kill_and_restart_etcd_leader() {
+  local leader args
+  leader=$(etcd_leader)
+  [ -n "$leader" ] || { echo "$(basename "$0"): no etcd leader to kill" >&2; return 1; }
+  args=$(tr '\0' ' ' <"/proc/${etcd_pids[$leader]}/cmdline")
+  kill -KILL "${etcd_pids[$leader]}"; wait "${etcd_pids[$leader]}" 2>/dev/null || true
+  for _ in $(seq 600); do
+    local now; now=$(etcd_leader)
+    [ -n "$now" ] && [ "$now" != "$leader" ] && break
+    sleep 0.05
+  done
+  echo "$(basename "$0"): the etcd members elected ${etcd_names[$(etcd_leader)]:-nobody}; restarting ${etcd_names[$leader]}" >&2
+  # The member's own command line, with its cluster state now "existing".
+  # shellcheck disable=SC2086
+  ${args/--initial-cluster-state new/--initial-cluster-state existing} >>"$work/etcd-${etcd_names[$leader]}.log" 2>&1 &
+  pids+=($!); etcd_pids[$leader]=$!
+}

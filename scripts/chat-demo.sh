@@ -8,13 +8,25 @@
 # primary's replica): alice and carol resume on B, the Sentinels promote
 # the Redis replica, and everyone's messages go on. Prints what each user
 # saw and exits non-zero if any of them missed or repeated a message.
+# `make chat-demo-etcd` (second argument `etcd`): the same on a three-member
+# etcd cluster, whose leader is killed (and restarted) instead.
 set -euo pipefail
-bin="${1:?usage: chat-demo.sh <dir with the server and client binaries>}"
+bin="${1:?usage: chat-demo.sh <dir with the server and client binaries> [redis|etcd]}"
+store="${2:-redis}"
 
 . "$(dirname "$0")/chat-common.sh"
 
-start_redis_ha
-echo "chat-demo: Redis primary on :$redis_primary_port, replica on :$redis_replica_port, broker $broker" >&2
+case "$store" in
+  redis)
+    start_redis_ha
+    echo "chat-demo: Redis primary on :$redis_primary_port, replica on :$redis_replica_port, broker $broker" >&2
+    ;;
+  etcd)
+    start_etcd_cluster
+    echo "chat-demo: etcd members on :${etcd_client_ports[*]}, leader ${etcd_names[$(etcd_leader)]}, broker $broker" >&2
+    ;;
+  *) echo "chat-demo: unknown store $store (redis or etcd)" >&2; exit 2 ;;
+esac
 start_replica A --broker "$broker"; pid_a=${pids[-1]}
 addr_a=$(replica_addr A "$pid_a")
 start_replica B --broker "$broker"
@@ -50,8 +62,13 @@ sleep 3.5
 echo "chat-demo: killing replica A (SIGKILL) mid-conversation" >&2
 kill -KILL "$pid_a"
 wait "$pid_a" 2>/dev/null || true
-echo "chat-demo: killing the Redis primary (SIGKILL); the Sentinels promote its replica" >&2
-kill_and_restart_redis_primary
+if [ "$store" = etcd ]; then
+  echo "chat-demo: killing the etcd leader (SIGKILL); the two other members elect another" >&2
+  kill_and_restart_etcd_leader
+else
+  echo "chat-demo: killing the Redis primary (SIGKILL); the Sentinels promote its replica" >&2
+  kill_and_restart_redis_primary
+fi
 
 status=0
 for pid in "${user_pids[@]}"; do wait "$pid" || status=$?; done
@@ -73,5 +90,6 @@ for name in alice bob carol; do
 done
 echo "--- replica B log (tail)"
 tail -n 5 "$work/server-B.log"
+[ "$store" = etcd ] && { echo "--- the etcd leader is now ${etcd_names[$(etcd_leader)]:-nobody}"; exit "$status"; }
 echo "--- the Redis primary is now on :$(redis-cli -p "$(echo "$broker" | sed 's|redis+sentinel://127.0.0.1:\([0-9]*\).*|\1|')" sentinel get-master-addr-by-name chat | tail -n1) (it was on :$redis_primary_port)"
 exit "$status"

@@ -98,7 +98,10 @@ struct Args {
     /// chat.v1.Chat: share rooms and history with every replica using this
     /// Redis, e.g. redis://127.0.0.1:6379 or redis+unix:///run/redis.sock,
     /// or the primary the Redis Sentinels name, following its failovers:
-    /// redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME (docs/chat-ha.md).
+    /// redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME (docs/chat-ha.md);
+    /// or an etcd cluster, etcd://HOST:PORT[,HOST:PORT...] (its members'
+    /// client endpoints, nearest first), where a message is acknowledged
+    /// once a quorum has it.
     #[arg(long)]
     broker: Option<String>,
     /// chat.v1.Chat with a broker: Redis replicas that must have a message
@@ -150,6 +153,13 @@ fn config(args: Args) -> Result<ServerConfig, String> {
     config.chat.data_dir_is_default = args.data_dir.is_none();
     config.chat.data_dir = Some(args.data_dir.unwrap_or_else(greet::chat::default_data_dir));
     config.chat.broker = args.broker;
+    if args.broker_ack_replicas.is_some() && config.chat.broker.as_deref().is_some_and(greet::chat::broker::is_etcd_url)
+    {
+        return Err(
+            "--broker-ack-replicas is for Redis: etcd acknowledges a message once a quorum of its members has it"
+                .into(),
+        );
+    }
     config.chat.replicas_to_ack = args.broker_ack_replicas;
     config.chat.ack_timeout = args.broker_ack_timeout;
     config.chat.heartbeat = args.heartbeat;

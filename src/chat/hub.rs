@@ -390,7 +390,8 @@ impl Hub {
         }
         if let Backend::Broker(broker) = &self.backend {
             let (position, committed) = (loaded.position, loaded.last_seq);
-            broker.follow(Follow::Start { room: name.to_string(), position, committed });
+            let epoch = loaded.epoch.clone();
+            broker.follow(Follow::Start { room: name.to_string(), position, committed, epoch });
         }
         let messages = contiguous_tail(loaded.last_seq, loaded.messages);
         self.cache.insert(name, Window::new(loaded.last_seq, messages));

@@ -1,6 +1,6 @@
-//! chat.v1.Chat across two replicas sharing a Redis broker: one room, one
-//! global order; and a member whose replica is killed resumes on the other
-//! without losing or repeating a message.
+//! chat.v1.Chat across two replicas sharing a broker (Redis, or an etcd
+//! cluster): one room, one global order; and a member whose replica is
+//! killed resumes on the other without losing or repeating a message.
 
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::common::chat::*;
+use crate::common::etcd::EtcdCluster;
 use crate::common::process::{ReadyFile, READY_TIMEOUT};
 use futures::executor::block_on;
 use futures::future::join_all;
@@ -23,10 +24,21 @@ fn broker_config(redis: &Redis) -> ChatConfig {
 
 #[test]
 fn members_on_two_replicas_see_each_others_messages_in_one_global_order() {
-    const EACH: usize = 20;
     let redis = Redis::start();
-    let a = start_chat_server(broker_config(&redis));
-    let b = start_chat_server(broker_config(&redis));
+    one_global_order(broker_config(&redis));
+}
+
+#[test]
+fn members_on_two_replicas_over_etcd_see_each_others_messages_in_one_global_order() {
+    let etcd = EtcdCluster::start(3);
+    one_global_order(ChatConfig { broker: Some(etcd.url()), ..Default::default() });
+}
+
+/// Six members, three on each of two replicas, say 20 messages each at once.
+fn one_global_order(config: ChatConfig) {
+    const EACH: usize = 20;
+    let a = start_chat_server(config.clone());
+    let b = start_chat_server(config);
     let (on_a, on_b) = (client(a.addr()), client(b.addr()));
     let mut members: Vec<Member> = (0..6)
         .map(|i| Member::join_blocking(if i % 2 == 0 { &on_a } else { &on_b }, "hall", &format!("user{i}")))

@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod chat_cli;
 mod chat_cluster;
+mod chat_etcd;
 mod chat_fanout;
 mod chat_history;
 mod chat_identity;

@@ -1,4 +1,5 @@
-//! Rooms across replicas through Redis (broker mode).
+//! The Redis broker: rooms across replicas through one Redis, alone or
+//! behind Sentinels.
 //!
 //! # Keys
 //! | key | what |
@@ -39,110 +40,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Connection, Value};
 
+use super::{
+    new_epoch, rand_suffix, run_batch, BrokerConfig, Delivery, Entry, Follow, Job, Loaded, Queues, Said, StreamId,
+    Writes,
+};
 use crate::proto::chat::{Message, RoomInfo};
-
-/// A stream entry id, `ms-seq`.
-pub type StreamId = (u64, u64);
-
-/// A stream entry the reader read.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Entry {
-    Message(Message),
-    Joined {
-        user: String,
-        time_unix_ms: i64,
-    },
-    Left {
-        user: String,
-        time_unix_ms: i64,
-    },
-    /// Messages up to this sequence number are acknowledged (the reader
-    /// consumes these; the hub never sees one).
-    Committed(u64),
-}
-
-/// What the hub tells the reader.
-#[derive(Debug)]
-pub enum Follow {
-    /// Read `room` after `position`; messages up to `committed` are acknowledged.
-    Start {
-        room: String,
-        position: StreamId,
-        committed: u64,
-    },
-    Stop(String),
-    /// End the reader.
-    Quit,
-}
-
-/// What the reader hands the hub.
-#[derive(Debug)]
-pub enum Delivery {
-    /// New acknowledged entries of a followed room, in stream order.
-    Entries(String, Vec<(StreamId, Entry)>),
-    /// The room's numbering (re)started under this epoch.
-    Reset { room: String, epoch: String },
-}
-
-/// How a job answers: called once, on the writer thread.
-pub type Done<T> = Box<dyn FnOnce(Result<T, String>) + Send>;
-
-/// A message to store, in the room's epoch as the hub knows it.
-pub struct Said {
-    pub message: Message,
-    pub epoch: String,
-    pub done: Done<u64>,
-}
-
-/// What the hub asks the writer thread to do.
-pub enum Job {
-    /// Number, store and (once acknowledged) answer the message's sequence number.
-    Say(Said),
-    /// A join or leave, and this replica's member count of the room.
-    Presence { room: String, user: String, joined: bool, members: usize },
-    /// The room as a replica starts following it; see [`Loaded`].
-    Load { room: String, window: usize, done: Done<Loaded> },
-    /// The messages `after < seq <= upto` still in the room's stream.
-    Range { room: String, after: u64, upto: u64, done: Done<Vec<Message>> },
-    /// At most `limit` acknowledged messages before `before_seq` (the newest when `None`).
-    History { room: String, limit: usize, before_seq: Option<u64>, done: Done<Vec<Message>> },
-    /// Every room with members on a live replica.
-    Rooms { done: Done<Vec<RoomInfo>> },
-    /// Makes the reader take a follow change into account now.
-    Wake,
-    /// Removes this replica's keys and ends the writer.
-    Stop,
-}
-
-impl Job {
-    /// Answers the job's callback with an error.
-    fn fail(self, why: &str) {
-        let why = why.to_string();
-        match self {
-            Job::Say(said) => (said.done)(Err(why)),
-            Job::Load { done, .. } => done(Err(why)),
-            Job::Range { done, .. } | Job::History { done, .. } => done(Err(why)),
-            Job::Rooms { done } => done(Err(why)),
-            Job::Presence { .. } | Job::Wake | Job::Stop => {}
-        }
-    }
-}
-
-/// How the broker stores and acknowledges.
-#[derive(Debug, Clone)]
-pub struct BrokerConfig {
-    /// `redis://...`, `redis+unix://...` or `redis+sentinel://HOST:PORT[,...]/MASTER`.
-    pub url: String,
-    /// Entries kept per room stream.
-    pub cap: usize,
-    /// Replicas that must confirm a message (`WAIT`) before it is acknowledged.
-    pub replicas_to_ack: u32,
-    /// How long to wait for them; then the Say fails.
-    pub ack_timeout: Duration,
-}
 
 /// A member hash not refreshed for this long is a dead replica's.
 const MEMBERS_TTL: Duration = Duration::from_secs(30);
@@ -150,12 +54,13 @@ const MEMBERS_TTL: Duration = Duration::from_secs(30);
 const READ_BLOCK: Duration = Duration::from_secs(5);
 /// Waits between attempts to reach a Redis that is down.
 const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// A Sentinel, or the primary it names, that does not answer within this is skipped.
+const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 /// A reply slower than this is a broken connection.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client id is remembered: a message resent within it is stored once.
 const REPLAY_WINDOW_SECS: u64 = 3600;
-/// Jobs the writer takes in one batch.
-const BATCH: usize = 512;
+
 const RESETS_KEY: &str = "chat:resets";
 
 fn seq_key(room: &str) -> String {
@@ -250,6 +155,27 @@ end
 return epoch
 ";
 
+/// A reader's check after a reconnection. KEYS: committed, log, epoch,
+/// resets; ARGV: the last message the reader delivered, the epoch it knows,
+/// a new epoch, the room. Answers the primary's last acknowledged message,
+/// the id of the last entry up to it, and 1 if the epoch was changed here
+/// (the primary has less than was delivered, and the epoch is still the
+/// one the reader knows).
+const RECHECK: &str = r"
+local c = tonumber(redis.call('GET', KEYS[1]) or '0')
+if c >= tonumber(ARGV[1]) then return {c, '', 0} end
+local last = redis.call('XREVRANGE', KEYS[2], c .. '-18446744073709551615', '-', 'COUNT', 1)
+local last_id = '0-0'
+if #last > 0 then last_id = last[1][1] end
+local bumped = 0
+if redis.call('GET', KEYS[3]) == ARGV[2] then
+  redis.call('SET', KEYS[3], ARGV[3])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'r', ARGV[4], 'e', ARGV[3])
+  bumped = 1
+end
+return {c, last_id, bumped}
+";
+
 /// Appends a join or leave after the room's last message.
 const PRESENCE: &str = r"
 local seq = redis.call('GET', KEYS[1]) or '0'
@@ -325,31 +251,61 @@ pub fn is_sentinel_url(url: &str) -> bool {
     url.starts_with("redis+sentinel://")
 }
 
+/// Asks each Sentinel in turn, within [`SENTINEL_TIMEOUT`] (an unreachable
+/// one costs that much, not a hang), which node is the primary, and takes
+/// the first answer whose node says it is one (`ROLE`): a Sentinel cut off
+/// from the others may still name a demoted primary.
+fn primary_from_sentinels(nodes: &[String], master: &str) -> redis::RedisResult<redis::Client> {
+    let mut last = redis::RedisError::from((redis::ErrorKind::IoError, "no Sentinel given"));
+    for node in nodes {
+        let asked = (|| {
+            let mut sentinel = redis::Client::open(node.as_str())?.get_connection_with_timeout(SENTINEL_TIMEOUT)?;
+            sentinel.set_read_timeout(Some(SENTINEL_TIMEOUT))?;
+            sentinel.set_write_timeout(Some(SENTINEL_TIMEOUT))?;
+            let (host, port): (String, u16) =
+                redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(master).query(&mut sentinel)?;
+            let host = if host.contains(':') { format!("[{host}]") } else { host };
+            let client = redis::Client::open(format!("redis://{host}:{port}"))?;
+            let mut primary = client.get_connection_with_timeout(SENTINEL_TIMEOUT)?;
+            primary.set_read_timeout(Some(SENTINEL_TIMEOUT))?;
+            let role: Value = redis::cmd("ROLE").query(&mut primary)?;
+            match role {
+                Value::Array(parts) if parts.first().and_then(text).as_deref() == Some("master") => Ok(client),
+                _ => Err(redis::RedisError::from((
+                    redis::ErrorKind::ResponseError,
+                    "the node a Sentinel names is not a primary",
+                    format!("{host}:{port}, named by {node}"),
+                ))),
+            }
+        })();
+        match asked {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                debug!("chat: Sentinel {node}: {e}");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
 /// One connection to the primary, made again (through the Sentinels, which
 /// name the primary after a failover) after any failure.
 struct Link {
     target: Target,
     url: String,
-    sentinel: Option<SentinelClient>,
     conn: Option<Connection>,
 }
 
 impl Link {
     fn new(url: &str) -> Result<Link, String> {
-        Ok(Link { target: parse_target(url)?, url: url.to_string(), sentinel: None, conn: None })
+        Ok(Link { target: parse_target(url)?, url: url.to_string(), conn: None })
     }
 
     fn connect(&mut self) -> redis::RedisResult<Connection> {
         let client = match &self.target {
             Target::Url(url) => redis::Client::open(url.as_str())?,
-            Target::Sentinel { nodes, master } => {
-                if self.sentinel.is_none() {
-                    let client =
-                        SentinelClient::build(nodes.clone(), master.clone(), None, SentinelServerType::Master)?;
-                    self.sentinel = Some(client);
-                }
-                self.sentinel.as_mut().expect("set just above").get_client()?
-            }
+            Target::Sentinel { nodes, master } => primary_from_sentinels(nodes, master)?,
         };
         let conn = client.get_connection_with_timeout(REPLY_TIMEOUT)?;
         conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
@@ -388,83 +344,26 @@ impl Link {
     }
 }
 
-/// A room as loaded when a replica starts following it.
-pub struct Loaded {
-    /// The last acknowledged message.
-    pub last_seq: u64,
-    /// Where the reader starts: every entry after it is new.
-    pub position: StreamId,
-    /// The last messages, oldest first (fewer when the stream was trimmed).
-    pub messages: Vec<Message>,
-    pub epoch: String,
-}
-
-/// A fresh epoch: unique enough across replicas and restarts.
-pub fn new_epoch() -> String {
-    format!("{:x}-{:x}-{:x}", crate::wire::now_unix_ms(), std::process::id(), rand_suffix())
-}
-
-/// The hub's handle on the broker's threads.
-pub struct Broker {
-    jobs: async_channel::Sender<Job>,
-    follows: async_channel::Sender<Follow>,
-    writer: Option<thread::JoinHandle<()>>,
-}
-
-impl Broker {
-    /// Checks that the broker answers (failing now if it cannot be
-    /// reached), then starts the writer and the reader; the reader hands
-    /// what it reads to `deliver` until that answers false.
-    pub fn start(
-        config: &BrokerConfig,
-        deliver: impl FnMut(Delivery) -> bool + Send + 'static,
-    ) -> Result<Broker, String> {
-        let mut link = Link::new(&config.url)?;
-        link.run(|conn| redis::cmd("PING").query::<()>(conn))
-            .map_err(|e| format!("cannot reach the broker at {}: {e}", config.url))?;
-        let replica = format!("{}-{}-{}", std::process::id(), crate::wire::now_unix_ms(), rand_suffix());
-        info!(
-            "chat: broker {}, replica {replica}, acknowledging after {} replica(s)",
-            config.url, config.replicas_to_ack
-        );
-        let (jobs, queued) = async_channel::unbounded();
-        let (follows, followed) = async_channel::unbounded();
-        spawn_reader(Link::new(&config.url)?, replica.clone(), followed, deliver)
-            .map_err(|e| format!("cannot start the broker reader: {e}"))?;
-        let writer = Writer { link, replica, config: config.clone() };
-        let writer = thread::Builder::new()
-            .name("chat-broker".to_string())
-            .spawn(move || writer.run(queued))
-            .map_err(|e| format!("cannot start the broker writer: {e}"))?;
-        Ok(Broker { jobs, follows, writer: Some(writer) })
-    }
-
-    /// Queues a job; never waits.
-    pub fn send(&self, job: Job) {
-        if let Err(e) = self.jobs.try_send(job) {
-            e.into_inner().fail("the broker has stopped");
-        }
-    }
-
-    /// Starts or stops reading a room's stream, and wakes the reader so it
-    /// takes the change into account at once.
-    pub fn follow(&self, change: Follow) {
-        if self.follows.try_send(change).is_err() {
-            warn!("chat: the broker reader has stopped");
-        }
-        self.send(Job::Wake);
-    }
-
-    /// Stops the reader, removes this replica's keys and waits for the writer.
-    pub fn shutdown(&mut self) {
-        let _ = self.follows.try_send(Follow::Quit);
-        self.send(Job::Stop);
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                log::error!("chat: the broker writer panicked");
-            }
-        }
-    }
+/// Checks that Redis answers, then starts the writer (whose handle this
+/// answers) and the reader.
+pub(super) fn start(
+    config: &BrokerConfig,
+    queues: Queues,
+    deliver: impl FnMut(Delivery) -> bool + Send + 'static,
+) -> Result<thread::JoinHandle<()>, String> {
+    let mut link = Link::new(&config.url)?;
+    link.run(|conn| redis::cmd("PING").query::<()>(conn))
+        .map_err(|e| format!("cannot reach the broker at {}: {e}", config.url))?;
+    let replica = format!("{}-{}-{}", std::process::id(), crate::wire::now_unix_ms(), rand_suffix());
+    info!("chat: broker {}, replica {replica}, acknowledging after {} replica(s)", config.url, config.replicas_to_ack);
+    spawn_reader(Link::new(&config.url)?, replica.clone(), queues.follows, deliver)
+        .map_err(|e| format!("cannot start the broker reader: {e}"))?;
+    let writer = Writer { link, replica, config: config.clone() };
+    let jobs = queues.jobs;
+    thread::Builder::new()
+        .name("chat-broker".to_string())
+        .spawn(move || writer.run(jobs))
+        .map_err(|e| format!("cannot start the broker writer: {e}"))
 }
 
 /// The writer thread's state.
@@ -476,39 +375,16 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, jobs: async_channel::Receiver<Job>) {
-        let mut says = Vec::new();
         while let Ok(first) = jobs.recv_blocking() {
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Say(said) => says.push(said),
-                    Job::Stop => {
-                        self.say(std::mem::take(&mut says));
-                        self.stop();
-                        jobs.close();
-                        while let Ok(job) = jobs.try_recv() {
-                            job.fail("the broker has stopped");
-                        }
-                        return;
-                    }
-                    other => {
-                        self.say(std::mem::take(&mut says));
-                        self.handle(other);
-                    }
-                }
-                taken += 1;
-                if taken < BATCH {
-                    next = jobs.try_recv().ok();
-                }
+            if !run_batch(&mut self, &jobs, first) {
+                return;
             }
-            self.say(std::mem::take(&mut says));
         }
     }
 
-    fn handle(&mut self, job: Job) {
+    fn handle_job(&mut self, job: Job) {
         match job {
-            Job::Say(said) => self.say(vec![said]),
+            Job::Say(said) => self.say_all(vec![said]),
             Job::Presence { room, user, joined, members } => {
                 if let Err(e) = self.presence(&room, &user, joined, members) {
                     warn!("chat: cannot announce {user:?} in {room:?}: {e}");
@@ -529,7 +405,7 @@ impl Writer {
 
     /// Stores a batch of messages, waits for the replicas, marks them
     /// acknowledged, and only then answers their senders.
-    fn say(&mut self, says: Vec<Said>) {
+    fn say_all(&mut self, says: Vec<Said>) {
         if says.is_empty() {
             return;
         }
@@ -712,7 +588,7 @@ impl Writer {
     }
 
     /// Removes this replica's keys, and wakes its reader so that it sees it must end.
-    fn stop(&mut self) {
+    fn stop_replica(&mut self) {
         let (members, wake) = (members_key(&self.replica), wake_key(&self.replica));
         let result = self.link.run(|conn| {
             redis::pipe()
@@ -737,12 +613,18 @@ impl Writer {
     }
 }
 
-/// A few bits to tell apart replicas started in the same millisecond by
-/// the same process (tests start several).
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+impl Writes for Writer {
+    fn say(&mut self, says: Vec<Said>) {
+        self.say_all(says);
+    }
+
+    fn handle(&mut self, job: Job) {
+        self.handle_job(job);
+    }
+
+    fn stop(&mut self) {
+        self.stop_replica();
+    }
 }
 
 fn text(value: &Value) -> Option<String> {
@@ -833,11 +715,21 @@ struct Followed {
     committed: u64,
     /// Entries read but held back behind an unacknowledged message.
     held: VecDeque<(StreamId, Entry)>,
+    /// The room's epoch as the hub loaded it.
+    epoch: String,
 }
 
 impl Followed {
-    fn new(position: StreamId, committed: u64) -> Self {
-        Followed { read: position, delivered: position, committed, held: VecDeque::new() }
+    fn new(position: StreamId, committed: u64, epoch: String) -> Self {
+        Followed { read: position, delivered: position, committed, held: VecDeque::new(), epoch }
+    }
+
+    /// After the store lost what was delivered: read on from where the
+    /// primary is, not from an entry it may never reach (the reader would
+    /// wait for it, deaf to every message until the numbering caught up).
+    fn reposition(&mut self, position: StreamId, committed: u64) {
+        (self.read, self.delivered, self.committed) = (position, position, committed);
+        self.held.clear();
     }
 
     /// Takes in newly read entries; answers those now deliverable, in
@@ -895,8 +787,8 @@ fn spawn_reader(
         loop {
             loop {
                 match follows.try_recv() {
-                    Ok(Follow::Start { room, position, committed }) => {
-                        rooms.insert(room, Followed::new(position, committed));
+                    Ok(Follow::Start { room, position, committed, epoch }) => {
+                        rooms.insert(room, Followed::new(position, committed, epoch));
                     }
                     Ok(Follow::Stop(room)) => {
                         rooms.remove(&room);
@@ -922,6 +814,11 @@ fn spawn_reader(
             if failing {
                 info!("chat: broker reader: reconnected to {}", link.url);
                 failing = false;
+                if let Err(e) = recheck(&mut link, &mut rooms) {
+                    warn!("chat: broker reader: {e}; reconnecting");
+                    failing = true;
+                    continue;
+                }
             }
             if resets_position.is_none() {
                 // Epochs minted from now on; the hub loads a room's current one itself.
@@ -1001,6 +898,34 @@ fn spawn_reader(
             }
         }
     })
+}
+
+/// After a reconnection, perhaps to a new primary: a followed room whose
+/// primary has acknowledged fewer messages than this replica delivered has
+/// lost acknowledged messages (a failover promoted a replica that never had
+/// them, as after a partition), and its numbering will give their numbers
+/// to other messages. Its epoch then changes (once, whichever replica sees
+/// it first), so that every member is cut off and joins afresh instead of
+/// taking a reused number for one it saw; and this reader goes on from the
+/// primary's position.
+fn recheck(link: &mut Link, rooms: &mut HashMap<String, Followed>) -> Result<(), String> {
+    for (room, followed) in rooms.iter_mut() {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RECHECK).arg(4).arg(committed_key(room)).arg(log_key(room)).arg(epoch_key(room)).arg(RESETS_KEY);
+        cmd.arg(followed.delivered.0).arg(&followed.epoch).arg(new_epoch()).arg(room);
+        let (committed, last_id, bumped): (u64, String, i64) = link.run(|conn| cmd.query(conn))?;
+        if committed >= followed.delivered.0 {
+            continue;
+        }
+        warn!(
+            "chat: room {room:?}: the primary has acknowledged up to message {committed}, this replica delivered up to {}: acknowledged messages were lost{}",
+            followed.delivered.0,
+            if bumped == 1 { "; the room's epoch changes, its members join afresh" } else { "" }
+        );
+        let position = parse_id(&last_id).unwrap_or((committed, 0));
+        followed.reposition(position, committed);
+    }
+    Ok(())
 }
 
 /// The ids of an XRANGE-style array.
@@ -1086,7 +1011,7 @@ mod tests {
     #[test]
     fn entries_after_an_unacknowledged_message_are_held_back_until_a_mark_covers_it() {
         let joined = |k| ((2, k), Entry::Joined { user: "bob".into(), time_unix_ms: 0 });
-        let mut room = Followed::new((1, 0), 1);
+        let mut room = Followed::new((1, 0), 1, "e".to_string());
         let ready = room.take(vec![joined(1), message(2), joined(2), message(3)]);
         assert_eq!(ready, vec![joined(1)], "the join before message 2 goes at once");
         assert_eq!(room.delivered, (2, 1));

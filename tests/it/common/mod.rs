@@ -64,6 +64,7 @@ pub fn raw_method(name: &'static str) -> grpcio::Method<Vec<u8>, Vec<u8>> {
 mod certs;
 pub mod chat;
 pub mod envoy;
+pub mod etcd;
 mod gotools;
 pub mod h2;
 pub mod process;

@@ -1,0 +1,74 @@
+//! chat.v1.Chat on the etcd broker (`--broker etcd://...`), beyond what it
+//! shares with Redis (chat_cluster.rs): a resend that reaches another
+//! replica finds the stored copy, a resume from another epoch is refused,
+//! and the Redis-only acknowledgement flag is refused with etcd. What it
+//! keeps under faults is tests/abuse/nemesis.rs's.
+
+use std::process::Command;
+
+use crate::common::chat::*;
+use crate::common::etcd::EtcdCluster;
+use futures::executor::block_on;
+use futures::SinkExt;
+use greet::chat::ChatConfig;
+use greet::proto::chat::{client_frame, ClientFrame, Say};
+use grpcio::{RpcStatusCode, WriteFlags};
+
+fn say(text: &str, client_id: &str) -> (ClientFrame, WriteFlags) {
+    let say = Say { text: text.into(), client_id: client_id.into(), ..Default::default() };
+    (ClientFrame { frame: Some(client_frame::Frame::Say(say)), ..Default::default() }, WriteFlags::default())
+}
+
+#[test]
+fn a_say_resent_to_another_replica_with_the_same_client_id_is_stored_once() {
+    let etcd = EtcdCluster::start(3);
+    let a = start_chat_server(ChatConfig { broker: Some(etcd.url_from(0)), ..Default::default() });
+    let b = start_chat_server(ChatConfig { broker: Some(etcd.url_from(1)), ..Default::default() });
+    let (on_a, on_b) = (client(a.addr()), client(b.addr()));
+    let mut ann_on_a = block_on(Member::join(&on_a, "once", "ann", None, Some(0))).unwrap();
+    let mut ann_on_b = block_on(Member::join(&on_b, "once", "ann", None, Some(0))).unwrap();
+    block_on(ann_on_a.sink.send(say("hello", "c1"))).unwrap();
+    assert_eq!(seqs(&block_on(ann_on_a.messages(1)).unwrap()), [1]);
+    // The same message again, through the other replica: its echo is the stored copy's.
+    block_on(ann_on_b.sink.send(say("hello", "c1"))).unwrap();
+    block_on(ann_on_b.sink.send(say("next", "c2"))).unwrap();
+    let on_b_seen = block_on(ann_on_b.messages(2)).unwrap();
+    assert_eq!(texts(&on_b_seen), ["hello", "next"]);
+    assert_eq!(seqs(&on_b_seen), [1, 2], "no second copy took a number");
+    assert_eq!(texts(&history(&on_a, "once", 10, None).unwrap()), ["hello", "next"]);
+}
+
+#[test]
+fn a_resume_from_another_epoch_is_refused_over_etcd() {
+    let etcd = EtcdCluster::start(3);
+    let server = start_chat_server(ChatConfig { broker: Some(etcd.url()), ..Default::default() });
+    let chat = client(server.addr());
+    let mut ann = block_on(Member::join(&chat, "epochs", "ann", None, Some(0))).unwrap();
+    block_on(ann.sink.send(say("one", "c1"))).unwrap();
+    block_on(ann.messages(1)).unwrap();
+    let welcome_epoch = ann.welcome.epoch.clone();
+    assert!(!welcome_epoch.is_empty(), "the room has an epoch");
+    let refused = block_on(Member::join_with_epoch(&chat, "epochs", "bob", Some(1), Some("not-this-room's")))
+        .err()
+        .map(status_of)
+        .expect("a resume from another epoch is refused");
+    assert_eq!(refused.0, RpcStatusCode::OUT_OF_RANGE, "{}", refused.1);
+    let resumed = block_on(Member::join_with_epoch(&chat, "epochs", "bob", Some(1), Some(&welcome_epoch))).unwrap();
+    assert_eq!(resumed.welcome.last_seq, 1);
+}
+
+#[test]
+fn the_redis_acknowledgement_flag_is_refused_with_an_etcd_broker() {
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--addr", "127.0.0.1:0", "--broker", "etcd://127.0.0.1:1", "--broker-ack-replicas", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "--broker-ack-replicas is for Redis: etcd acknowledges a message once a quorum of its members has it"
+        ),
+        "{stderr}"
+    );
+}
