@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build image run-server run-client demo chat-demo mesh-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check
+.PHONY: deps build image run-server run-client demo chat-demo mesh-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check nemesis
 
 deps:
 	@scripts/ensure-deps.sh
@@ -43,6 +43,12 @@ chat-demo: build
 ## scripts/etcd.py, needs Go); the etcd leader and replica A are killed halfway.
 chat-demo-etcd: build
 	scripts/chat-demo.sh $(BIN) etcd
+
+## One Jepsen-style fault against the chat tier on three network namespaces (root;
+## about a minute; nemesis/README.md): NEMESIS_ARGS="--broker etcd --fault kill-leader".
+NEMESIS_ARGS ?= --broker redis --fault partition-leader-host
+nemesis: build
+	/usr/bin/python3 nemesis/nemesis.py --server-bin $(BIN)/server $(NEMESIS_ARGS)
 
 ## Proxyless over xDS: 3 replicas, the control plane of tests/xds/controlplane (needs Go)
 ## and `client --addr xds:///greet load`; r3 leaves the endpoints midway. Fails on any failed call.
