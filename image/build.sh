@@ -70,10 +70,19 @@ cp "$repo/image/server.Containerfile" "$repo/image/client.Containerfile" "$ctx/"
 
 for b in server client; do
   name="greet-$b:$version"
+  previous="$(podman image inspect --format '{{.Id}}' "localhost/$name" 2>/dev/null || true)"
   buildah build --quiet --timestamp 0 --layers=false -f "$ctx/$b.Containerfile" -t "$name" "$ctx" >/dev/null
   archive="$out/greet-$b-$version.docker.tar"
   rm -f "$archive"
-  skopeo copy --quiet "containers-storage:localhost/$name" "docker-archive:$archive:$name"
+  # skopeo logs an info line about the storage driver on every run: shown only on failure.
+  if ! err="$(skopeo copy --quiet "containers-storage:localhost/$name" "docker-archive:$archive:$name" 2>&1)"; then
+    echo "$err" >&2
+    exit 1
+  fi
   size="$(podman image inspect --format '{{.Size}}' "localhost/$name")"
+  # The image this one replaced, unless a container still uses it.
+  if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "localhost/$name")" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
   echo "image: $name ($size bytes uncompressed) -> $archive"
 done
