@@ -121,6 +121,9 @@ struct Hub {
     opening: HashMap<String, Vec<JoinRequest>>,
     /// The hub's own command channel, for answers from the broker's writer.
     me: async_channel::WeakSender<Command>,
+    /// While the joins that waited for a room's load are answered: a
+    /// refused one leaves the room open for the others.
+    holding_open: bool,
 }
 
 /// Most commands taken in one batch.
@@ -170,6 +173,7 @@ pub(super) fn start(
         pending: Vec::new(),
         opening: HashMap::new(),
         me: commands.downgrade(),
+        holding_open: false,
     };
     let thread = thread::Builder::new()
         .name("chat-hub".to_string())
@@ -385,7 +389,13 @@ impl Hub {
                 return;
             }
         };
-        if joins.is_empty() || self.rooms.contains_key(name) {
+        if self.rooms.contains_key(name) {
+            for join in joins {
+                self.join_live_room(join, true);
+            }
+            return;
+        }
+        if joins.is_empty() {
             return;
         }
         if let Backend::Broker(broker) = &self.backend {
@@ -397,9 +407,13 @@ impl Hub {
         self.cache.insert(name, Window::new(loaded.last_seq, messages));
         let room = self.new_room(loaded.last_seq, loaded.position, loaded.epoch);
         self.rooms.insert(name.to_string(), room);
+        // A join refused here (a resume from another epoch) must not close
+        // the room under the joins behind it: it closes below if nobody stayed.
+        self.holding_open = true;
         for join in joins {
             self.join_live_room(join, true);
         }
+        self.holding_open = false;
         if self.rooms.get(name).is_some_and(|r| r.subscribers.is_empty()) {
             self.close_room(name);
         }
@@ -428,7 +442,9 @@ impl Hub {
     /// A join of a room live on this server.
     fn join_live_room(&mut self, join: JoinRequest, mut missed: bool) {
         let JoinRequest { room, user, resume_after, epoch, history, reply: r } = join;
-        let state = &self.rooms[&room];
+        let Some(state) = self.rooms.get(&room) else {
+            return reply(r, Err(ChatError::Unavailable(format!("room {room:?} is not open here; join again"))));
+        };
         let (last_seq, room_epoch) = (state.last_seq, state.epoch.clone());
         let reset = |why: String| {
             Err(ChatError::OutOfRange(format!(
@@ -513,7 +529,7 @@ impl Hub {
     /// Answers a join that failed, and frees its room if nobody is in it.
     fn refuse_join(&mut self, room: &str, r: Reply<JoinAnswer>, answer: Result<JoinAnswer, ChatError>) {
         reply(r, answer);
-        if self.rooms.get(room).is_some_and(|r| r.subscribers.is_empty()) {
+        if !self.holding_open && self.rooms.get(room).is_some_and(|r| r.subscribers.is_empty()) {
             self.close_room(room);
         }
         self.update_counts();

@@ -158,22 +158,22 @@ return epoch
 /// A reader's check after a reconnection. KEYS: committed, log, epoch,
 /// resets; ARGV: the last message the reader delivered, the epoch it knows,
 /// a new epoch, the room. Answers the primary's last acknowledged message,
-/// the id of the last entry up to it, and 1 if the epoch was changed here
-/// (the primary has less than was delivered, and the epoch is still the
-/// one the reader knows).
+/// the id of the last entry up to it, and the room's epoch, changed here to
+/// the new one when the primary has less than was delivered and the epoch
+/// is still the one the reader knows.
 const RECHECK: &str = r"
 local c = tonumber(redis.call('GET', KEYS[1]) or '0')
-if c >= tonumber(ARGV[1]) then return {c, '', 0} end
+local epoch = redis.call('GET', KEYS[3]) or ''
+if c >= tonumber(ARGV[1]) then return {c, '', epoch} end
 local last = redis.call('XREVRANGE', KEYS[2], c .. '-18446744073709551615', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #last > 0 then last_id = last[1][1] end
-local bumped = 0
-if redis.call('GET', KEYS[3]) == ARGV[2] then
-  redis.call('SET', KEYS[3], ARGV[3])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'r', ARGV[4], 'e', ARGV[3])
-  bumped = 1
+if epoch == ARGV[2] then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[3], epoch)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 1000, '*', 'r', ARGV[4], 'e', epoch)
 end
-return {c, last_id, bumped}
+return {c, last_id, epoch}
 ";
 
 /// Appends a join or leave after the room's last message.
@@ -814,10 +814,19 @@ fn spawn_reader(
             if failing {
                 info!("chat: broker reader: reconnected to {}", link.url);
                 failing = false;
-                if let Err(e) = recheck(&mut link, &mut rooms) {
-                    warn!("chat: broker reader: {e}; reconnecting");
-                    failing = true;
-                    continue;
+                match recheck(&mut link, &mut rooms) {
+                    Ok(resets) => {
+                        for (room, epoch) in resets {
+                            if !deliver(Delivery::Reset { room, epoch }) {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        warn!("chat: broker reader: {e}; reconnecting");
+                        failing = true;
+                        continue;
+                    }
                 }
             }
             if resets_position.is_none() {
@@ -907,25 +916,31 @@ fn spawn_reader(
 /// to other messages. Its epoch then changes (once, whichever replica sees
 /// it first), so that every member is cut off and joins afresh instead of
 /// taking a reused number for one it saw; and this reader goes on from the
-/// primary's position.
-fn recheck(link: &mut Link, rooms: &mut HashMap<String, Followed>) -> Result<(), String> {
+/// primary's position. Answers the rooms whose epoch is no longer the one
+/// the hub loaded, with the primary's: the hub must hear of those itself
+/// (this reader reads `chat:resets` only from its newest entry on).
+fn recheck(link: &mut Link, rooms: &mut HashMap<String, Followed>) -> Result<Vec<(String, String)>, String> {
+    let mut resets = Vec::new();
     for (room, followed) in rooms.iter_mut() {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(RECHECK).arg(4).arg(committed_key(room)).arg(log_key(room)).arg(epoch_key(room)).arg(RESETS_KEY);
         cmd.arg(followed.delivered.0).arg(&followed.epoch).arg(new_epoch()).arg(room);
-        let (committed, last_id, bumped): (u64, String, i64) = link.run(|conn| cmd.query(conn))?;
+        let (committed, last_id, epoch): (u64, String, String) = link.run(|conn| cmd.query(conn))?;
+        if epoch != followed.epoch {
+            resets.push((room.clone(), epoch.clone()));
+        }
         if committed >= followed.delivered.0 {
             continue;
         }
         warn!(
-            "chat: room {room:?}: the primary has acknowledged up to message {committed}, this replica delivered up to {}: acknowledged messages were lost{}",
+            "chat: room {room:?}: the primary has acknowledged up to message {committed}, this replica delivered up to {}: acknowledged messages were lost; the room's epoch is now {epoch}",
             followed.delivered.0,
-            if bumped == 1 { "; the room's epoch changes, its members join afresh" } else { "" }
         );
         let position = parse_id(&last_id).unwrap_or((committed, 0));
         followed.reposition(position, committed);
+        followed.epoch = epoch;
     }
-    Ok(())
+    Ok(resets)
 }
 
 /// The ids of an XRANGE-style array.
