@@ -135,9 +135,7 @@ class Run:
         if self.args.broker == "redis":
             self.store = Redis(self.net, self.work, self.out)
         else:
-            etcd = self.args.etcd_bin or build([sys.executable, str(REPO / "scripts" / "etcd.py")],
-                                                "scripts/etcd.py") / "etcd"
-            self.store = Etcd(self.net, self.work, self.out, str(etcd))
+            self.store = Etcd(self.net, self.work, self.out, str(self.args.etcd_bin))
         self.store.start()
         self.note(f"store up: {self.store.describe()}")
 
@@ -164,6 +162,12 @@ class Run:
             return ready.is_file()
         poll(f"chat server {side} to serve", 30, serving)
 
+    def client_env(self) -> dict[str, str]:
+        """The clients' environment: the generated modules, and no proxy (grpcio honours *_proxy)."""
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        env["NEMESIS_GEN"] = str(self.venv / "gen")
+        return env
+
     def start_client(self, role: str, side: str) -> Proc:
         other = "B" if side == "A" else "A"
         log_path = self.out / f"{role}-{side}.jsonl"
@@ -171,9 +175,7 @@ class Run:
                 "--addrs", f"{self.addr(side)},{self.addr(other)}", "--room", ROOM, "--log", str(log_path),
                 "--run", str(os.getpid()), "--rate", str(self.args.rate)]
         proc = Proc(self.net, f"{role}-{side}-stderr", self.host_of(side), argv, self.out)
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env["NEMESIS_GEN"] = str(self.venv / "gen")
-        proc.popen = self.net.spawn(proc.host, argv, proc.log, env=env)
+        proc.popen = self.net.spawn(proc.host, argv, proc.log, env=self.client_env())
         proc.events = log_path  # its JSON-lines record
         self.clients.append(proc)
         poll(f"{role} {side} to join", 20, lambda: any(e["kind"] == "connected" for e in checker.read_log(log_path)))
@@ -184,6 +186,8 @@ class Run:
     def inject(self) -> callable:
         """Starts the fault; returns what heals it."""
         fault, net = self.args.fault, self.net
+        if isinstance(self.store, Etcd):
+            self.store.move_leader("h1")  # the faults on h1 hit the leader's host, as with Redis
         if fault == "none":
             return lambda: None
         if fault in ("partition-leader-host", "partition-replica-host"):
@@ -213,8 +217,7 @@ class Run:
     # --- the run
 
     def history(self, side: str) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        env["NEMESIS_GEN"] = str(self.venv / "gen")
+        env = self.client_env()
         argv = self.net.exec_argv(self.host_of(side), [self.venv / "bin" / "python", HERE / "client.py", "history",
                                                        "--addr", self.addr(side), "--room", ROOM])
         try:
