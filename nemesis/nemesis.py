@@ -184,10 +184,16 @@ class Run:
     # --- the fault
 
     def inject(self) -> callable:
-        """Starts the fault; returns what heals it."""
-        fault, net = self.args.fault, self.net
+        """Starts the fault and marks when it has taken effect (what is sent
+        from then on meets it); returns what heals it."""
         if isinstance(self.store, Etcd):
             self.store.move_leader("h1")  # the faults on h1 hit the leader's host, as with Redis
+        heal = self.start_fault()
+        self.timeline["fault"] = time.time()
+        return heal
+
+    def start_fault(self) -> callable:
+        fault, net = self.args.fault, self.net
         if fault == "none":
             return lambda: None
         if fault in ("partition-leader-host", "partition-replica-host"):
@@ -259,7 +265,6 @@ class Run:
         writers = [self.start_client("writer", s) for s in ("A", "B")]
         self.timeline["writing"] = time.time()
         time.sleep(a.before)  # a fixed phase of the schedule, not a wait for a condition
-        self.timeline["fault"] = time.time()
         heal = self.inject()
         time.sleep(a.fault_seconds)
         heal()
