@@ -369,3 +369,35 @@ fn a_say_resent_with_the_same_client_id_is_stored_once() {
     assert_eq!(texts(&got), ["hello", "next"], "the resend found the stored copy");
     assert_eq!(texts(&history(&chat, "once", 10, None).unwrap()), ["hello", "next"]);
 }
+
+/// Two joins wait for one room's load (Redis paused holds it): the first
+/// resumes from an epoch the room does not have and is refused. The room
+/// stays open for the second, which joins; the hub goes on serving. (A
+/// refused join used to close the room under the joins behind it, and the
+/// next one panicked the hub thread: every later chat call failed. The
+/// nemesis's Redis partition run found it: two readers resuming at once
+/// after an epoch change.)
+#[test]
+fn a_refused_join_leaves_the_room_open_for_the_joins_that_waited_with_it() {
+    use futures::FutureExt;
+    use std::task::{Context, Poll};
+    let _alone = crate::alone();
+    let redis = Redis::start();
+    let server = start_chat_server(ChatConfig { broker: Some(redis.url.clone()), ..Default::default() });
+    let chat = server.chat().clone();
+    signal(redis.pid(), libc::SIGSTOP);
+    let mut stale = Box::pin(chat.join("waiting", "ann", Some(5), Some("an-epoch-this-room-never-had"), 0));
+    let mut fresh = Box::pin(chat.join("waiting", "bob", None, None, 0));
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    // One poll each hands the hub its Join, in this order; the load they
+    // both wait for cannot finish while Redis is stopped.
+    assert!(matches!(stale.poll_unpin(&mut cx), Poll::Pending));
+    assert!(matches!(fresh.poll_unpin(&mut cx), Poll::Pending));
+    signal(redis.pid(), libc::SIGCONT);
+    let refused = block_on(stale).err().expect("a resume from another epoch is refused");
+    assert!(matches!(refused, greet::chat::ChatError::OutOfRange(_)), "{refused:?}");
+    let joined = block_on(fresh).expect("the join that waited behind it joins the room");
+    assert_eq!(joined.last_seq, 0);
+    let history = block_on(chat.history("waiting", 10, None)).expect("the hub still serves");
+    assert!(history.is_empty());
+}
