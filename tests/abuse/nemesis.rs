@@ -6,8 +6,9 @@
 //! harness once for one (broker, fault) and asserts exactly what that
 //! broker promises there.
 //!
-//! A run takes about a minute. CI runs the tests not marked `#[ignore]`
-//! (about 8 minutes on 2 cores); the others run with
+//! A run takes 30 to 70 s. CI runs the tests not marked `#[ignore]` (nine
+//! runs, about 7 minutes on 2 cores: every etcd fault, and Redis's control,
+//! partition and killed primary); the others run with
 //! `cargo test --release --test abuse -- nemesis:: --include-ignored`.
 //! They need root (namespaces, iptables); elsewhere they print why and pass
 //! without asserting. The etcd tests build the pinned etcd with
@@ -78,78 +79,105 @@ impl Summary {
         assert!(self.0["settled"].as_bool().unwrap(), "the servers' Histories never agreed: {}", self.0["notes"]);
         assert!(self.n("/acknowledged_after_heal_kept") > 0, "nothing acknowledged after the heal");
     }
+
+    /// During a partition the minority side's writer had nothing it sent
+    /// acknowledged, while the majority's went on.
+    fn assert_minority_refused(&self, minority: &str, majority: &str) {
+        let during = |side: &str| self.n(&format!("/sides/{side}/acknowledged_during_fault"));
+        assert_eq!(during(minority), 0, "the minority side ({minority}) acknowledged a Say sent during the fault");
+        assert!(self.n(&format!("/sides/{minority}/refused")) + self.n(&format!("/sides/{minority}/timed_out")) > 0);
+        assert!(during(majority) > 0, "the majority side ({majority}) stopped acknowledging");
+        let window = self.secs(&format!("/sides/{majority}/unavailable_s"));
+        assert!(window < 10.0, "the majority side ({majority}) went {window} s without an acknowledgement");
+    }
+
+    /// A's writer, its server killed, went on through B.
+    fn assert_writer_moved_to_b(&self) {
+        let used = self.0.pointer("/sides/A/servers_used").and_then(Value::as_array).expect("servers_used");
+        assert!(used.iter().any(|v| v == "B"), "A's writer never used B: {used:?}");
+        assert!(self.secs("/sides/A/unavailable_s") < 5.0, "A's writer waited too long for B");
+    }
 }
 
-// --- etcd: a majority commits, a minority refuses.
+// --- etcd: a majority commits, a minority refuses. Measured on 2 shared
+// cores (one run each): the majority's longest stretch without an
+// acknowledgement was ~2.1 s in every fault (an election after the
+// 1 s election timeout), nothing was ever lost, duplicated or renumbered.
 
 /// h1 (the etcd leader, server A and its clients) cut off for 20 s: A's
-/// side is the minority and acknowledges nothing sent during the cut; B's
-/// side elects a leader and goes on.
+/// side is the minority and acknowledges nothing sent during the cut (its
+/// writer was refused for 20.8 s); B's side elects a leader and went on
+/// after 2.0 s. Measured: 1,166 acknowledged, 0 lost.
 #[test]
 fn etcd_partition_of_the_leaders_host_loses_nothing_and_the_minority_refuses() {
     let Some(s) = nemesis("etcd", "partition-leader-host", &[]) else { return };
     s.assert_safe();
-    assert_eq!(s.n("/sides/A/acknowledged_during_fault"), 0, "the minority side acknowledged a Say");
-    assert!(s.n("/sides/B/acknowledged_during_fault") > 0, "the majority side stopped acknowledging");
-    assert!(s.secs("/sides/B/unavailable_s") < 10.0, "the majority side was unavailable too long");
+    s.assert_minority_refused("A", "B");
 }
 
-/// h2 (server B's host, a follower) cut off: now B's side is the minority.
+/// h2 (server B's host, a follower) cut off: now B's side is the minority
+/// (refused for 20.9 s); A's side never noticed (0.2 s). Measured: 1,190
+/// acknowledged, 0 lost.
 #[test]
-#[ignore = "CI time budget: runs with --include-ignored"]
 fn etcd_partition_of_a_followers_host_loses_nothing_and_the_minority_refuses() {
     let Some(s) = nemesis("etcd", "partition-replica-host", &[]) else { return };
     s.assert_safe();
-    assert_eq!(s.n("/sides/B/acknowledged_during_fault"), 0, "the minority side acknowledged a Say");
-    assert!(s.n("/sides/A/acknowledged_during_fault") > 0, "the majority side stopped acknowledging");
+    s.assert_minority_refused("B", "A");
 }
 
-/// h1 hears nothing from the others but can send: its member cannot
-/// commit, so A's side acknowledges nothing meanwhile; nothing is lost.
+/// h1 hears nothing from the others but can send: the leader there cannot
+/// commit (the followers' answers are dropped), steps down, and h2 and h3
+/// elect another. A's side acknowledged nothing sent meanwhile (20.5 s),
+/// B's went on after 2.1 s. Measured: 1,157 acknowledged, 0 lost.
 #[test]
-fn etcd_one_way_partition_loses_nothing() {
+fn etcd_one_way_partition_loses_nothing_and_the_deaf_side_refuses() {
     let Some(s) = nemesis("etcd", "one-way", &[]) else { return };
     s.assert_safe();
-    assert_eq!(s.n("/sides/A/acknowledged_during_fault"), 0, "the deafened side acknowledged a Say");
-    assert!(s.n("/sides/B/acknowledged_during_fault") > 0, "the majority side stopped acknowledging");
+    s.assert_minority_refused("A", "B");
 }
 
-/// The leader SIGSTOPped for 10 s: the others elect a leader and go on.
+/// The leader SIGSTOPped for 10 s: the others elect a leader (B's side
+/// waited 2.1 s); server A, whose first endpoint is the frozen member,
+/// waited 9.4 s. Measured: 995 acknowledged, 0 lost.
 #[test]
 fn etcd_paused_leader_loses_nothing() {
     let Some(s) = nemesis("etcd", "pause-leader", &[]) else { return };
     s.assert_safe();
     assert!(s.n("/sides/B/acknowledged_during_fault") > 0, "nothing acknowledged while the leader was paused");
+    assert!(s.secs("/sides/B/unavailable_s") < 10.0, "B's side waited as long as the pause");
 }
 
-/// The leader SIGKILLed, restarted from its data 5 s later.
+/// The leader SIGKILLed, restarted from its data 5 s later: both sides
+/// waited 2.1 s for the election. Measured: 942 acknowledged, 0 lost.
 #[test]
 fn etcd_killed_leader_loses_nothing() {
     let Some(s) = nemesis("etcd", "kill-leader", &[]) else { return };
     s.assert_safe();
+    assert!(s.secs("/sides/A/unavailable_s") < 10.0 && s.secs("/sides/B/unavailable_s") < 10.0);
 }
 
-/// Server A SIGKILLed: its clients go on through B, which has every message.
+/// Server A SIGKILLed (restarted 20 s later): its writer went on through B
+/// within 0.12 s, B has every message. Measured: 1,617 acknowledged, 0 lost.
 #[test]
-#[ignore = "CI time budget: runs with --include-ignored"]
 fn etcd_killed_server_loses_nothing_and_its_clients_use_the_other() {
     let Some(s) = nemesis("etcd", "kill-server", &[]) else { return };
     s.assert_safe();
-    assert!(s.0["sides"]["A"]["servers_used"].as_array().unwrap().iter().any(|v| v == "B"), "A's writer never used B");
+    s.assert_writer_moved_to_b();
 }
 
-/// The control: no fault, nothing refused.
+/// The control: no fault, nothing refused (1,613 acknowledged).
 #[test]
-#[ignore = "CI time budget: runs with --include-ignored"]
+#[ignore = "CI time budget (about a minute): runs with --include-ignored"]
 fn etcd_without_a_fault_refuses_nothing() {
     let Some(s) = nemesis("etcd", "none", &[]) else { return };
     s.assert_safe();
     assert_eq!(s.n("/sides/A/refused") + s.n("/sides/B/refused"), 0);
 }
 
-// --- Redis with Sentinels: what is true today.
+// --- Redis with Sentinels (one replica must confirm a message): what is
+// true. Measured on 2 shared cores, one run each unless said.
 
-/// The control: no fault, nothing lost or refused.
+/// The control: no fault, nothing lost or refused (1,610 acknowledged).
 #[test]
 fn redis_without_a_fault_loses_and_refuses_nothing() {
     let Some(s) = nemesis("redis", "none", &[]) else { return };
@@ -159,24 +187,77 @@ fn redis_without_a_fault_loses_and_refuses_nothing() {
 
 /// h1 (the primary, replica R1, server A) cut off for 20 s: the old
 /// primary keeps acknowledging A's Says (R1, on the same host, satisfies
-/// the one-replica rule) while the Sentinels promote R2; at the heal the
-/// old primary is demoted and everything it acknowledged meanwhile is
-/// lost. Writing goes on 25 s after the heal, past the Sentinels'
-/// reconfiguration of the old primary (~15 s).
+/// the one-replica rule) while the Sentinels promote R2, which has no
+/// replica to confirm B's Says until the old nodes are reconfigured ~15 s
+/// after the heal (B's side refused for ~35 s); then everything the old
+/// primary acknowledged since the cut is gone. Writing goes on 25 s after
+/// the heal, past that reconfiguration. Measured: 1,437 acknowledged, 607
+/// lost (before the reader fix of 3273130, three runs: 1,194–1,215
+/// acknowledged, 602–605 lost, and server A deaf after the heal, its
+/// numbers reused for other messages); since that fix no server is deaf
+/// and no seq is reused.
 #[test]
-fn redis_partition_of_the_primarys_host_loses_acknowledged_messages() {
+fn redis_partition_of_the_primarys_host_loses_acknowledged_messages_but_no_server_stays_deaf() {
     let Some(s) = nemesis("redis", "partition-leader-host", &["--after", "25"]) else { return };
     assert!(s.n("/sides/A/acknowledged_during_fault") > 0, "the isolated primary acknowledged nothing");
     assert!(s.n("/lost") > 0, "the isolated primary's acknowledgements survived: the known loss is gone");
+    assert_eq!(s.deaf(), Vec::<String>::new(), "deaf servers after the heal: {}", s.0["deaf"]);
+    assert_eq!(s.n("/reused"), 0, "one (epoch, seq) named two messages: {}", s.0["examples"]);
+    assert_eq!(s.n("/reader_gaps"), 0, "a reader missed seqs: {}", s.0["readers"]);
+}
+
+/// The same loss when h1 only stops hearing the others: its primary
+/// goes on with R1 while the Sentinels promote R2 (before the fix: 1,010
+/// acknowledged, 599 lost).
+#[test]
+#[ignore = "CI time budget (about a minute): runs with --include-ignored"]
+fn redis_one_way_partition_of_the_primarys_host_loses_acknowledged_messages() {
+    let Some(s) = nemesis("redis", "one-way", &["--after", "25"]) else { return };
+    assert!(s.n("/lost") > 0, "the deafened primary's acknowledgements survived: the known loss is gone");
+    assert_eq!(s.deaf(), Vec::<String>::new(), "deaf servers after the heal: {}", s.0["deaf"]);
+}
+
+/// h2 (replica R2, server B) cut off: the primary keeps R1, so nothing is
+/// lost; B's side cannot reach the primary (refused ~21 s). Measured:
+/// 1,193 acknowledged, 0 lost.
+#[test]
+#[ignore = "CI time budget (about a minute): runs with --include-ignored"]
+fn redis_partition_of_a_replicas_host_loses_nothing() {
+    let Some(s) = nemesis("redis", "partition-replica-host", &[]) else { return };
+    s.assert_safe();
 }
 
 /// The primary SIGKILLed and restarted as a replica of the promoted one:
-/// an acknowledged message was on a replica, so none is lost.
+/// an acknowledged message was on a replica, so none is lost; both sides
+/// waited ~4.3 s (the Sentinels' 3 s down-after). Measured: 843
+/// acknowledged, 0 lost.
 #[test]
 fn redis_killed_primary_loses_nothing() {
     let Some(s) = nemesis("redis", "kill-leader", &[]) else { return };
+    s.assert_safe();
+}
+
+/// The primary SIGSTOPped for 10 s: the Sentinels promote a replica, which
+/// waits for a replica of its own; nothing is lost, but both sides were
+/// refused for ~20 s (twice the pause). Measured twice: 409 and 410
+/// acknowledged, 0 lost.
+#[test]
+#[ignore = "CI time budget (about a minute): runs with --include-ignored"]
+fn redis_paused_primary_loses_nothing() {
+    let Some(s) = nemesis("redis", "pause-leader", &[]) else { return };
     assert!(s.n("/acknowledged") > 0);
     assert_eq!(s.n("/lost"), 0, "acknowledged then lost: {}", s.0["examples"]);
     assert_eq!(s.n("/duplicated"), 0);
     assert_eq!(s.n("/reused"), 0);
+    assert_eq!(s.deaf(), Vec::<String>::new(), "deaf servers: {}", s.0["deaf"]);
+}
+
+/// Server A SIGKILLed: its writer goes on through B within 0.11 s; nothing
+/// lost (1,614 acknowledged).
+#[test]
+#[ignore = "CI time budget (about a minute): runs with --include-ignored"]
+fn redis_killed_server_loses_nothing_and_its_clients_use_the_other() {
+    let Some(s) = nemesis("redis", "kill-server", &[]) else { return };
+    s.assert_safe();
+    s.assert_writer_moved_to_b();
 }
