@@ -11,7 +11,7 @@
 //! caller itself or, when the hub needs the answer (a room to load), sends
 //! it back as a [`Command`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::thread;
 
@@ -49,6 +49,9 @@ pub(super) struct JoinRequest {
     /// The epoch the client saw `resume_after` in.
     pub epoch: Option<String>,
     pub history: usize,
+    /// A Post's hold on the room while it says there: not a member, so no
+    /// presence is announced and the room's member counts do not change.
+    pub quiet: bool,
     pub reply: Reply<JoinAnswer>,
 }
 
@@ -96,6 +99,8 @@ struct Room {
     members: HashMap<String, usize>,
     /// The user of each subscriber.
     subscribers: HashMap<SubscriberId, String>,
+    /// The subscribers that are a Post's quiet hold, not members.
+    quiet: HashSet<SubscriberId>,
     /// The last message fanned out here.
     last_seq: u64,
     /// Broker mode: the last stream entry fanned out here.
@@ -337,7 +342,15 @@ impl Hub {
 
     fn new_room(&self, last_seq: u64, position: StreamId, epoch: String) -> Room {
         let fanout = Fanout::new(self.subscriber_queue, WhenFull::Disconnect);
-        Room { fanout, members: HashMap::new(), subscribers: HashMap::new(), last_seq, position, epoch }
+        Room {
+            fanout,
+            members: HashMap::new(),
+            subscribers: HashMap::new(),
+            quiet: HashSet::new(),
+            last_seq,
+            position,
+            epoch,
+        }
     }
 
     /// A join: at once if its room is live here (or in embedded mode),
@@ -441,7 +454,7 @@ impl Hub {
 
     /// A join of a room live on this server.
     fn join_live_room(&mut self, join: JoinRequest, mut missed: bool) {
-        let JoinRequest { room, user, resume_after, epoch, history, reply: r } = join;
+        let JoinRequest { room, user, resume_after, epoch, history, quiet, reply: r } = join;
         let Some(state) = self.rooms.get(&room) else {
             return reply(r, Err(ChatError::Unavailable(format!("room {room:?} is not open here; join again"))));
         };
@@ -491,11 +504,15 @@ impl Hub {
         let subscription = state.fanout.subscribe();
         let id = subscription.id;
         state.subscribers.insert(id, user.clone());
-        let connections = state.members.entry(user.clone()).or_insert(0);
-        *connections += 1;
-        if *connections == 1 {
-            let members = state.members.len();
-            self.announce(&room, &user, true, members);
+        if quiet {
+            state.quiet.insert(id);
+        } else {
+            let connections = state.members.entry(user.clone()).or_insert(0);
+            *connections += 1;
+            if *connections == 1 {
+                let members = state.members.len();
+                self.announce(&room, &user, true, members);
+            }
         }
         self.update_counts();
         let answer = move |backlog| JoinAnswer { last_seq, backlog, subscription, epoch: room_epoch };
@@ -553,7 +570,8 @@ impl Hub {
         let user = state.subscribers.remove(&id)?;
         state.fanout.unsubscribe(id);
         let mut left = None;
-        if let Some(connections) = state.members.get_mut(&user) {
+        let member = !state.quiet.remove(&id);
+        if let Some(connections) = state.members.get_mut(&user).filter(|_| member) {
             *connections -= 1;
             if *connections == 0 {
                 state.members.remove(&user);
@@ -604,9 +622,17 @@ impl Hub {
     }
 
     fn say(&mut self, mut message: Message, reply_to: Reply<u64>) {
-        let Some(state) = self.rooms.get_mut(&message.room) else {
+        if !self.rooms.contains_key(&message.room) {
             return reply(reply_to, Err(ChatError::Unavailable(format!("not in room {:?}", message.room))));
-        };
+        }
+        // A resend (same room, user and client id) within the cached window
+        // answers the stored copy, as the brokers do.
+        if matches!(self.backend, Backend::Local(_)) {
+            if let Some(seq) = self.resent(&message) {
+                return reply(reply_to, Ok(seq));
+            }
+        }
+        let Some(state) = self.rooms.get_mut(&message.room) else { unreachable!("checked above") };
         match &self.backend {
             Backend::Local(_) => {
                 state.last_seq += 1;
@@ -622,6 +648,20 @@ impl Hub {
                 broker.send(Job::Say(Said { message, epoch, done }));
             }
         }
+    }
+
+    /// Embedded mode: the sequence number of an earlier message of the same
+    /// room, user and non-empty client id, in this batch or the cached window.
+    fn resent(&mut self, message: &Message) -> Option<u64> {
+        if message.client_id.is_empty() {
+            return None;
+        }
+        let same = |m: &&Message| m.room == message.room && m.user == message.user && m.client_id == message.client_id;
+        if let Some(m) = self.pending.iter().map(|(m, _)| m).find(same) {
+            return Some(m.seq);
+        }
+        let window = self.cache.get(&message.room)?;
+        window.messages.iter().rev().find(same).map(|m| m.seq)
     }
 
     /// Embedded mode: stores the messages said in this batch in one

@@ -140,7 +140,15 @@ impl Chat {
         let (room, user, epoch) = (room.to_string(), user.to_string(), epoch.map(str::to_string));
         let joined = self
             .ask(|reply| {
-                hub::Command::Join(hub::JoinRequest { room: room.clone(), user, resume_after, epoch, history, reply })
+                hub::Command::Join(hub::JoinRequest {
+                    room: room.clone(),
+                    user,
+                    resume_after,
+                    epoch,
+                    history,
+                    quiet: false,
+                    reply,
+                })
             })
             .await?;
         let hub::JoinAnswer { last_seq, backlog, subscription, epoch } = joined;
@@ -159,6 +167,39 @@ impl Chat {
             ..Default::default()
         };
         self.ask(|reply| hub::Command::Say { message, reply }).await
+    }
+
+    /// Says `text` in `room` as `user` without being a member of it (no
+    /// presence, no member count): the room is held open here for the
+    /// Say (in broker mode, loaded and followed as for a join) and let go
+    /// after it. Answers the message's sequence number and the room's epoch
+    /// once it is stored, as [`Chat::say`]; a resend with the same
+    /// `client_id` answers the stored copy's number.
+    pub async fn post(
+        &self,
+        room: &str,
+        user: &str,
+        text: String,
+        client_id: String,
+    ) -> Result<(u64, String), ChatError> {
+        let (name, who) = (room.to_string(), user.to_string());
+        let held = self
+            .ask(|reply| {
+                hub::Command::Join(hub::JoinRequest {
+                    room: name,
+                    user: who,
+                    resume_after: None,
+                    epoch: None,
+                    history: 0,
+                    quiet: true,
+                    reply,
+                })
+            })
+            .await?;
+        // Lets the room go when this function returns, however it returns.
+        let _hold = Membership { commands: self.commands.clone(), room: room.to_string(), id: held.subscription.id };
+        let seq = self.say(room, user, text, client_id).await?;
+        Ok((seq, held.epoch))
     }
 
     /// At most `limit` messages of `room` before `before_seq` (the newest

@@ -4,6 +4,7 @@
 use std::pin::pin;
 use std::time::{Duration, Instant};
 
+use futures::channel::oneshot;
 use futures::future::{self, Either};
 use futures::prelude::*;
 use futures_timer::Delay;
@@ -11,14 +12,52 @@ use grpcio::{RpcStatusCode, WriteFlags};
 
 use crate::auth::Authenticator;
 use crate::chat::limits::{self, check_history, check_name, check_text};
+use crate::chat::Joined;
 use crate::chat::{Chat, ChatError, Event};
 use crate::fanout::Ended;
 use crate::proto::chat::{
-    client_frame, server_event, ClientFrame, Heartbeat, HistoryRequest, RoomsRequest, RoomsResponse, ServerEvent,
-    Welcome,
+    client_frame, server_event, ClientFrame, Heartbeat, HistoryRequest, PostRequest, PostResponse, RoomsRequest,
+    RoomsResponse, ServerEvent, SubscribeRequest, Welcome,
 };
 use crate::rpc::api::chat as api;
 use crate::rpc::{Call, CallError, DuplexSink, RequestStream, ServerStreamingSink};
+
+/// The join a Connect's first frame or a Subscribe request asks for.
+struct JoinAsked {
+    room: String,
+    user: String,
+    resume_after: Option<u64>,
+    epoch: Option<String>,
+    history: Option<u32>,
+}
+
+fn check_client_id(client_id: &str) -> Result<(), CallError> {
+    if client_id.len() > limits::MAX_NAME_BYTES {
+        return Err(CallError::invalid_argument(format!(
+            "client_id is {} bytes long; at most {} bytes",
+            client_id.len(),
+            limits::MAX_NAME_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// Resolves only when the room cuts its subscriber off for lagging, with
+/// the RESOURCE_EXHAUSTED that ends the call; a subscription closed with its
+/// room (the server stops) ends the forwarding instead, so this never
+/// resolves then. Polled before the forwarding, so that a cut-off is never
+/// mistaken for a shutdown, and a subscriber stuck sending is not waited for.
+async fn cut_off(ended: oneshot::Receiver<Ended>) -> CallError {
+    match ended.await.unwrap_or(Ended::Closed) {
+        Ended::Lagged { bound } => CallError::new(
+            RpcStatusCode::RESOURCE_EXHAUSTED,
+            format!(
+                "disconnected: fell behind the room by {bound} events (not reading fast enough); reconnect with resume_after to catch up"
+            ),
+        ),
+        Ended::Closed => future::pending().await,
+    }
+}
 use crate::wire::now_unix_ms;
 
 /// Serves `chat.v1.Chat`; clones share one [`Chat`].
@@ -70,17 +109,22 @@ fn server_event(event: server_event::Event) -> ServerEvent {
     ServerEvent { event: Some(event), ..Default::default() }
 }
 
+/// Where a call's events go: Connect's duplex sink or Subscribe's
+/// server-streaming one.
+trait EventSink: Sink<(ServerEvent, WriteFlags), Error = grpcio::Error> + Unpin {}
+impl<S: Sink<(ServerEvent, WriteFlags), Error = grpcio::Error> + Unpin> EventSink for S {}
+
 /// Sends one event; `more` hints that another follows at once, so the
 /// core may coalesce them into fewer writes.
-async fn send(sink: &mut DuplexSink<ServerEvent>, event: ServerEvent, more: bool) -> Result<(), CallError> {
+async fn send<S: EventSink>(sink: &mut S, event: ServerEvent, more: bool) -> Result<(), CallError> {
     sink.send((event, WriteFlags::default().buffer_hint(more))).await?;
     Ok(())
 }
 
 /// The events of a subscription, and a heartbeat whenever none was sent
 /// for `heartbeat`. Ends when the subscription's queue is closed and drained.
-async fn forward(
-    sink: &mut DuplexSink<ServerEvent>,
+async fn forward<S: EventSink>(
+    sink: &mut S,
     events: &async_channel::Receiver<Event>,
     heartbeat: Duration,
 ) -> Result<(), CallError> {
@@ -109,6 +153,82 @@ async fn forward(
 }
 
 impl ChatService {
+    /// The member a call speaks as: its token's principal with
+    /// `--auth-tokens` (the call's token is checked), else the name asked.
+    fn principal(&self, call: &Call) -> Result<Option<String>, CallError> {
+        match &self.auth {
+            None => Ok(None),
+            Some(auth) => Ok(Some(auth.authenticate(call.request_headers())?)),
+        }
+    }
+
+    /// Checks and performs a join, then sends the Welcome and the backlog.
+    /// Answers the room, the member's name, the join (whose membership
+    /// leaves the room when dropped) and the heartbeat interval.
+    async fn join_and_welcome<S: EventSink>(
+        &self,
+        principal: Option<&str>,
+        join: JoinAsked,
+        sink: &mut S,
+    ) -> Result<(String, String, Joined, Duration), CallError> {
+        check_name("room", &join.room)?;
+        let user = member_name(&join.user, principal)?;
+        let history = match join.history {
+            Some(n) => check_history(n)?,
+            None => self.chat.config().join_history as usize,
+        };
+        let room = join.room;
+        let mut joined = self.chat.join(&room, &user, join.resume_after, join.epoch.as_deref(), history).await?;
+        // A zero interval would spin; the binary refuses below 10 ms too.
+        let heartbeat = self.chat.config().heartbeat.max(Duration::from_millis(10));
+        let welcome = Welcome {
+            room: room.clone(),
+            last_seq: joined.last_seq,
+            heartbeat_ms: heartbeat.as_millis().min(u32::MAX as u128) as u32,
+            backlog: joined.backlog.len() as u32,
+            epoch: joined.epoch.clone(),
+            ..Default::default()
+        };
+        send(sink, server_event(server_event::Event::Welcome(welcome)), !joined.backlog.is_empty()).await?;
+        let backlog = std::mem::take(&mut joined.backlog);
+        let count = backlog.len();
+        for (i, message) in backlog.into_iter().enumerate() {
+            send(sink, server_event(server_event::Event::Message(message)), i + 1 < count).await?;
+        }
+        Ok((room, user, joined, heartbeat))
+    }
+
+    /// One Subscribe call: the join, then the room's events until the call
+    /// is cancelled (its next send fails: at the latest the next
+    /// heartbeat's), the room cuts this subscriber off, or the server stops.
+    async fn serve_subscribe(
+        &self,
+        principal: Option<&str>,
+        request: SubscribeRequest,
+        sink: &mut ServerStreamingSink<ServerEvent>,
+    ) -> Result<(), CallError> {
+        let asked = JoinAsked {
+            room: request.room,
+            user: request.user,
+            resume_after: request.resume_after,
+            epoch: request.epoch,
+            history: request.history,
+        };
+        let (_room, _user, joined, heartbeat) = self.join_and_welcome(principal, asked, sink).await?;
+        // Leaves the room when this function returns, however it returns.
+        let _membership = joined.membership;
+        let events = joined.subscription.events;
+        let cut_off = cut_off(joined.subscription.ended);
+        let ended = match future::select(pin!(cut_off), pin!(forward(sink, &events, heartbeat))).await {
+            Either::Left((status, _)) => Err(status),
+            Either::Right((result, _)) => {
+                result?;
+                Err(ChatError::ShuttingDown.into())
+            }
+        };
+        ended
+    }
+
     /// One Connect call: the join, then the client's messages and the
     /// room's events concurrently, until the client closes its side, the
     /// call fails, or the room cuts this subscriber off.
@@ -125,31 +245,16 @@ impl ChatService {
                 return Err(CallError::invalid_argument("the first frame of Connect must be a join (room and user)"))
             }
         };
-        check_name("room", &join.room)?;
-        let user = member_name(&join.user, principal)?;
-        let history = match join.history {
-            Some(n) => check_history(n)?,
-            None => self.chat.config().join_history as usize,
+        let asked = JoinAsked {
+            room: join.room,
+            user: join.user,
+            resume_after: join.resume_after,
+            epoch: join.epoch,
+            history: join.history,
         };
-        let room = join.room;
-        let joined = self.chat.join(&room, &user, join.resume_after, join.epoch.as_deref(), history).await?;
+        let (room, user, joined, heartbeat) = self.join_and_welcome(principal, asked, sink).await?;
         // Leaves the room when this function returns, however it returns.
         let _membership = joined.membership;
-        // A zero interval would spin; the binary refuses below 10 ms too.
-        let heartbeat = self.chat.config().heartbeat.max(Duration::from_millis(10));
-        let welcome = Welcome {
-            room: room.clone(),
-            last_seq: joined.last_seq,
-            heartbeat_ms: heartbeat.as_millis().min(u32::MAX as u128) as u32,
-            backlog: joined.backlog.len() as u32,
-            epoch: joined.epoch.clone(),
-            ..Default::default()
-        };
-        send(sink, server_event(server_event::Event::Welcome(welcome)), !joined.backlog.is_empty()).await?;
-        let count = joined.backlog.len();
-        for (i, message) in joined.backlog.into_iter().enumerate() {
-            send(sink, server_event(server_event::Event::Message(message)), i + 1 < count).await?;
-        }
 
         let chat = &self.chat;
         let inbound = async {
@@ -157,13 +262,7 @@ impl ChatService {
                 match frame.frame {
                     Some(client_frame::Frame::Say(say)) => {
                         check_text(&say.text)?;
-                        if say.client_id.len() > limits::MAX_NAME_BYTES {
-                            return Err(CallError::invalid_argument(format!(
-                                "client_id is {} bytes long; at most {} bytes",
-                                say.client_id.len(),
-                                limits::MAX_NAME_BYTES
-                            )));
-                        }
+                        check_client_id(&say.client_id)?;
                         chat.say(&room, &user, say.text, say.client_id).await?;
                     }
                     Some(client_frame::Frame::Join(_)) => {
@@ -178,26 +277,11 @@ impl ChatService {
         };
         let events = joined.subscription.events;
         let outbound = forward(sink, &events, heartbeat);
-        let ended = joined.subscription.ended.map(|why| why.unwrap_or(Ended::Closed));
-        // A subscriber cut off while stuck sending must not wait for its
-        // send: the cut-off ends the call at once.
-        let cut_off = ended.then(|why| async move {
-            match why {
-                Ended::Lagged { bound } => bound,
-                Ended::Closed => future::pending().await,
-            }
-        });
-        // The cut-off is polled first: it resolves before the queue closes,
-        // so a subscriber cut off is never mistaken for a server shutdown.
+        let cut_off = cut_off(joined.subscription.ended);
         // (Bound to a name, so that the futures borrowing `room`, `user` and
         // `events` are dropped before those are.)
         let ended = match future::select(pin!(cut_off), future::select(pin!(inbound), pin!(outbound))).await {
-            Either::Left((bound, _)) => Err(CallError::new(
-                RpcStatusCode::RESOURCE_EXHAUSTED,
-                format!(
-                    "disconnected: fell behind the room by {bound} events (not reading fast enough); reconnect with resume_after to catch up"
-                ),
-            )),
+            Either::Left((status, _)) => Err(status),
             // The client closed its side: it left the room.
             Either::Right((Either::Left((result, _)), _)) => result,
             // The room closed this subscription: the server is shutting down.
@@ -223,11 +307,30 @@ impl api::Chat for ChatService {
         sink: &mut DuplexSink<ServerEvent>,
     ) -> Result<(), CallError> {
         // Behind the token checker every Connect carries a valid token.
-        let principal = match &self.auth {
-            None => None,
-            Some(auth) => Some(auth.authenticate(call.request_headers())?),
-        };
+        let principal = self.principal(call)?;
         self.serve_connect(principal.as_deref(), frames, sink).await
+    }
+
+    /// Joins a room and streams its events; see `protos/chat.proto`.
+    async fn subscribe(
+        &self,
+        call: &mut Call,
+        request: SubscribeRequest,
+        sink: &mut ServerStreamingSink<ServerEvent>,
+    ) -> Result<(), CallError> {
+        let principal = self.principal(call)?;
+        self.serve_subscribe(principal.as_deref(), request, sink).await
+    }
+
+    /// Says one message, answered once it is stored.
+    async fn post(&self, call: &mut Call, request: PostRequest) -> Result<PostResponse, CallError> {
+        let principal = self.principal(call)?;
+        check_name("room", &request.room)?;
+        let user = member_name(&request.user, principal.as_deref())?;
+        check_text(&request.text)?;
+        check_client_id(&request.client_id)?;
+        let (seq, epoch) = self.chat.post(&request.room, &user, request.text, request.client_id).await?;
+        Ok(PostResponse { seq, epoch, ..Default::default() })
     }
 
     /// The last messages of a room, oldest first.

@@ -6,25 +6,16 @@
 use crate::common::chat::*;
 use futures::executor::block_on;
 use futures::prelude::*;
-use greet::auth::{Authenticator, TokenTable};
 use greet::chat::ChatConfig;
 use greet::proto::chat::{server_event, HistoryRequest, ServerEvent};
 use greet::proto::chat_grpc::ChatClient;
-use greet::server::{self, RunningServer, ServerConfig};
+use greet::server::RunningServer;
 use grpcio::{CallOption, RpcStatusCode};
 
 const TOKENS: &str = "token-bob bob\ntoken-eve eve\n";
 
 fn start_server_with_tokens() -> RunningServer {
-    let auth = Authenticator::new(TokenTable::parse(TOKENS, "tokens").unwrap());
-    let config = ServerConfig {
-        addr: "127.0.0.1:0".to_string(),
-        completion_queues: 2,
-        chat: ChatConfig::default(),
-        auth: Some(auth),
-        ..Default::default()
-    };
-    server::start(&config).expect("a server starts on a free loopback port")
+    start_chat_server_with_tokens(TOKENS)
 }
 
 fn as_token(token: &str) -> CallOption {

@@ -27,6 +27,19 @@ pub fn start_chat_server(chat: ChatConfig) -> RunningServer {
     server::start(&config).expect("a server starts on a free loopback port")
 }
 
+/// A server on 127.0.0.1:0 with `--auth-tokens` (a token table's text: `TOKEN PRINCIPAL` lines).
+pub fn start_chat_server_with_tokens(tokens: &str) -> RunningServer {
+    let auth = greet::auth::Authenticator::new(greet::auth::TokenTable::parse(tokens, "tokens").unwrap());
+    let config = ServerConfig {
+        addr: "127.0.0.1:0".to_string(),
+        completion_queues: 2,
+        chat: ChatConfig::default(),
+        auth: Some(auth),
+        ..Default::default()
+    };
+    server::start(&config).expect("a server starts on a free loopback port")
+}
+
 pub fn client(addr: &str) -> ChatClient {
     ChatClient::new(greet::client::connect(addr))
 }
