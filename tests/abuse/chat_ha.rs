@@ -401,3 +401,32 @@ fn a_refused_join_leaves_the_room_open_for_the_joins_that_waited_with_it() {
     let history = block_on(chat.history("waiting", 10, None)).expect("the hub still serves");
     assert!(history.is_empty());
 }
+
+/// The first Sentinel of the list is frozen (SIGSTOP: it still accepts
+/// connections, and never answers): the broker asks it, gives up after its
+/// 500 ms bound, asks the next, and the server starts and acknowledges a
+/// message. (The `redis` crate's Sentinel client has no read timeout: a
+/// server whose first Sentinel froze waited for it forever.)
+#[test]
+fn a_frozen_first_sentinel_costs_its_timeout_not_a_hang() {
+    let _alone = crate::alone();
+    let ha = RedisHa::start();
+    let frozen = ha.sentinels[0].pid();
+    signal(frozen, libc::SIGSTOP);
+    let url = ha.url();
+    let (started_tx, started_rx) = mpsc::channel();
+    let began = Instant::now();
+    std::thread::spawn(move || {
+        let server = start_chat_server(ChatConfig { broker: Some(url), ..Default::default() });
+        let _ = started_tx.send(server);
+    });
+    let server = started_rx.recv_timeout(Duration::from_secs(20)).expect("the server starts past a frozen Sentinel");
+    let chat = client(server.addr());
+    let mut ann = block_on(Member::join(&chat, "frozen", "ann", None, Some(0))).unwrap();
+    block_on(ann.say("past the frozen one")).unwrap();
+    let echo = block_on(ann.messages(1)).unwrap();
+    assert_eq!((echo[0].seq, echo[0].text.as_str()), (1, "past the frozen one"));
+    eprintln!("started and acknowledged past a frozen Sentinel in {:?}", began.elapsed());
+    assert!(began.elapsed() < Duration::from_secs(10), "took {:?}", began.elapsed());
+    signal(frozen, libc::SIGCONT);
+}
