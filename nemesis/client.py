@@ -128,7 +128,7 @@ class Connections:
         self.channels = {a: grpc.insecure_channel(a) for a in addrs}
         self.record = record
 
-    def connect(self, make_join, role: str):
+    def connect(self, make_join):
         while not stopping.is_set():
             for addr in self.addrs:
                 join = make_join()
@@ -164,8 +164,7 @@ def writer(args) -> None:
             stopping.wait(max(0.0, next_at - time.monotonic()))
             next_at = max(next_at + period, time.monotonic())
             if stream is None:
-                stream, welcome = conns.connect(lambda: chat_pb2.Join(room=args.room, user=args.name, history=0),
-                                                "writer")
+                stream, welcome = conns.connect(lambda: chat_pb2.Join(room=args.room, user=args.name, history=0))
                 if stream is None:
                     break
                 epoch = welcome.epoch
@@ -211,7 +210,7 @@ def reader(args) -> None:
         return j
 
     while not stopping.is_set():
-        stream, welcome = conns.connect(join, "reader")
+        stream, welcome = conns.connect(join)
         if stream is None:
             if welcome is not None:  # OUT_OF_RANGE: the room was reset; join afresh
                 record(kind="reset", status=welcome)
