@@ -328,7 +328,8 @@ def main() -> int:
     read_end, write_end = os.pipe()
     os.set_inheritable(read_end, True)
     subprocess.Popen([sys.executable, str(HERE / "watchdog.py"), str(read_end), f"nm{os.getpid()}-", str(work)],
-                     pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL)
+                     pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL)  # stdout is the summary's alone
     os.close(read_end)
 
     def interrupted(sig, _frame):
