@@ -6,7 +6,7 @@ export CARGO_TARGET_DIR ?= $(HOME)/.cache/greet/target
 CARGO ?= cargo
 BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: deps build image run-server run-client demo chat-demo mesh-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check nemesis
+.PHONY: deps build image run-server run-client demo chat-demo web-demo mesh-demo gotools envoy test lint interop bench chat-bench cluster cluster-stop security-check nemesis
 
 deps:
 	@scripts/ensure-deps.sh
@@ -38,6 +38,11 @@ demo: build
 ## killed halfway and its users resume on B. Fails if anyone missed a message.
 chat-demo: build
 	scripts/chat-demo.sh $(BIN)
+
+## The chat page in a browser: Redis, two replicas, Envoy serving the page
+## (web/build.sh, needs npm) and its gRPC-Web; prints `web: http://127.0.0.1:PORT/`.
+web-demo: build
+	scripts/web-demo.sh $(BIN)
 
 ## The same three users on an etcd cluster of three members (built by
 ## scripts/etcd.py, needs Go); the etcd leader and replica A are killed halfway.

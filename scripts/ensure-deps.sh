@@ -7,7 +7,8 @@
 # (scripts/envoy.py installs Envoy into a virtual environment) and
 # redis-server (the chat tests and `make chat-demo` start their own; its
 # Sentinels are `redis-server --sentinel`, so no redis-sentinel package is needed),
-# and iproute2, iptables and curl for the nemesis harness (nemesis/).
+# iproute2, iptables and curl for the nemesis harness (nemesis/), and
+# chromium for the chat page's browser tests (web/test/).
 # Extra Debian packages a target needs are its arguments, each installed only
 # when missing: `make image` and `make test` pass podman buildah skopeo runc.
 set -euo pipefail
@@ -33,6 +34,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/sbin/ip ] || command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ -x /usr/sbin/iptables ] || command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The chat page's tests drive Debian's Chromium headless (web/test/, through
+# playwright-core from web/package-lock.json: no browser download).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v cargo >/dev/null 2>&1 || { echo "ensure-deps: cargo not found; install Rust (https://rustup.rs) first" >&2; exit 1; }
 
 if [ "$#" -gt 0 ]; then

@@ -39,9 +39,15 @@ pub fn envoy_binary() -> PathBuf {
 /// (`deploy/envoy/render.py`, which `make cluster PROXY=envoy` and
 /// `make security-check` use too).
 pub fn render_envoy_config(port: u16, replicas: &[(&str, &str)]) -> String {
+    render_envoy_config_with(port, replicas, &[])
+}
+
+/// The config with more of render.py's flags (`--cors-origin`, `--web-root`).
+pub fn render_envoy_config_with(port: u16, replicas: &[(&str, &str)], flags: &[String]) -> String {
     let mut command = Command::new("python3");
     command.arg(repo_root().join("deploy/envoy/render.py")).args(["--bind", &format!("127.0.0.1:{port}")]);
     command.args(["--admin", "127.0.0.1:0"]);
+    command.args(flags);
     for (name, addr) in replicas {
         command.arg("--server").arg(format!("{name}={addr}"));
     }
@@ -70,9 +76,14 @@ impl Envoy {
     /// Like [`start`](Self::start), with the rendered config passed through
     /// `edit` (a test that turns a feature off to show what it does).
     pub fn start_edited(replicas: &[(&str, &str)], edit: impl FnOnce(String) -> String) -> Envoy {
+        Self::start_with(replicas, &[], edit)
+    }
+
+    /// Rendered with more of render.py's `flags`, then edited.
+    pub fn start_with(replicas: &[(&str, &str)], flags: &[String], edit: impl FnOnce(String) -> String) -> Envoy {
         let dir = tempfile::Builder::new().prefix("greet-envoy").tempdir().unwrap();
         let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, edit(render_envoy_config(0, replicas))).unwrap();
+        std::fs::write(&config, edit(render_envoy_config_with(0, replicas, flags))).unwrap();
         let admin_path = dir.path().join("admin-address");
         let mut command = Command::new(envoy_binary());
         command

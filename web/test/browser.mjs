@@ -1,0 +1,223 @@
+// The chat page in real headless Chromium (Debian's /usr/bin/chromium,
+// driven by playwright-core), through Envoy to two replicas sharing Redis.
+// Run by tests/it/web_chat.rs, which starts them and passes:
+//   WEB_URL         the page's origin through Envoy (http://127.0.0.1:PORT)
+//   MODE            "chat" (the whole scenario) or "never-connected" (Envoy
+//                   without its gRPC-Web filter: the page must never say connected)
+//   ADMINS          the replicas' admin host:port, comma-separated (their
+//                   /metrics say how many subscribers each holds)
+//   KILL_PID        the replica to SIGKILL mid-test
+//   CORS_ORIGIN     the origin Envoy allows; SCREENSHOT  where to save the page
+// Prints one line per step and `N passed, N failed`; exits non-zero on failure.
+import { chromium } from "playwright-core";
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set`);
+  return value;
+};
+const url = env("WEB_URL");
+const results = [];
+let failed = 0;
+
+async function step(name, body) {
+  const started = Date.now();
+  try {
+    await body();
+    results.push(`ok   ${name} (${Date.now() - started} ms)`);
+  } catch (e) {
+    failed++;
+    results.push(`FAIL ${name}: ${e?.stack ?? e}`);
+    throw e;
+  }
+}
+
+function assert(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+/** Polls `check` every 50 ms until it answers truthy, for at most `ms`. */
+async function until(what, ms, check) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const messages = (page) =>
+  page.$$eval("#messages > *", (els) =>
+    els.map((e) => ({ seq: e.dataset.seq, user: e.dataset.user, state: e.dataset.state, text: e.textContent })),
+  );
+const connected = (page) => page.waitForSelector("#status:has-text('connected')", { timeout: 15000 });
+
+async function subscribersPerReplica() {
+  const counts = [];
+  for (const admin of env("ADMINS").split(",")) {
+    const body = await (await fetch(`http://${admin}/metrics`)).text();
+    const line = body.split("\n").find((l) => l.startsWith("chat_subscribers "));
+    counts.push(Number(line?.split(" ")[1] ?? 0));
+  }
+  return counts;
+}
+
+/** Gap-free, duplicate-free, in seq order. */
+function checkSequence(list, who) {
+  const seqs = list.filter((m) => m.state === "acked").map((m) => Number(m.seq));
+  for (let i = 1; i < seqs.length; i++) {
+    assert(seqs[i] === seqs[i - 1] + 1, `${who}: seqs not contiguous: ${seqs.join(",")}`);
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+  ],
+});
+try {
+  if (env("MODE") === "never-connected") {
+    await step("without the gRPC-Web filter the page never says connected", async () => {
+      const page = await browser.newPage();
+      await page.goto(`${url}/?room=lobby&user=alice`);
+      // Bounded: the page's own retries run for these 5 s; it must stay out.
+      const deadline = Date.now() + 5000;
+      while (Date.now() < deadline) {
+        const status = await page.textContent("#status");
+        assert(!/\bconnected\b/.test(status), `the page said ${JSON.stringify(status)}`);
+        await page.waitForTimeout(100);
+      }
+    });
+  } else {
+    const room = `web-${Date.now()}`;
+    /** Envoy balances streams round robin; while both pages are on one
+     * replica, `page` reloads (and resumes) until it is on the other. */
+    const spread = async (page) => {
+      for (let i = 0; ; i++) {
+        const counts = await until("both subscriptions counted", 5000, async () => {
+          const c = await subscribersPerReplica();
+          return c.reduce((a, b) => a + b, 0) === 2 && c;
+        });
+        if (counts.every((c) => c === 1)) return;
+        assert(i < 10, `both pages stayed on one replica: ${counts}`);
+        await page.reload();
+        await connected(page);
+      }
+    };
+    const alice = await (await browser.newContext()).newPage();
+    const bob = await (await browser.newContext()).newPage();
+    await step("alice and bob connect through Envoy, on different replicas", async () => {
+      await alice.goto(`${url}/?room=${room}&user=alice`);
+      await connected(alice);
+      await bob.goto(`${url}/?room=${room}&user=bob`);
+      await connected(bob);
+      await spread(bob);
+    });
+    let latencies = [];
+    await step("alice posts; her message goes pending then acked, and bob sees it with the same seq within 1 s", async () => {
+      for (let n = 1; n <= 3; n++) {
+        const text = `hello ${n} from alice`;
+        await alice.fill("#text", text);
+        // Every state alice's message shows, as the page renders it.
+        await alice.evaluate((text) => {
+          window.statesSeen = [];
+          window.stateObserver?.disconnect();
+          window.stateObserver = new MutationObserver(() => {
+            const own = [...document.querySelectorAll("#messages > *")].find((e) => e.textContent === text);
+            if (own && window.statesSeen.at(-1) !== own.dataset.state) window.statesSeen.push(own.dataset.state);
+          });
+          window.stateObserver.observe(document.getElementById("messages"), { childList: true, subtree: true, attributes: true });
+        }, text);
+        const sent = Date.now();
+        await alice.click("#send");
+        const acked = await until("alice's message acked", 5000, async () => {
+          const own = (await messages(alice)).find((m) => m.text === text);
+          return own?.state === "acked" && own;
+        });
+        const seen = await until(`bob sees "${text}"`, 1000, async () =>
+          (await messages(bob)).find((m) => m.text === text),
+        );
+        latencies.push(Date.now() - sent);
+        const states = await alice.evaluate(() => window.statesSeen);
+        assert(states[0] === "pending" && states.at(-1) === "acked", `alice's message showed ${states}`);
+        assert(seen.seq === acked.seq && seen.user === "alice", `bob saw ${JSON.stringify(seen)}, alice ${JSON.stringify(acked)}`);
+      }
+      console.log(`post-to-render at bob (ms): ${latencies.join(", ")}`);
+    });
+    await step("bob reloads and sees every message once, in order, then new ones", async () => {
+      const before = await messages(bob);
+      await bob.reload();
+      await connected(bob);
+      await alice.fill("#text", "after bob's reload");
+      await alice.click("#send");
+      await until("bob sees the message after his reload", 5000, async () =>
+        (await messages(bob)).some((m) => m.text === "after bob's reload"),
+      );
+      const after = await messages(bob);
+      checkSequence(after, "bob");
+      assert(after.length === before.length + 1, `bob had ${before.length}, now ${after.length}`);
+    });
+    await step("a replica is SIGKILLed; both pages reconnect and go on", async () => {
+      await spread(bob);
+      for (const page of [alice, bob]) {
+        await page.evaluate(() => {
+          window.statusSeen = [];
+          new MutationObserver(() => window.statusSeen.push(document.getElementById("status").textContent)).observe(
+            document.getElementById("status"),
+            { childList: true, subtree: true, characterData: true },
+          );
+        });
+      }
+      process.kill(Number(env("KILL_PID")), "SIGKILL");
+      await alice.fill("#text", "after the kill");
+      await alice.click("#send");
+      for (const [name, page] of [["alice", alice], ["bob", bob]]) {
+        await until(`${name} sees the message after the kill`, 15000, async () =>
+          (await messages(page)).some((m) => m.text === "after the kill" && m.state === "acked"),
+        );
+        await connected(page);
+        checkSequence(await messages(page), name);
+      }
+      const lost = [];
+      for (const page of [alice, bob]) lost.push((await page.evaluate(() => window.statusSeen)).includes("offline, retrying"));
+      assert(lost.filter(Boolean).length === 1, `the page on the killed replica, and only it, lost its subscription: ${lost}`);
+      await bob.fill("#text", "bob goes on");
+      await bob.click("#send");
+      await until("alice sees bob after the kill", 5000, async () =>
+        (await messages(alice)).some((m) => m.text === "bob goes on" && m.state === "acked"),
+      );
+    });
+    await step("a CORS preflight from the allowed origin is answered as configured", async () => {
+      const origin = env("CORS_ORIGIN");
+      const answer = await fetch(`${url}/chat.v1.Chat/Post`, {
+        method: "OPTIONS",
+        headers: { origin, "access-control-request-method": "POST", "access-control-request-headers": "content-type,x-grpc-web" },
+      });
+      assert(answer.headers.get("access-control-allow-origin") === origin, `allow-origin ${answer.headers.get("access-control-allow-origin")}`);
+      const other = await fetch(`${url}/chat.v1.Chat/Post`, {
+        method: "OPTIONS",
+        headers: { origin: "http://other.invalid", "access-control-request-method": "POST" },
+      });
+      assert(other.headers.get("access-control-allow-origin") === null, "another origin was allowed");
+    });
+    if (process.env.SCREENSHOT) {
+      await bob.setViewportSize({ width: 900, height: 520 });
+      await bob.screenshot({ path: process.env.SCREENSHOT });
+    }
+  }
+} catch {
+  // Reported below.
+} finally {
+  await browser.close();
+}
+for (const line of results) console.log(line);
+console.log(`${results.length - failed} passed, ${failed} failed`);
+process.exit(failed === 0 && results.length > 0 ? 0 : 1);
