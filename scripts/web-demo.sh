@@ -4,7 +4,8 @@
 # built by web/build.sh and turns its gRPC-Web into gRPC; prints one line,
 # `web: http://127.0.0.1:PORT/`, and runs until interrupted. Open
 # http://127.0.0.1:PORT/?room=lobby&user=alice in two windows (another user).
-# WEB_DEMO_CORS_ORIGIN allows another origin's pages to call (CORS).
+# WEB_DEMO_CORS_ORIGIN allows another origin's pages to call (CORS);
+# WEB_DEMO_ONCE=1 stops everything once the line is printed (CI's smoke run).
 set -euo pipefail
 bin=${1:?usage: web-demo.sh BIN_DIR}
 . "$(dirname "$0")/chat-common.sh"
@@ -30,4 +31,5 @@ for _ in $(seq 200); do
 done
 curl -fsS -o /dev/null "http://127.0.0.1:$port/" || { echo "web-demo: Envoy does not serve the page" >&2; cat "$work/envoy.log" >&2; exit 1; }
 echo "web: http://127.0.0.1:$port/"
+[ "${WEB_DEMO_ONCE:-}" = 1 ] && exit 0
 wait "${pids[-1]}"
