@@ -219,11 +219,14 @@ async fn session(
         history: options.history,
         ..Default::default()
     };
-    if let Err(e) = sink.send((frame(client_frame::Frame::Join(join)), WriteFlags::default())).await {
-        // A send fails when the call has ended; the receiving half has its status.
-        return lost(events.try_next().await.err().unwrap_or(e));
-    }
-    let welcome = match events.try_next().await {
+    let answer = match sink.send((frame(client_frame::Frame::Join(join)), WriteFlags::default())).await {
+        // A send fails when the call has ended (the server may refuse the
+        // join before the send completes); the receiving half has its status,
+        // which is judged as if it had come instead of the Welcome.
+        Err(e) => Err(events.try_next().await.err().unwrap_or(e)),
+        Ok(()) => events.try_next().await,
+    };
+    let welcome = match answer {
         Ok(Some(ServerEvent { event: Some(server_event::Event::Welcome(welcome)), .. })) => welcome,
         Ok(Some(other)) => {
             return Err(CliError::new("INTERNAL", format!("expected a welcome from {addr}, got {other:?}")));
