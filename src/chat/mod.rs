@@ -20,6 +20,11 @@
 //!   With Sentinels (`--broker redis+sentinel://...`) the broker follows a
 //!   failover, and a message is acknowledged only once a Redis replica has
 //!   it (`WAIT`), so that it survives the primary's loss.
+//!   With an etcd cluster (`--broker etcd://...`, [`broker::etcd`]) one
+//!   transaction numbers a batch after comparing the room's last number,
+//!   and a message is acknowledged once a quorum committed it: no single
+//!   fault, a partition included, takes it away or renumbers it.
+//!   Both sit behind one interface ([`broker`]: jobs in, deliveries out).
 //! - Every room has an epoch, minted when its numbering starts: a join that
 //!   resumes from another epoch (the room's history was reset) is refused.
 //! - [`cache`]: the recent messages of each room, in front of the store:
