@@ -121,4 +121,4 @@ lint: deps
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
 	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/envoy.py scripts/h2flood.py \
-	  scripts/security_check.py deploy/haproxy/render.py deploy/envoy/render.py
+	  scripts/security_check.py deploy/haproxy/render.py deploy/envoy/render.py scripts/etcd.py nemesis/*.py
