@@ -60,7 +60,7 @@ use grpcio::{
 use log::{debug, info, warn};
 use protobuf::{EnumOrUnknown, Message as _};
 
-use super::{
+use super::types::{
     new_epoch, rand_suffix, run_batch, BrokerConfig, Delivery, Entry, Follow, Job, Loaded, Queues, Said, StreamId,
     Writes,
 };

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use redis::{Connection, Value};
 
-use super::{
+use super::types::{
     new_epoch, rand_suffix, run_batch, BrokerConfig, Delivery, Entry, Follow, Job, Loaded, Queues, Said, StreamId,
     Writes,
 };
