@@ -177,6 +177,14 @@ try {
         });
       }
       process.kill(Number(env("KILL_PID")), "SIGKILL");
+      const lostSubscription = async () => {
+        const lost = [];
+        for (const page of [alice, bob]) lost.push((await page.evaluate(() => window.statusSeen)).includes("offline, retrying"));
+        return lost;
+      };
+      // A page's own Post is acked from the Post's answer, not its stream, so
+      // wait for the page on the killed replica to notice before posting.
+      await until("a page notices its replica is gone", 15000, async () => (await lostSubscription()).some(Boolean));
       await alice.fill("#text", "after the kill");
       await alice.click("#send");
       for (const [name, page] of [["alice", alice], ["bob", bob]]) {
@@ -186,8 +194,7 @@ try {
         await connected(page);
         checkSequence(await messages(page), name);
       }
-      const lost = [];
-      for (const page of [alice, bob]) lost.push((await page.evaluate(() => window.statusSeen)).includes("offline, retrying"));
+      const lost = await lostSubscription();
       assert(lost.filter(Boolean).length === 1, `the page on the killed replica, and only it, lost its subscription: ${lost}`);
       await bob.fill("#text", "bob goes on");
       await bob.click("#send");
