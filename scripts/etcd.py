@@ -14,9 +14,7 @@ build takes a few minutes on 2 cores. Python standard library only."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 import shutil
 import sys
 import tempfile
@@ -49,11 +47,6 @@ func main() { etcdmain.Main(os.Args) }
 """
 
 
-def default_bin_root() -> Path:
-    target = os.environ.get("CARGO_TARGET_DIR") or str(Path.home() / ".cache" / "greet" / "target")
-    return Path(target) / "etcd"
-
-
 def ensure_etcd(bin_root: Path) -> Path:
     """The directory holding `etcd`, building it if the cache misses."""
     go = gopeers.find_go()
@@ -79,15 +72,7 @@ def ensure_etcd(bin_root: Path) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bin-root", type=Path, default=default_bin_root())
-    args = parser.parse_args()
-    try:
-        print(ensure_etcd(args.bin_root))
-    except gopeers.GoBuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return gopeers.cli(__doc__.splitlines()[0], "etcd", ensure_etcd)
 
 
 if __name__ == "__main__":

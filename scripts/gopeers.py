@@ -139,3 +139,27 @@ def cached_build(bin_root: Path, key: str, wanted: list[str], build: Callable[[P
             shutil.rmtree(old, ignore_errors=True)
     log(f"built in {time.monotonic() - started:.0f}s")
     return out
+
+
+def cache_root(name: str) -> Path:
+    """Where a cached Go build named `name` lives: under the cargo target directory,
+    outside the clone."""
+    target = os.environ.get("CARGO_TARGET_DIR") or str(Path.home() / ".cache" / "greet" / "target")
+    return Path(target) / name
+
+
+def cli(description: str, cache_name: str, ensure: Callable[[Path], Path]) -> int:
+    """The command line every Go-build script shares: `--bin-root DIR` (default
+    cache_root(cache_name)); prints the directory `ensure` returns, or one error line
+    and exit status 1."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--bin-root", type=Path, default=cache_root(cache_name))
+    args = parser.parse_args()
+    try:
+        print(ensure(args.bin_root))
+    except GoBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

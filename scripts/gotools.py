@@ -11,9 +11,7 @@ Python standard library only."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import os
 import sys
 from pathlib import Path
 
@@ -26,11 +24,6 @@ TOOLS = {
     "grpcurl": "github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4",
     "grpc-health-probe": "github.com/grpc-ecosystem/grpc-health-probe@v0.4.62",
 }
-
-
-def default_bin_root() -> Path:
-    target = os.environ.get("CARGO_TARGET_DIR") or str(Path.home() / ".cache" / "greet" / "target")
-    return Path(target) / "go-tools"
 
 
 def ensure_tools(bin_root: Path) -> Path:
@@ -51,15 +44,7 @@ def ensure_tools(bin_root: Path) -> Path:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bin-root", type=Path, default=default_bin_root())
-    args = parser.parse_args()
-    try:
-        print(ensure_tools(args.bin_root))
-    except gopeers.GoBuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return gopeers.cli(__doc__.splitlines()[0], "go-tools", ensure_tools)
 
 
 if __name__ == "__main__":
