@@ -10,8 +10,8 @@
 //! runs, about 7 minutes on 2 cores: every etcd fault, and Redis's control,
 //! partition and killed primary); the others run with
 //! `cargo test --release --test abuse -- nemesis:: --include-ignored`.
-//! They need root (namespaces, iptables); elsewhere they print why and pass
-//! without asserting. The etcd tests build the pinned etcd with
+//! They need root (namespaces, iptables); elsewhere they fail saying so
+//! (a fault test that cannot run is not a pass). The etcd tests build the pinned etcd with
 //! `scripts/etcd.py` (Go) on first use.
 
 use std::path::Path;
@@ -23,9 +23,8 @@ use serde_json::Value;
 const NOT_ROOT: i32 = 77;
 
 /// Runs `nemesis/nemesis.py` for one (broker, fault) with the release
-/// `server`, alone (nothing else of this binary beside it); its summary,
-/// or None (and a printed reason) when it cannot run here.
-fn nemesis(broker: &str, fault: &str, extra: &[&str]) -> Option<Summary> {
+/// `server`, alone (nothing else of this binary beside it); its summary.
+fn nemesis(broker: &str, fault: &str, extra: &[&str]) -> Summary {
     let _alone = crate::alone();
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("python3")
@@ -39,14 +38,11 @@ fn nemesis(broker: &str, fault: &str, extra: &[&str]) -> Option<Summary> {
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
     match out.status.code() {
         Some(0) => {}
-        Some(NOT_ROOT) => {
-            eprintln!("skipped: the nemesis needs root (network namespaces, iptables); not asserting anything");
-            return None;
-        }
+        Some(NOT_ROOT) => panic!("the nemesis needs root (network namespaces, iptables): run the tests as root"),
         other => panic!("the nemesis harness itself failed (exit {other:?}); see its output above"),
     }
     let summary: Value = serde_json::from_slice(&out.stdout).expect("the harness prints one JSON summary");
-    Some(Summary(summary))
+    Summary(summary)
 }
 
 /// The checker's summary (nemesis/checker.py).
@@ -110,7 +106,7 @@ impl Summary {
 /// after 2.0 s. Measured: 1,166 acknowledged, 0 lost.
 #[test]
 fn etcd_partition_of_the_leaders_host_loses_nothing_and_the_minority_refuses() {
-    let Some(s) = nemesis("etcd", "partition-leader-host", &[]) else { return };
+    let s = nemesis("etcd", "partition-leader-host", &[]);
     s.assert_safe();
     s.assert_minority_refused("A", "B");
 }
@@ -120,7 +116,7 @@ fn etcd_partition_of_the_leaders_host_loses_nothing_and_the_minority_refuses() {
 /// acknowledged, 0 lost.
 #[test]
 fn etcd_partition_of_a_followers_host_loses_nothing_and_the_minority_refuses() {
-    let Some(s) = nemesis("etcd", "partition-replica-host", &[]) else { return };
+    let s = nemesis("etcd", "partition-replica-host", &[]);
     s.assert_safe();
     s.assert_minority_refused("B", "A");
 }
@@ -131,7 +127,7 @@ fn etcd_partition_of_a_followers_host_loses_nothing_and_the_minority_refuses() {
 /// B's went on after 2.1 s. Measured: 1,157 acknowledged, 0 lost.
 #[test]
 fn etcd_one_way_partition_loses_nothing_and_the_deaf_side_refuses() {
-    let Some(s) = nemesis("etcd", "one-way", &[]) else { return };
+    let s = nemesis("etcd", "one-way", &[]);
     s.assert_safe();
     s.assert_minority_refused("A", "B");
 }
@@ -141,7 +137,7 @@ fn etcd_one_way_partition_loses_nothing_and_the_deaf_side_refuses() {
 /// waited 9.4 s. Measured: 995 acknowledged, 0 lost.
 #[test]
 fn etcd_paused_leader_loses_nothing() {
-    let Some(s) = nemesis("etcd", "pause-leader", &[]) else { return };
+    let s = nemesis("etcd", "pause-leader", &[]);
     s.assert_safe();
     assert!(s.n("/sides/B/acknowledged_during_fault") > 0, "nothing acknowledged while the leader was paused");
     assert!(s.secs("/sides/B/unavailable_s") < 10.0, "B's side waited as long as the pause");
@@ -151,7 +147,7 @@ fn etcd_paused_leader_loses_nothing() {
 /// waited 2.1 s for the election. Measured: 942 acknowledged, 0 lost.
 #[test]
 fn etcd_killed_leader_loses_nothing() {
-    let Some(s) = nemesis("etcd", "kill-leader", &[]) else { return };
+    let s = nemesis("etcd", "kill-leader", &[]);
     s.assert_safe();
     assert!(s.secs("/sides/A/unavailable_s") < 10.0 && s.secs("/sides/B/unavailable_s") < 10.0);
 }
@@ -160,7 +156,7 @@ fn etcd_killed_leader_loses_nothing() {
 /// within 0.12 s, B has every message. Measured: 1,617 acknowledged, 0 lost.
 #[test]
 fn etcd_killed_server_loses_nothing_and_its_clients_use_the_other() {
-    let Some(s) = nemesis("etcd", "kill-server", &[]) else { return };
+    let s = nemesis("etcd", "kill-server", &[]);
     s.assert_safe();
     s.assert_writer_moved_to_b();
 }
@@ -169,7 +165,7 @@ fn etcd_killed_server_loses_nothing_and_its_clients_use_the_other() {
 #[test]
 #[ignore = "CI time budget (about a minute): runs with --include-ignored"]
 fn etcd_without_a_fault_refuses_nothing() {
-    let Some(s) = nemesis("etcd", "none", &[]) else { return };
+    let s = nemesis("etcd", "none", &[]);
     s.assert_safe();
     assert_eq!(s.n("/sides/A/refused") + s.n("/sides/B/refused"), 0);
 }
@@ -180,7 +176,7 @@ fn etcd_without_a_fault_refuses_nothing() {
 /// The control: no fault, nothing lost or refused (1,615 acknowledged).
 #[test]
 fn redis_without_a_fault_loses_and_refuses_nothing() {
-    let Some(s) = nemesis("redis", "none", &[]) else { return };
+    let s = nemesis("redis", "none", &[]);
     s.assert_safe();
     assert_eq!(s.n("/sides/A/refused") + s.n("/sides/B/refused"), 0);
 }
@@ -198,11 +194,14 @@ fn redis_without_a_fault_loses_and_refuses_nothing() {
 /// for other messages).
 #[test]
 fn redis_partition_of_the_primarys_host_loses_acknowledged_messages_but_no_server_stays_deaf() {
-    let Some(s) = nemesis("redis", "partition-leader-host", &["--after", "25"]) else { return };
+    let s = nemesis("redis", "partition-leader-host", &["--after", "25"]);
     assert!(s.n("/sides/A/acknowledged_during_fault") > 0, "the isolated primary acknowledged nothing");
     assert!(s.n("/lost") > 0, "the isolated primary's acknowledgements survived: the known loss is gone");
     assert_eq!(s.deaf(), Vec::<String>::new(), "deaf servers after the heal: {}", s.0["deaf"]);
-    assert_eq!(s.n("/reused"), 0, "one (epoch, seq) named two messages: {}", s.0["examples"]);
+    // docs/chat-ha.md: B's side may take a number A's side saw in the moment
+    // between B's first acknowledgement after the heal and the first epoch
+    // check (0 in every run so far; 190-211 before the reader fix).
+    assert!(s.n("/reused") <= 20, "numbers reused beyond the moment before the epoch check: {}", s.0["examples"]);
     assert_eq!(s.n("/reader_gaps"), 0, "a reader missed seqs: {}", s.0["readers"]);
 }
 
@@ -212,7 +211,7 @@ fn redis_partition_of_the_primarys_host_loses_acknowledged_messages_but_no_serve
 #[test]
 #[ignore = "CI time budget (about a minute): runs with --include-ignored"]
 fn redis_one_way_partition_of_the_primarys_host_loses_acknowledged_messages() {
-    let Some(s) = nemesis("redis", "one-way", &["--after", "25"]) else { return };
+    let s = nemesis("redis", "one-way", &["--after", "25"]);
     assert!(s.n("/lost") > 0, "the deafened primary's acknowledgements survived: the known loss is gone");
     assert_eq!(s.deaf(), Vec::<String>::new(), "deaf servers after the heal: {}", s.0["deaf"]);
 }
@@ -223,7 +222,7 @@ fn redis_one_way_partition_of_the_primarys_host_loses_acknowledged_messages() {
 #[test]
 #[ignore = "CI time budget (about a minute): runs with --include-ignored"]
 fn redis_partition_of_a_replicas_host_loses_nothing() {
-    let Some(s) = nemesis("redis", "partition-replica-host", &[]) else { return };
+    let s = nemesis("redis", "partition-replica-host", &[]);
     s.assert_safe();
 }
 
@@ -233,7 +232,7 @@ fn redis_partition_of_a_replicas_host_loses_nothing() {
 /// acknowledged, 0 lost.
 #[test]
 fn redis_killed_primary_loses_nothing() {
-    let Some(s) = nemesis("redis", "kill-leader", &[]) else { return };
+    let s = nemesis("redis", "kill-leader", &[]);
     s.assert_safe();
 }
 
@@ -244,7 +243,7 @@ fn redis_killed_primary_loses_nothing() {
 #[test]
 #[ignore = "CI time budget (about a minute): runs with --include-ignored"]
 fn redis_paused_primary_loses_nothing() {
-    let Some(s) = nemesis("redis", "pause-leader", &[]) else { return };
+    let s = nemesis("redis", "pause-leader", &[]);
     assert!(s.n("/acknowledged") > 0);
     assert_eq!(s.n("/lost"), 0, "acknowledged then lost: {}", s.0["examples"]);
     assert_eq!(s.n("/duplicated"), 0);
@@ -257,7 +256,7 @@ fn redis_paused_primary_loses_nothing() {
 #[test]
 #[ignore = "CI time budget (about a minute): runs with --include-ignored"]
 fn redis_killed_server_loses_nothing_and_its_clients_use_the_other() {
-    let Some(s) = nemesis("redis", "kill-server", &[]) else { return };
+    let s = nemesis("redis", "kill-server", &[]);
     s.assert_safe();
     s.assert_writer_moved_to_b();
 }
