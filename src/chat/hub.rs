@@ -21,6 +21,7 @@ use log::{debug, info, warn};
 use super::broker::{self, Broker, BrokerConfig, Delivery, Entry, Follow, Job, Loaded, Said, StreamId};
 use super::cache::{Window, WindowCache};
 use super::limits::MAX_RESUME;
+use super::mention;
 use super::store::Store;
 use super::types::{ChatConfig, ChatError, Event, Stats};
 use crate::fanout::{Ended, Fanout, SubscriberId, Subscription, WhenFull};
@@ -59,6 +60,8 @@ pub(super) enum Command {
     Join(JoinRequest),
     Say {
         message: Message,
+        /// The users it notifies (see [`super::mention`]).
+        mentions: Vec<String>,
         reply: Reply<u64>,
     },
     Leave {
@@ -120,8 +123,9 @@ struct Hub {
     backend: Backend,
     stats: Arc<Stats>,
     subscriber_queue: usize,
-    /// Messages said in the current batch, not yet stored.
-    pending: Vec<(Message, Reply<u64>)>,
+    /// Messages said in the current batch, not yet stored, with the reply
+    /// their sender waits for (none for a notification).
+    pending: Vec<(Message, Option<Reply<u64>>)>,
     /// Broker mode: rooms being loaded, with the joins waiting for them.
     opening: HashMap<String, Vec<JoinRequest>>,
     /// The hub's own command channel, for answers from the broker's writer.
@@ -278,7 +282,7 @@ impl Hub {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Say { message, reply: r } => self.say(message, r),
+            Command::Say { message, mentions, reply: r } => self.say(message, mentions, r),
             Command::Join(join) => {
                 self.flush();
                 self.join(join);
@@ -621,7 +625,7 @@ impl Hub {
         }
     }
 
-    fn say(&mut self, mut message: Message, reply_to: Reply<u64>) {
+    fn say(&mut self, mut message: Message, mentions: Vec<String>, reply_to: Reply<u64>) {
         if !self.rooms.contains_key(&message.room) {
             return reply(reply_to, Err(ChatError::Unavailable(format!("not in room {:?}", message.room))));
         }
@@ -637,17 +641,43 @@ impl Hub {
             Backend::Local(_) => {
                 state.last_seq += 1;
                 message.seq = state.last_seq;
-                self.pending.push((message, reply_to));
+                for mentioned in &mentions {
+                    if let Err(e) = self.notify(&message, mentioned) {
+                        return reply(reply_to, Err(e));
+                    }
+                }
+                self.pending.push((message, Some(reply_to)));
             }
-            // Redis numbers it; the writer answers once it is acknowledged.
+            // The broker numbers it and stores its notifications with it;
+            // the writer answers once it is acknowledged.
             Backend::Broker(broker) => {
                 let epoch = state.epoch.clone();
                 let done = Box::new(move |stored: Result<u64, String>| {
                     reply(reply_to, stored.map_err(ChatError::Unavailable));
                 });
-                broker.send(Job::Say(Said { message, epoch, done }));
+                broker.send(Job::Say(Said { message, epoch, mentions, done }));
             }
         }
+    }
+
+    /// Embedded mode: numbers `mentioned`'s notification of `message` in
+    /// their inbox, to be stored in the same transaction as the message.
+    /// The inbox is held open here until the batch is flushed.
+    fn notify(&mut self, message: &Message, mentioned: &str) -> Result<(), ChatError> {
+        let inbox = mention::inbox(mentioned);
+        if !self.rooms.contains_key(&inbox) {
+            let Backend::Local(store) = &self.backend else { unreachable!("notify is for embedded mode") };
+            let epoch = store.epoch().to_string();
+            let last_seq = self.local_window(&inbox, &mut false)?;
+            let room = self.new_room(last_seq, (0, 0), epoch);
+            self.rooms.insert(inbox.clone(), room);
+        }
+        let state = self.rooms.get_mut(&inbox).expect("opened above");
+        state.last_seq += 1;
+        let mut note = mention::notification(message, mentioned);
+        note.seq = state.last_seq;
+        self.pending.push((note, None));
+        Ok(())
     }
 
     /// Embedded mode: the sequence number of an earlier message of the same
@@ -670,7 +700,7 @@ impl Hub {
         if self.pending.is_empty() {
             return;
         }
-        let (messages, replies): (Vec<Message>, Vec<Reply<u64>>) =
+        let (messages, replies): (Vec<Message>, Vec<Option<Reply<u64>>>) =
             std::mem::take(&mut self.pending).into_iter().unzip();
         let Backend::Local(store) = &mut self.backend else {
             unreachable!("only embedded mode keeps messages pending")
@@ -683,16 +713,29 @@ impl Hub {
                     state.last_seq = state.last_seq.min(m.seq - 1);
                 }
             }
-            for r in replies {
+            for r in replies.into_iter().flatten() {
                 reply(r, Err(ChatError::Unavailable(format!("the message was not stored: {why}"))));
             }
+            self.close_idle_inboxes(&messages);
             return;
         }
-        for (message, r) in messages.into_iter().zip(replies) {
-            reply(r, Ok(message.seq));
-            self.cache.append(&message);
-            let room = message.room.clone();
-            self.fan_out(&room, message_event(message));
+        for (message, r) in messages.iter().zip(replies) {
+            if let Some(r) = r {
+                reply(r, Ok(message.seq));
+            }
+            self.cache.append(message);
+            self.fan_out(&message.room, message_event(message.clone()));
+        }
+        self.close_idle_inboxes(&messages);
+    }
+
+    /// Embedded mode: lets go of the inboxes a flush held open for its
+    /// notifications and nobody follows.
+    fn close_idle_inboxes(&mut self, messages: &[Message]) {
+        for m in messages.iter().filter(|m| mention::is_inbox(&m.room)) {
+            if self.rooms.get(&m.room).is_some_and(|r| r.subscribers.is_empty()) {
+                self.close_room(&m.room);
+            }
         }
     }
 
@@ -774,6 +817,7 @@ impl Hub {
                 let mut rooms: Vec<RoomInfo> = self
                     .rooms
                     .iter()
+                    .filter(|(name, _)| !mention::is_inbox(name))
                     .map(|(name, state)| RoomInfo {
                         room: name.clone(),
                         members: state.members.len() as u32,

@@ -38,6 +38,7 @@ pub mod broker;
 pub mod cache;
 mod hub;
 pub mod limits;
+pub mod mention;
 pub mod store;
 mod types;
 
@@ -142,6 +143,20 @@ impl Chat {
         epoch: Option<&str>,
         history: usize,
     ) -> Result<Joined, ChatError> {
+        self.enter(room, user, resume_after, epoch, history, false).await
+    }
+
+    /// A join; `quiet`: a hold on the room that is not a membership (no
+    /// presence, no member count).
+    async fn enter(
+        &self,
+        room: &str,
+        user: &str,
+        resume_after: Option<u64>,
+        epoch: Option<&str>,
+        history: usize,
+        quiet: bool,
+    ) -> Result<Joined, ChatError> {
         let (room, user, epoch) = (room.to_string(), user.to_string(), epoch.map(str::to_string));
         let joined = self
             .ask(|reply| {
@@ -151,7 +166,7 @@ impl Chat {
                     resume_after,
                     epoch,
                     history,
-                    quiet: false,
+                    quiet,
                     reply,
                 })
             })
@@ -161,8 +176,10 @@ impl Chat {
         Ok(Joined { last_seq, backlog, epoch, subscription, membership })
     }
 
-    /// Stores a message and fans it out; answers its sequence number.
+    /// Stores a message (and the notifications of the users it mentions,
+    /// [`mention`]) and fans it out; answers its sequence number.
     pub async fn say(&self, room: &str, user: &str, text: String, client_id: String) -> Result<u64, ChatError> {
+        let mentions = mention::mentions(&text, user)?;
         let message = Message {
             room: room.to_string(),
             user: user.to_string(),
@@ -171,7 +188,7 @@ impl Chat {
             time_unix_ms: now_unix_ms(),
             ..Default::default()
         };
-        self.ask(|reply| hub::Command::Say { message, reply }).await
+        self.ask(|reply| hub::Command::Say { message, mentions, reply }).await
     }
 
     /// Says `text` in `room` as `user` without being a member of it (no
@@ -187,24 +204,23 @@ impl Chat {
         text: String,
         client_id: String,
     ) -> Result<(u64, String), ChatError> {
-        let (name, who) = (room.to_string(), user.to_string());
-        let held = self
-            .ask(|reply| {
-                hub::Command::Join(hub::JoinRequest {
-                    room: name,
-                    user: who,
-                    resume_after: None,
-                    epoch: None,
-                    history: 0,
-                    quiet: true,
-                    reply,
-                })
-            })
-            .await?;
         // Lets the room go when this function returns, however it returns.
-        let _hold = Membership { commands: self.commands.clone(), room: room.to_string(), id: held.subscription.id };
+        let held = self.enter(room, user, None, None, 0, true).await?;
         let seq = self.say(room, user, text, client_id).await?;
-        Ok((seq, held.epoch))
+        Ok((seq, held.epoch.clone()))
+    }
+
+    /// Follows `user`'s notifications: their inbox ([`mention::inbox`]),
+    /// joined as a Post holds a room (no presence), with its backlog and
+    /// resume exactly as a room's.
+    pub async fn notifications(
+        &self,
+        user: &str,
+        resume_after: Option<u64>,
+        epoch: Option<&str>,
+        history: usize,
+    ) -> Result<Joined, ChatError> {
+        self.enter(&mention::inbox(user), user, resume_after, epoch, history, true).await
     }
 
     /// At most `limit` messages of `room` before `before_seq` (the newest

@@ -1,7 +1,9 @@
 //! `chat.v1.Chat`: rooms over bidirectional streams, history, room list.
 //! The rooms themselves live in [`crate::chat`]; this file is the gRPC side.
 
+use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
@@ -15,9 +17,11 @@ use crate::chat::limits::{self, check_history, check_name, check_text};
 use crate::chat::Joined;
 use crate::chat::{Chat, ChatError, Event};
 use crate::fanout::Ended;
+use crate::chat::mention;
 use crate::proto::chat::{
-    client_frame, server_event, ClientFrame, Heartbeat, HistoryRequest, PostRequest, PostResponse, RoomsRequest,
-    RoomsResponse, ServerEvent, SubscribeRequest, Welcome,
+    client_frame, notification_event, server_event, ClientFrame, Heartbeat, HistoryRequest, Message, Notification,
+    NotificationEvent, NotificationsRequest, PostRequest, PostResponse, RoomsRequest, RoomsResponse, ServerEvent,
+    SubscribeRequest, Welcome,
 };
 use crate::rpc::api::chat as api;
 use crate::rpc::{Call, CallError, DuplexSink, RequestStream, ServerStreamingSink};
@@ -60,18 +64,76 @@ async fn cut_off(ended: oneshot::Receiver<Ended>) -> CallError {
 }
 use crate::wire::now_unix_ms;
 
+/// Most Notifications calls one user may have open at once on a replica.
+pub const MAX_NOTIFICATION_STREAMS: usize = 4;
+
 /// Serves `chat.v1.Chat`; clones share one [`Chat`].
 #[derive(Clone)]
 pub struct ChatService {
     chat: Chat,
     /// With `--auth-tokens`, a member is its token's principal.
     auth: Option<Authenticator>,
+    /// Open Notifications calls per user; the mutex protects the map and is
+    /// never held across an await.
+    following: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl ChatService {
     pub fn new(chat: Chat, auth: Option<Authenticator>) -> Self {
-        ChatService { chat, auth }
+        ChatService { chat, auth, following: Arc::default() }
     }
+}
+
+/// One open Notifications call of a user, counted until dropped.
+struct Following {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Following {
+    /// Counts a call of `user`, unless they have the most already.
+    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, user: &str) -> Result<Following, CallError> {
+        let mut open = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(user.to_string()).or_insert(0);
+        if *n >= MAX_NOTIFICATION_STREAMS {
+            return Err(CallError::new(
+                RpcStatusCode::RESOURCE_EXHAUSTED,
+                format!(
+                    "{user:?} already has {MAX_NOTIFICATION_STREAMS} Notifications calls open on this server; close one first"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Following { counts: counts.clone(), user: user.to_string() })
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut open = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A notification as the client sees it, from its inbox message.
+fn notification_of(message: &Message) -> Option<NotificationEvent> {
+    let (room, message_seq) = mention::source(message)?;
+    let notification = Notification {
+        seq: message.seq,
+        kind: "mention".to_string(),
+        room,
+        message_seq,
+        from: message.user.clone(),
+        text: message.text.clone(),
+        time_unix_ms: message.time_unix_ms,
+        ..Default::default()
+    };
+    Some(NotificationEvent { event: Some(notification_event::Event::Notification(notification)), ..Default::default() })
 }
 
 impl From<ChatError> for CallError {
@@ -128,20 +190,34 @@ async fn forward<S: EventSink>(
     events: &async_channel::Receiver<Event>,
     heartbeat: Duration,
 ) -> Result<(), CallError> {
+    let beat = |beat| server_event(server_event::Event::Heartbeat(beat));
+    forward_as(sink, events, heartbeat, |event| Some((**event).clone()), beat).await
+}
+
+/// [`forward`], each event turned into what `sink` takes (`None`: skipped).
+async fn forward_as<T, S: Sink<(T, WriteFlags), Error = grpcio::Error> + Unpin>(
+    sink: &mut S,
+    events: &async_channel::Receiver<Event>,
+    heartbeat: Duration,
+    convert: impl Fn(&Event) -> Option<T>,
+    beat: impl Fn(Heartbeat) -> T,
+) -> Result<(), CallError> {
     let mut last_sent = Instant::now();
     let mut timer = Delay::new(heartbeat);
     loop {
         match future::select(pin!(events.recv()), &mut timer).await {
             Either::Left((Ok(event), _)) => {
-                send(sink, (*event).clone(), !events.is_empty()).await?;
-                last_sent = Instant::now();
+                if let Some(out) = convert(&event) {
+                    sink.send((out, WriteFlags::default().buffer_hint(!events.is_empty()))).await?;
+                    last_sent = Instant::now();
+                }
             }
             Either::Left((Err(_closed), _)) => return Ok(()),
             Either::Right(((), _)) => {
                 let idle = last_sent.elapsed();
                 if idle >= heartbeat {
-                    let beat = Heartbeat { time_unix_ms: now_unix_ms(), ..Default::default() };
-                    send(sink, server_event(server_event::Event::Heartbeat(beat)), false).await?;
+                    let now = Heartbeat { time_unix_ms: now_unix_ms(), ..Default::default() };
+                    sink.send((beat(now), WriteFlags::default())).await?;
                     last_sent = Instant::now();
                     timer.reset(heartbeat);
                 } else {
@@ -220,6 +296,67 @@ impl ChatService {
         let events = joined.subscription.events;
         let cut_off = cut_off(joined.subscription.ended);
         let ended = match future::select(pin!(cut_off), pin!(forward(sink, &events, heartbeat))).await {
+            Either::Left((status, _)) => Err(status),
+            Either::Right((result, _)) => {
+                result?;
+                Err(ChatError::ShuttingDown.into())
+            }
+        };
+        ended
+    }
+
+    /// One Notifications call: the user's inbox, joined (resumed) as a
+    /// room, its messages sent as notifications, until the call is
+    /// cancelled, the inbox cuts it off for lagging, or the server stops.
+    async fn serve_notifications(
+        &self,
+        principal: Option<&str>,
+        request: NotificationsRequest,
+        sink: &mut ServerStreamingSink<NotificationEvent>,
+    ) -> Result<(), CallError> {
+        let user = member_name(&request.user, principal)?;
+        let history = match request.history {
+            Some(n) => check_history(n)?,
+            None => self.chat.config().join_history as usize,
+        };
+        let _following = Following::take(&self.following, &user)?;
+        let inbox = mention::inbox(&user);
+        let joined = self.chat.notifications(&user, request.resume_after, request.epoch.as_deref(), history).await;
+        // The errors name the inbox as a room; the client knows it as its notifications.
+        let rename = |why: String| why.replace(&format!("room {inbox:?}"), &format!("the notifications of {user:?}"));
+        let mut joined = joined.map_err(|e| match e {
+            ChatError::OutOfRange(why) => ChatError::OutOfRange(rename(why)),
+            ChatError::Unavailable(why) => ChatError::Unavailable(rename(why)),
+            other => other,
+        })?;
+        let heartbeat = self.chat.config().heartbeat.max(Duration::from_millis(10));
+        let welcome = Welcome {
+            last_seq: joined.last_seq,
+            heartbeat_ms: heartbeat.as_millis().min(u32::MAX as u128) as u32,
+            backlog: joined.backlog.len() as u32,
+            epoch: joined.epoch.clone(),
+            ..Default::default()
+        };
+        let welcome = NotificationEvent { event: Some(notification_event::Event::Welcome(welcome)), ..Default::default() };
+        let backlog: Vec<NotificationEvent> =
+            std::mem::take(&mut joined.backlog).iter().filter_map(notification_of).collect();
+        let more = !backlog.is_empty();
+        sink.send((welcome, WriteFlags::default().buffer_hint(more))).await?;
+        let count = backlog.len();
+        for (i, note) in backlog.into_iter().enumerate() {
+            sink.send((note, WriteFlags::default().buffer_hint(i + 1 < count))).await?;
+        }
+        // Leaves the inbox when this function returns, however it returns.
+        let _membership = joined.membership;
+        let events = joined.subscription.events;
+        let convert = |event: &Event| match &event.event {
+            Some(server_event::Event::Message(m)) => notification_of(m),
+            _ => None,
+        };
+        let beat = |beat| NotificationEvent { event: Some(notification_event::Event::Heartbeat(beat)), ..Default::default() };
+        let cut_off = cut_off(joined.subscription.ended);
+        let ended = match future::select(pin!(cut_off), pin!(forward_as(sink, &events, heartbeat, convert, beat))).await
+        {
             Either::Left((status, _)) => Err(status),
             Either::Right((result, _)) => {
                 result?;
@@ -331,6 +468,17 @@ impl api::Chat for ChatService {
         check_client_id(&request.client_id)?;
         let (seq, epoch) = self.chat.post(&request.room, &user, request.text, request.client_id).await?;
         Ok(PostResponse { seq, epoch, ..Default::default() })
+    }
+
+    /// The caller's mentions from every room, resumable; see `protos/chat.proto`.
+    async fn notifications(
+        &self,
+        call: &mut Call,
+        request: NotificationsRequest,
+        sink: &mut ServerStreamingSink<NotificationEvent>,
+    ) -> Result<(), CallError> {
+        let principal = self.principal(call)?;
+        self.serve_notifications(principal.as_deref(), request, sink).await
     }
 
     /// The last messages of a room, oldest first.

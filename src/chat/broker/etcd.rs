@@ -64,6 +64,7 @@ use super::types::{
     new_epoch, rand_suffix, run_batch, BrokerConfig, Delivery, Entry, Follow, Job, Loaded, Queues, Said, StreamId,
     Writes,
 };
+use crate::chat::mention;
 use crate::proto::chat::{server_event, Message, Presence, RoomInfo, RoomsResponse, ServerEvent};
 use crate::proto::etcdserverpb::watch_request::Request_union as Union;
 use crate::proto::etcdserverpb::{
@@ -79,6 +80,8 @@ const REPLAY_WINDOW: Duration = Duration::from_secs(3600);
 const MEMBERS_TTL: Duration = Duration::from_secs(30);
 /// Messages numbered in one transaction (etcd allows 128 operations in one).
 const TXN_MESSAGES: usize = 32;
+/// Operations of one transaction at most, notifications included.
+const TXN_OPS: usize = 120;
 /// Attempts at one batch while other replicas take the numbers first.
 const CONTENDED_ATTEMPTS: usize = 50;
 /// Waits between attempts to reach a cluster that answers nothing.
@@ -175,6 +178,16 @@ fn newest(from: Vec<u8>, to: Vec<u8>, limit: usize) -> RangeRequest {
 
 fn ranged(range: RangeRequest) -> RequestOp {
     RequestOp { request: Some(request_op::Request::RequestRange(range)), ..Default::default() }
+}
+
+/// Deletes the messages of `room` before the last `cap` of `top`, if any.
+fn trim(room: &str, top: u64, cap: u64) -> Option<RequestOp> {
+    let trim = DeleteRangeRequest {
+        key: message_key(room, 0),
+        range_end: message_key(room, top.checked_sub(cap).filter(|&old| old > 0)? + 1),
+        ..Default::default()
+    };
+    Some(RequestOp { request: Some(request_op::Request::RequestDeleteRange(trim)), ..Default::default() })
 }
 
 fn compare_value(key: Vec<u8>, value: Vec<u8>) -> Compare {
@@ -498,8 +511,15 @@ impl Writer {
             // finds the first copy stored.
             let mut batch: Vec<Pending> = Vec::new();
             let mut later: Vec<Pending> = Vec::new();
+            let mut ops = 3;
             for p in pending {
-                if batch.len() < TXN_MESSAGES && !batch.iter().any(|b| b.client_id == p.client_id) {
+                // A message's puts, and at most a note, a last number and a trim per mention.
+                let cost = 2 + 3 * p.said.mentions.len();
+                if batch.len() < TXN_MESSAGES
+                    && ops + cost <= TXN_OPS
+                    && !batch.iter().any(|b| b.client_id == p.client_id)
+                {
+                    ops += cost;
                     batch.push(p);
                 } else {
                     later.push(p);
@@ -561,10 +581,28 @@ impl Writer {
         });
         let mut success = Vec::with_capacity(2 * batch.len() + 2);
         let mut failure = vec![get(epoch_key(room)), get(last_key(room))];
+        // The mentioned users' inboxes: (name, last number as seen, last number after this batch).
+        let mut inboxes: Vec<(String, u64, u64)> = Vec::new();
         for (i, p) in batch.iter().enumerate() {
             let seq = last + 1 + i as u64;
             let mut message = p.said.message.clone();
             message.seq = seq;
+            for mentioned in &p.said.mentions {
+                let mut note = mention::notification(&message, mentioned);
+                let at = match inboxes.iter().position(|(name, _, _)| *name == note.room) {
+                    Some(at) => at,
+                    None => {
+                        let seen = self.last.get(&note.room).copied().unwrap_or(0);
+                        inboxes.push((note.room.clone(), seen, seen));
+                        inboxes.len() - 1
+                    }
+                };
+                inboxes[at].2 += 1;
+                note.seq = inboxes[at].2;
+                note.room.clear();
+                let bytes = note.write_to_bytes().map_err(|e| format!("cannot encode a notification: {e}"))?;
+                success.push(put(message_key(&inboxes[at].0, note.seq), bytes, 0));
+            }
             message.room.clear();
             let bytes = message.write_to_bytes().map_err(|e| format!("cannot encode a message: {e}"))?;
             compare.push(compare_absent(p.client_id.clone()));
@@ -573,15 +611,16 @@ impl Writer {
             failure.push(get(p.client_id.clone()));
         }
         success.push(put(last_key(room), top.to_string().into_bytes(), 0));
-        let cap = self.config.cap.max(1) as u64;
-        if top > cap {
-            let trim = DeleteRangeRequest {
-                key: message_key(room, 0),
-                range_end: message_key(room, top - cap + 1),
-                ..Default::default()
-            };
-            success
-                .push(RequestOp { request: Some(request_op::Request::RequestDeleteRange(trim)), ..Default::default() });
+        success.extend(trim(room, top, self.config.cap.max(1) as u64));
+        for (inbox, seen, top) in &inboxes {
+            compare.push(if *seen == 0 {
+                compare_absent(last_key(inbox))
+            } else {
+                compare_value(last_key(inbox), seen.to_string().into_bytes())
+            });
+            success.push(put(last_key(inbox), top.to_string().into_bytes(), 0));
+            success.extend(trim(inbox, *top, mention::KEPT as u64));
+            failure.push(get(last_key(inbox)));
         }
         let txn = TxnRequest { compare, success, failure, ..Default::default() };
         let answer = match self.txn(&txn, self.config.ack_timeout) {
@@ -595,7 +634,13 @@ impl Writer {
         };
         if answer.succeeded {
             self.last.insert(room.to_string(), top);
+            for (inbox, _, top) in inboxes {
+                self.last.insert(inbox, top);
+            }
             return Ok(Stored::All(last + 1));
+        }
+        for (j, (inbox, _, _)) in inboxes.into_iter().enumerate() {
+            self.last.insert(inbox, number(kvs_of(&answer.responses, 2 + batch.len() + j).first()));
         }
         let now = kvs_of(&answer.responses, 0).first().map(|kv| kv.value.clone());
         let reset = now.as_deref() != Some(epoch.as_bytes());

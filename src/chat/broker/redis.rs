@@ -46,6 +46,7 @@ use super::types::{
     new_epoch, rand_suffix, run_batch, BrokerConfig, Delivery, Entry, Follow, Job, Loaded, Queues, Said, StreamId,
     Writes,
 };
+use crate::chat::mention;
 use crate::proto::chat::{Message, RoomInfo};
 
 /// A member hash not refreshed for this long is a dead replica's.
@@ -91,17 +92,26 @@ fn wake_key(replica: &str) -> String {
     format!("chat:wake:{replica}")
 }
 
-/// Numbers and appends a batch of messages. KEYS: per message (seq,
-/// log, epoch, committed, client id); ARGV: the cap, "1" to commit at once
-/// (no replica to wait for), the client ids' lifetime, then per message
-/// (epoch, user, text, time, client id). Answers per message its sequence
-/// number: the stored copy's when the client id was seen, -1 when the
-/// room's epoch is not the one given (the room was reset).
+/// Numbers and appends a batch of messages, and each stored message's
+/// notifications to its mentioned users' inboxes (rooms of their own).
+/// KEYS: per message (seq, log, epoch, committed, client id), then per
+/// mention (the inbox's seq, log, committed); ARGV: the cap, "1" to commit
+/// at once (no replica to wait for), the client ids' lifetime, the inboxes'
+/// cap, the number of messages, then per message (epoch, user, text, time,
+/// client id, room, mentions). Answers per message its sequence number:
+/// the stored copy's when the client id was seen (then nobody is notified
+/// again), -1 when the room's epoch is not the one given (the room was
+/// reset); then per mention the notification's sequence number, 0 when
+/// none was stored.
 const SAY: &str = r"
 local out = {}
-for i = 1, #KEYS / 5 do
+local notes = {}
+local n = tonumber(ARGV[5])
+local mk = 5 * n
+for i = 1, n do
   local k = 5 * (i - 1)
-  local a = 3 + 5 * (i - 1)
+  local a = 5 + 7 * (i - 1)
+  local stored = false
   local epoch = redis.call('GET', KEYS[k + 3])
   if epoch ~= ARGV[a + 1] then
     out[i] = -1
@@ -112,19 +122,35 @@ for i = 1, #KEYS / 5 do
       out[i] = tonumber(seen)
     else
       local seq = redis.call('INCR', KEYS[k + 1])
+      local fields = {'k', 'm', 'u', ARGV[a + 2], 't', ARGV[a + 3], 'ts', ARGV[a + 4], 'c', ARGV[a + 5]}
       if ARGV[2] == '1' then
-        redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'k', 'm', 'u', ARGV[a + 2],
-          't', ARGV[a + 3], 'ts', ARGV[a + 4], 'c', ARGV[a + 5], 'a', '1')
+        table.insert(fields, 'a')
+        table.insert(fields, '1')
         redis.call('SET', KEYS[k + 4], seq)
-      else
-        redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'k', 'm', 'u', ARGV[a + 2],
-          't', ARGV[a + 3], 'ts', ARGV[a + 4], 'c', ARGV[a + 5])
       end
+      redis.call('XADD', KEYS[k + 2], 'MAXLEN', '~', ARGV[1], seq .. '-0', unpack(fields))
       if ARGV[a + 5] ~= '' then redis.call('SET', KEYS[k + 5], seq, 'EX', ARGV[3]) end
       out[i] = seq
+      stored = seq
     end
   end
+  for j = 1, tonumber(ARGV[a + 7]) do
+    local note = 0
+    if stored then
+      note = redis.call('INCR', KEYS[mk + 1])
+      local fields = {'k', 'm', 'u', ARGV[a + 2], 't', ARGV[a + 3], 'ts', ARGV[a + 4], 'c', stored .. ':' .. ARGV[a + 6]}
+      if ARGV[2] == '1' then
+        table.insert(fields, 'a')
+        table.insert(fields, '1')
+        redis.call('SET', KEYS[mk + 3], note)
+      end
+      redis.call('XADD', KEYS[mk + 2], 'MAXLEN', '~', ARGV[4], note .. '-0', unpack(fields))
+    end
+    table.insert(notes, note)
+    mk = mk + 3
+  end
 end
+for _, note in ipairs(notes) do table.insert(out, note) end
 return out
 ";
 
@@ -411,19 +437,26 @@ impl Writer {
         }
         let commit_now = self.config.replicas_to_ack == 0;
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SAY).arg(says.len() * 5);
+        let mentions: usize = says.iter().map(|s| s.mentions.len()).sum();
+        cmd.arg(SAY).arg(says.len() * 5 + mentions * 3);
         for s in &says {
             let m = &s.message;
             cmd.arg(seq_key(&m.room)).arg(log_key(&m.room)).arg(epoch_key(&m.room)).arg(committed_key(&m.room));
             cmd.arg(client_id_key(&m.room, &m.user, &m.client_id));
         }
+        let inboxes: Vec<String> = says.iter().flat_map(|s| s.mentions.iter().map(|u| mention::inbox(u))).collect();
+        for inbox in &inboxes {
+            cmd.arg(seq_key(inbox)).arg(log_key(inbox)).arg(committed_key(inbox));
+        }
         cmd.arg(self.config.cap).arg(if commit_now { "1" } else { "0" }).arg(REPLAY_WINDOW_SECS);
+        cmd.arg(mention::KEPT).arg(says.len());
         for s in &says {
             let m = &s.message;
             cmd.arg(&s.epoch).arg(&m.user).arg(&m.text).arg(m.time_unix_ms).arg(&m.client_id);
+            cmd.arg(&m.room).arg(s.mentions.len());
         }
-        let seqs: Vec<i64> = match self.link.run(|conn| cmd.query::<Vec<i64>>(conn)) {
-            Ok(seqs) if seqs.len() == says.len() => seqs,
+        let mut seqs: Vec<i64> = match self.link.run(|conn| cmd.query::<Vec<i64>>(conn)) {
+            Ok(seqs) if seqs.len() == says.len() + mentions => seqs,
             other => {
                 let why = match other {
                     Err(e) => e,
@@ -436,8 +469,11 @@ impl Writer {
                 return;
             }
         };
+        let notes = seqs.split_off(says.len());
         if !commit_now {
-            if let Err(why) = self.commit(&says, &seqs) {
+            let rooms = says.iter().map(|s| s.message.room.as_str()).chain(inboxes.iter().map(String::as_str));
+            let stored: Vec<(&str, i64)> = rooms.zip(seqs.iter().chain(&notes).copied()).collect();
+            if let Err(why) = self.commit(&stored) {
                 warn!("chat: {} message(s) not acknowledged: {why}", says.len());
                 for s in says {
                     (s.done)(Err(format!("the message was not acknowledged: {why}; send it again")));
@@ -459,8 +495,9 @@ impl Writer {
     }
 
     /// Waits until enough replicas have what this connection wrote, then
-    /// marks the batch's messages acknowledged.
-    fn commit(&mut self, says: &[Said], seqs: &[i64]) -> Result<(), String> {
+    /// marks the batch's messages (and notifications) acknowledged:
+    /// `stored` is each one's room and sequence number.
+    fn commit(&mut self, stored: &[(&str, i64)]) -> Result<(), String> {
         let (wanted, timeout) = (self.config.replicas_to_ack, self.config.ack_timeout);
         let started = Instant::now();
         let confirmed: i64 =
@@ -472,10 +509,10 @@ impl Writer {
             ));
         }
         let mut last: Vec<(&str, i64)> = Vec::new();
-        for (s, &seq) in says.iter().zip(seqs) {
-            match last.iter_mut().find(|(room, _)| *room == s.message.room) {
+        for &(room, seq) in stored {
+            match last.iter_mut().find(|(r, _)| *r == room) {
                 Some((_, top)) => *top = (*top).max(seq),
-                None => last.push((&s.message.room, seq)),
+                None => last.push((room, seq)),
             }
         }
         last.retain(|&(_, seq)| seq > 0);

@@ -57,6 +57,10 @@ pub type Done<T> = Box<dyn FnOnce(Result<T, String>) + Send>;
 pub struct Said {
     pub message: Message,
     pub epoch: String,
+    /// The users it notifies: their notifications (see
+    /// [`crate::chat::mention`]) are stored with it, atomically, and only
+    /// when it is stored (not on a resend that finds the stored copy).
+    pub mentions: Vec<String>,
     pub done: Done<u64>,
 }
 
