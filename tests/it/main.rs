@@ -14,6 +14,7 @@ mod chat_etcd;
 mod chat_fanout;
 mod chat_history;
 mod chat_identity;
+mod chat_notifications;
 mod chat_subscribe;
 mod cli;
 mod decode_props;
