@@ -314,9 +314,11 @@ impl Hub {
         }
     }
 
+    /// Rooms and their subscribers; inboxes (Notifications calls) are not rooms to a reader of these.
     fn update_counts(&self) {
-        self.stats.rooms.set(self.rooms.len() as i64);
-        let subscribers: usize = self.rooms.values().map(|r| r.fanout.len()).sum();
+        let rooms = || self.rooms.iter().filter(|(name, _)| !mention::is_inbox(name)).map(|(_, r)| r);
+        self.stats.rooms.set(rooms().count() as i64);
+        let subscribers: usize = rooms().map(|r| r.fanout.len()).sum();
         self.stats.subscribers.set(subscribers as i64);
     }
 

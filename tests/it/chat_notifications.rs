@@ -31,7 +31,8 @@ fn request(user: &str, resume_after: Option<u64>, epoch: Option<&str>) -> Notifi
 }
 
 fn open_opt(chat: &ChatClient, options: CallOption, request: NotificationsRequest) -> grpcio::Result<Inbox> {
-    let mut events = chat.notifications_opt(&request, options.timeout(DEADLINE))?;
+    // Shorter than DEADLINE: a notification that never comes fails the test in 30 s.
+    let mut events = chat.notifications_opt(&request, options.timeout(std::time::Duration::from_secs(30)))?;
     match block_on(events.try_next())? {
         Some(NotificationEvent { event: Some(notification_event::Event::Welcome(w)), .. }) => {
             Ok(Inbox { events, last_seq: w.last_seq, epoch: w.epoch, backlog: w.backlog })

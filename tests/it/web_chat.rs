@@ -3,8 +3,12 @@
 //! share a Redis, and web/test/browser.mjs (playwright-core driving
 //! Debian's /usr/bin/chromium) plays alice and bob: posts seen with the same
 //! seq within 1 s, pending then acked, a reload without gap or duplicate, a
-//! replica SIGKILLed and both pages going on, a CORS preflight. Without the
-//! gRPC-Web filter the page never says connected.
+//! replica SIGKILLed and both pages going on, a CORS preflight, a mention
+//! of bob from a room he never joined in his #notifications (once, after a
+//! reload too), a Post whose answer is lost showing failed and its retry
+//! stored once. Without the gRPC-Web filter the page never says connected;
+//! with tokens, a page whose token is someone else's cannot post as the
+//! name in its URL.
 //! `GREET_WEB_SCREENSHOT=PATH` saves a screenshot of bob's page there
 //! (docs/web-chat.png was made so).
 
@@ -96,4 +100,20 @@ fn without_envoys_grpc_web_filter_the_page_never_says_connected() {
     let (passed, output) = run_browser("never-connected", &envoy, &[]);
     println!("{output}");
     assert!(passed, "the page said connected without the gRPC-Web filter:\n{output}");
+}
+
+#[test]
+fn with_tokens_a_page_cannot_post_as_the_name_in_its_url_when_its_token_is_someone_elses() {
+    let root = build_page();
+    let redis = Redis::start();
+    let dir = crate::common::chat::TempDir::new("web-tokens");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "token-bob bob\ntoken-eve eve\n").unwrap();
+    let tokens = tokens.display().to_string();
+    let flags = ["--broker", redis.url.as_str(), "--heartbeat", "1s", "--auth-tokens", tokens.as_str()];
+    let [a, b] = [ServerProcess::start("replica-1", &flags), ServerProcess::start("replica-2", &flags)];
+    let envoy = Envoy::start_with(&[("replica-1", &a.addr), ("replica-2", &b.addr)], &web_flags(&root), |c| c);
+    let (passed, output) = run_browser("tokens", &envoy, &[]);
+    println!("{output}");
+    assert!(passed, "the browser scenario failed:\n{output}");
 }

@@ -8,7 +8,11 @@
 // once; #status says "connected" while subscribed; #messages holds one
 // element per message with data-seq, data-user, data-state
 // (pending|acked|failed), in seq order, the user's unacknowledged last;
-// #text and #send say; #notifications.
+// #text and #send say; #notifications holds one element per notification
+// (data-kind "mention", data-room, data-seq), kept in localStorage and
+// resumed after the last one stored; #unread one element per room with
+// mentions the user has not read there (data-room, data-count: mentions of
+// messages after the last seq the page stored for that room).
 
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
@@ -44,6 +48,55 @@ function setStatus(text: string, live: boolean) {
   status.classList.toggle("live", live);
 }
 
+/** A notification as the page keeps it. */
+interface Note {
+  seq: string;
+  kind: string;
+  room: string;
+  messageSeq: string;
+  from: string;
+  text: string;
+}
+
+interface SavedNotes {
+  epoch: string;
+  lastSeq: string;
+  notes: Note[];
+}
+
+/** Retries `once` for ever with a capped backoff; stops on a refusal. */
+async function keep(once: () => Promise<void>, reset: () => void, onLost: () => void) {
+  let backoff = 200;
+  for (;;) {
+    try {
+      await once();
+      backoff = 200;
+    } catch (e) {
+      if (e instanceof ConnectError && e.code === Code.OutOfRange) {
+        // The history was reset: start afresh.
+        reset();
+      } else if (e instanceof ConnectError && (e.code === Code.PermissionDenied || e.code === Code.InvalidArgument || e.code === Code.Unauthenticated)) {
+        setStatus(`refused: ${e.rawMessage}`, false);
+        return;
+      }
+      console.warn("stream lost", e);
+    }
+    onLost();
+    await new Promise((r) => setTimeout(r, backoff));
+    backoff = Math.min(backoff * 2, 2000);
+  }
+}
+
+function load<T>(key: string, empty: T): T {
+  try {
+    const text = localStorage.getItem(key);
+    if (text) return JSON.parse(text) as T;
+  } catch {
+    localStorage.removeItem(key);
+  }
+  return empty;
+}
+
 function start(room: string, user: string, token: string | null) {
   const auth: Interceptor = (next) => async (req) => {
     if (token) req.header.set("authorization", `Bearer ${token}`);
@@ -53,13 +106,9 @@ function start(room: string, user: string, token: string | null) {
   const chat = createClient(Chat, transport);
   const key = `greet-chat:${room}:${user}`;
 
-  let saved: Saved = { epoch: "", lastSeq: "0", messages: [] };
-  try {
-    const text = localStorage.getItem(key);
-    if (text) saved = JSON.parse(text) as Saved;
-  } catch {
-    localStorage.removeItem(key);
-  }
+  let saved = load<Saved>(key, { epoch: "", lastSeq: "0", messages: [] });
+  const notesKey = `greet-notes:${user}`;
+  let notes = load<SavedNotes>(notesKey, { epoch: "", lastSeq: "0", notes: [] });
   const messages = new Map<string, Stored>(saved.messages.map((m) => [m.seq, m]));
   const own: Own[] = [];
   const present = new Set<string>();
@@ -87,7 +136,63 @@ function start(room: string, user: string, token: string | null) {
     $("presence").replaceChildren(
       ...[...present].sort().map((u) => Object.assign(document.createElement("li"), { textContent: u })),
     );
+    renderNotes();
   };
+
+  const renderNotes = () => {
+    $("notifications").replaceChildren(
+      ...notes.notes.map((n) => {
+        const li = document.createElement("li");
+        Object.assign(li.dataset, { kind: n.kind, room: n.room, seq: n.seq });
+        li.textContent = `${n.from} in ${n.room}: ${n.text}`;
+        return li;
+      }),
+    );
+    // Unread: mentions of messages after the last seq stored for their room.
+    const unread = new Map<string, number>();
+    const lastSeen = (r: string) =>
+      r === room ? saved.lastSeq : load<Saved>(`greet-chat:${r}:${user}`, { epoch: "", lastSeq: "0", messages: [] }).lastSeq;
+    for (const n of notes.notes) {
+      if (cmp(n.messageSeq, lastSeen(n.room)) > 0) unread.set(n.room, (unread.get(n.room) ?? 0) + 1);
+    }
+    $("unread").replaceChildren(
+      ...[...unread].sort().map(([r, count]) => {
+        const li = document.createElement("li");
+        Object.assign(li.dataset, { room: r, count: String(count) });
+        const a = Object.assign(document.createElement("a"), { textContent: `${r} (${count})` });
+        a.href = `?${new URLSearchParams({ room: r, user, ...(token ? { token } : {}) })}`;
+        li.append(a);
+        return li;
+      }),
+    );
+  };
+
+  /** One Notifications call, until it ends; throws what ended it. */
+  async function notificationsOnce() {
+    const resume = notes.epoch !== "" && notes.lastSeq !== "0";
+    const request = resume ? { user, resumeAfter: BigInt(notes.lastSeq), epoch: notes.epoch } : { user };
+    for await (const ev of chat.notifications(request)) {
+      const e = ev.event;
+      if (e.case === "welcome") {
+        if (!resume) notes = { epoch: "", lastSeq: "0", notes: [] };
+        notes.epoch = e.value.epoch;
+      } else if (e.case === "notification" && cmp(e.value.seq.toString(), notes.lastSeq) > 0) {
+        const n = e.value;
+        notes.lastSeq = n.seq.toString();
+        notes.notes.push({
+          seq: n.seq.toString(),
+          kind: n.kind,
+          room: n.room,
+          messageSeq: n.messageSeq.toString(),
+          from: n.from,
+          text: n.text,
+        });
+        notes.notes = notes.notes.slice(-KEEP);
+        localStorage.setItem(notesKey, JSON.stringify(notes));
+        renderNotes();
+      }
+    }
+  }
 
   const stored = (m: Stored) => {
     messages.set(m.seq, m);
@@ -176,29 +281,24 @@ function start(room: string, user: string, token: string | null) {
     }
   }
 
-  (async () => {
-    let backoff = 200;
-    for (;;) {
-      try {
-        await subscribeOnce();
-        backoff = 200;
-      } catch (e) {
-        if (e instanceof ConnectError && e.code === Code.OutOfRange) {
-          // The room's history was reset: join afresh.
-          saved = { epoch: "", lastSeq: "0", messages: [] };
-          messages.clear();
-          save();
-        } else if (e instanceof ConnectError && (e.code === Code.PermissionDenied || e.code === Code.InvalidArgument || e.code === Code.Unauthenticated)) {
-          setStatus(`refused: ${e.rawMessage}`, false);
-          return;
-        }
-        console.warn("subscription lost", e);
-      }
-      setStatus("offline, retrying", false);
-      await new Promise((r) => setTimeout(r, backoff));
-      backoff = Math.min(backoff * 2, 2000);
-    }
-  })();
+  const offline = () => setStatus("offline, retrying", false);
+  void keep(
+    subscribeOnce,
+    () => {
+      saved = { epoch: "", lastSeq: "0", messages: [] };
+      messages.clear();
+      save();
+    },
+    offline,
+  );
+  void keep(
+    notificationsOnce,
+    () => {
+      notes = { epoch: "", lastSeq: "0", notes: [] };
+      localStorage.removeItem(notesKey);
+    },
+    () => {},
+  );
   render();
 }
 

@@ -2,8 +2,10 @@
 // driven by playwright-core), through Envoy to two replicas sharing Redis.
 // Run by tests/it/web_chat.rs, which starts them and passes:
 //   WEB_URL         the page's origin through Envoy (http://127.0.0.1:PORT)
-//   MODE            "chat" (the whole scenario) or "never-connected" (Envoy
+//   MODE            "chat" (the whole scenario), "never-connected" (Envoy
 //                   without its gRPC-Web filter: the page must never say connected)
+//                   or "tokens" (replicas with --auth-tokens: token-bob is bob's,
+//                   token-eve eve's)
 //   ADMINS          the replicas' admin host:port, comma-separated (their
 //                   /metrics say how many subscribers each holds)
 //   KILL_PID        the replica to SIGKILL mid-test
@@ -96,6 +98,31 @@ try {
         await page.waitForTimeout(100);
       }
     });
+  } else if (env("MODE") === "tokens") {
+    const room = `tokens-${Date.now()}`;
+    await step("a page whose token is eve's cannot post as bob, the name in its URL", async () => {
+      const bob = await (await browser.newContext()).newPage();
+      await bob.goto(`${url}/?room=${room}&user=bob&token=token-eve`);
+      await bob.waitForSelector("#status:has-text('refused')", { timeout: 15000 });
+      const status = await bob.textContent("#status");
+      assert(status.includes(`token is "eve"'s; it cannot join as "bob"`), `status ${JSON.stringify(status)}`);
+      await bob.fill("#text", "I am bob, says eve");
+      await bob.click("#send");
+      await until("the impostor's post fails", 5000, async () =>
+        (await messages(bob)).some((m) => m.text === "I am bob, says eve" && m.state === "failed"),
+      );
+      // The real bob posts after it: had the impostor's been stored, it would come first.
+      const real = await (await browser.newContext()).newPage();
+      await real.goto(`${url}/?room=${room}&user=bob&token=token-bob`);
+      await connected(real);
+      await real.fill("#text", "the real bob");
+      await real.click("#send");
+      await until("the real bob's post is acked", 5000, async () =>
+        (await messages(real)).some((m) => m.text === "the real bob" && m.state === "acked"),
+      );
+      const list = await messages(real);
+      assert(list.length === 1 && list[0].seq === "1", `the room holds ${JSON.stringify(list)}`);
+    });
   } else {
     const room = `web-${Date.now()}`;
     /** Envoy balances streams round robin; while both pages are on one
@@ -164,6 +191,61 @@ try {
       const after = await messages(bob);
       checkSequence(after, "bob");
       assert(after.length === before.length + 1, `bob had ${before.length}, now ${after.length}`);
+    });
+    const other = `${room}-elsewhere`;
+    const mentionsOfBob = async () =>
+      bob.$$eval(`#notifications > [data-kind="mention"]`, (els) => els.map((e) => ({ room: e.dataset.room, seq: e.dataset.seq })));
+    await step("a mention of bob in a room he never joined shows in his #notifications, with an unread count, once after a reload", async () => {
+      const carol = await (await browser.newContext()).newPage();
+      await carol.goto(`${url}/?room=${other}&user=carol`);
+      await connected(carol);
+      const say = async (text) => {
+        await carol.fill("#text", text);
+        await carol.click("#send");
+        await until(`carol's "${text}" acked`, 5000, async () =>
+          (await messages(carol)).some((m) => m.text === text && m.state === "acked"),
+        );
+      };
+      await say("hey @bob, look here");
+      await until("bob's notification", 5000, async () => (await mentionsOfBob()).length === 1);
+      assert(JSON.stringify(await mentionsOfBob()) === JSON.stringify([{ room: other, seq: "1" }]), JSON.stringify(await mentionsOfBob()));
+      const count = await bob.getAttribute(`#unread > [data-room="${other}"]`, "data-count");
+      assert(count === "1", `unread count ${count}`);
+      await bob.reload();
+      await connected(bob);
+      await say("@bob again");
+      await until("bob's second notification", 5000, async () => (await mentionsOfBob()).length >= 2);
+      const after = await mentionsOfBob();
+      assert(JSON.stringify(after.map((n) => n.seq)) === '["1","2"]', `after the reload bob has ${JSON.stringify(after)}`);
+      await carol.close();
+    });
+    await step("a Post whose answer is lost shows failed; its retry reuses the client_id and is stored once", async () => {
+      // The request reaches the server (and is stored); the page never gets the answer.
+      let lost = 0;
+      await alice.route("**/chat.v1.Chat/Post", async (route) => {
+        lost++;
+        await route.fetch();
+        await route.abort("failed");
+      });
+      await alice.fill("#text", "answer lost");
+      await alice.click("#send");
+      await until("alice's message shows failed", 5000, async () => (await messages(alice)).some((m) => m.state === "failed"));
+      await alice.unroute("**/chat.v1.Chat/Post");
+      assert(lost === 1, `${lost} Post calls were cut`);
+      await alice.click(`#messages > [data-state="failed"]`);
+      await until("the retry is acked", 5000, async () =>
+        (await messages(alice)).some((m) => m.text === "answer lost" && m.state === "acked"),
+      );
+      await alice.fill("#text", "after the retry");
+      await alice.click("#send");
+      await until("bob sees the message after the retry", 5000, async () =>
+        (await messages(bob)).some((m) => m.text === "after the retry"),
+      );
+      for (const [name, page] of [["alice", alice], ["bob", bob]]) {
+        const copies = (await messages(page)).filter((m) => m.text === "answer lost");
+        assert(copies.length === 1 && copies[0].state === "acked", `${name} shows ${JSON.stringify(copies)}`);
+        checkSequence(await messages(page), name);
+      }
     });
     await step("a replica is SIGKILLed; both pages reconnect and go on", async () => {
       await spread(bob);
