@@ -40,7 +40,7 @@ pub fn mentions(text: &str, author: &str) -> Result<Vec<String>, ChatError> {
     let mut names: Vec<String> = Vec::new();
     let mut previous: Option<char> = None;
     for (i, c) in text.char_indices() {
-        let starts = c == '@' && previous.is_none_or(char::is_whitespace);
+        let starts = c == '@' && previous.map_or(true, char::is_whitespace);
         previous = Some(c);
         if !starts {
             continue;
@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn a_notification_names_its_message_and_inboxes_are_not_valid_room_names() {
-        let message = Message { room: "r:1".into(), seq: 7, user: "ann".into(), text: "@bob".into(), ..Default::default() };
+        let message =
+            Message { room: "r:1".into(), seq: 7, user: "ann".into(), text: "@bob".into(), ..Default::default() };
         let note = notification(&message, "bob");
         assert_eq!(note.room, inbox("bob"));
         assert!(is_inbox(&note.room) && !is_inbox("bob"));

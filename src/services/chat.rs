@@ -14,10 +14,10 @@ use grpcio::{RpcStatusCode, WriteFlags};
 
 use crate::auth::Authenticator;
 use crate::chat::limits::{self, check_history, check_name, check_text};
+use crate::chat::mention;
 use crate::chat::Joined;
 use crate::chat::{Chat, ChatError, Event};
 use crate::fanout::Ended;
-use crate::chat::mention;
 use crate::proto::chat::{
     client_frame, notification_event, server_event, ClientFrame, Heartbeat, HistoryRequest, Message, Notification,
     NotificationEvent, NotificationsRequest, PostRequest, PostResponse, RoomsRequest, RoomsResponse, ServerEvent,
@@ -337,7 +337,8 @@ impl ChatService {
             epoch: joined.epoch.clone(),
             ..Default::default()
         };
-        let welcome = NotificationEvent { event: Some(notification_event::Event::Welcome(welcome)), ..Default::default() };
+        let welcome =
+            NotificationEvent { event: Some(notification_event::Event::Welcome(welcome)), ..Default::default() };
         let backlog: Vec<NotificationEvent> =
             std::mem::take(&mut joined.backlog).iter().filter_map(notification_of).collect();
         let more = !backlog.is_empty();
@@ -353,7 +354,8 @@ impl ChatService {
             Some(server_event::Event::Message(m)) => notification_of(m),
             _ => None,
         };
-        let beat = |beat| NotificationEvent { event: Some(notification_event::Event::Heartbeat(beat)), ..Default::default() };
+        let beat =
+            |beat| NotificationEvent { event: Some(notification_event::Event::Heartbeat(beat)), ..Default::default() };
         let cut_off = cut_off(joined.subscription.ended);
         let ended = match future::select(pin!(cut_off), pin!(forward_as(sink, &events, heartbeat, convert, beat))).await
         {

@@ -60,7 +60,14 @@ impl Inbox {
     }
 }
 
-fn post_opt(chat: &ChatClient, options: CallOption, room: &str, user: &str, text: &str, id: &str) -> grpcio::Result<u64> {
+fn post_opt(
+    chat: &ChatClient,
+    options: CallOption,
+    room: &str,
+    user: &str,
+    text: &str,
+    id: &str,
+) -> grpcio::Result<u64> {
     let request = PostRequest {
         room: room.to_string(),
         user: user.to_string(),
@@ -150,7 +157,8 @@ fn notifications_across_two_replicas_over_etcd() {
 
 #[test]
 fn bad_notification_requests_and_too_many_mentions_get_exact_statuses() {
-    let server = start_chat_server(ChatConfig { heartbeat: std::time::Duration::from_millis(50), ..Default::default() });
+    let server =
+        start_chat_server(ChatConfig { heartbeat: std::time::Duration::from_millis(50), ..Default::default() });
     let chat = client(server.addr());
     let too_many: String = (1..=9).map(|i| format!("@u{i} ")).collect();
     let refused = post_opt(&chat, CallOption::default(), "r", "ann", &too_many, "x").unwrap_err();
