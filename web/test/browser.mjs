@@ -10,6 +10,8 @@
 //                   /metrics say how many subscribers each holds)
 //   KILL_PID        the replica to SIGKILL mid-test
 //   CORS_ORIGIN     the origin Envoy allows; SCREENSHOT  where to save the page
+//   LATENCY_POSTS   (optional) alice posts this many more messages, one at a
+//                   time; prints the Post-to-render latency at bob, p50/p99
 // Prints one line per step and `N passed, N failed`; exits non-zero on failure.
 import { chromium } from "playwright-core";
 
@@ -179,6 +181,32 @@ try {
       }
       console.log(`post-to-render at bob (ms): ${latencies.join(", ")}`);
     });
+    const posts = Number(process.env.LATENCY_POSTS ?? 0);
+    if (posts > 0) {
+      await step(`Post-to-render latency over ${posts} posts`, async () => {
+        // Bob's page records when each text appears; alice's click starts the clock.
+        await bob.evaluate(() => {
+          window.rendered = new Map();
+          new MutationObserver(() => {
+            for (const e of document.querySelectorAll("#messages > *")) {
+              if (!window.rendered.has(e.textContent)) window.rendered.set(e.textContent, performance.timeOrigin + performance.now());
+            }
+          }).observe(document.getElementById("messages"), { childList: true, subtree: true });
+        });
+        const took = [];
+        for (let n = 0; n < posts; n++) {
+          const text = `latency ${n}`;
+          await alice.fill("#text", text);
+          const sent = Date.now();
+          await alice.click("#send");
+          const at = await until(`bob renders ${text}`, 5000, () => bob.evaluate((t) => window.rendered.get(t), text));
+          took.push(at - sent);
+        }
+        took.sort((a, b) => a - b);
+        const pct = (p) => took[Math.min(took.length - 1, Math.floor((p / 100) * took.length))].toFixed(1);
+        console.log(`post-to-render over ${posts} posts (ms): p50 ${pct(50)}, p99 ${pct(99)}, max ${took.at(-1).toFixed(1)}`);
+      });
+    }
     await step("bob reloads and sees every message once, in order, then new ones", async () => {
       const before = await messages(bob);
       await bob.reload();
@@ -249,16 +277,21 @@ try {
       for (const page of [alice, bob]) {
         await page.evaluate(() => {
           window.statusSeen = [];
-          new MutationObserver(() => window.statusSeen.push(document.getElementById("status").textContent)).observe(
+          new MutationObserver(() =>
+            window.statusSeen.push({ text: document.getElementById("status").textContent, at: Date.now() }),
+          ).observe(
             document.getElementById("status"),
             { childList: true, subtree: true, characterData: true },
           );
         });
       }
       process.kill(Number(env("KILL_PID")), "SIGKILL");
+      const killed = Date.now();
       const lostSubscription = async () => {
         const lost = [];
-        for (const page of [alice, bob]) lost.push((await page.evaluate(() => window.statusSeen)).includes("offline, retrying"));
+        for (const page of [alice, bob]) {
+          lost.push((await page.evaluate(() => window.statusSeen)).some((s) => s.text === "offline, retrying"));
+        }
         return lost;
       };
       // A page's own Post is acked from the Post's answer, not its stream, so
@@ -274,6 +307,10 @@ try {
         checkSequence(await messages(page), name);
       }
       const lost = await lostSubscription();
+      // The page's own clock stamps its status changes.
+      const seen = await (lost[0] ? alice : bob).evaluate(() => window.statusSeen);
+      const back = seen.find((s, i) => i > 0 && /\bconnected\b/.test(s.text) && seen[i - 1].text === "offline, retrying");
+      console.log(`the page on the killed replica said connected again ${back ? back.at - killed : "?"} ms after the SIGKILL`);
       assert(lost.filter(Boolean).length === 1, `the page on the killed replica, and only it, lost its subscription: ${lost}`);
       await bob.fill("#text", "bob goes on");
       await bob.click("#send");
