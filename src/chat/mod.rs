@@ -30,6 +30,10 @@
 //! - [`cache`]: the recent messages of each room, in front of the store:
 //!   joins and `History` calls for that window are served from it; its hits
 //!   and misses are counted ([`ChatStats`]) and misses are logged.
+//! - [`mention`]: who a message notifies, and where: each user's
+//!   notifications are the messages of an inbox room of their own, stored
+//!   with the message that mentions them (same transaction or script) and
+//!   followed like any room (`Notifications`).
 //! - [`limits`]: what a peer may send.
 //! - `types`: what the parts share (config, errors, events, counters), so
 //!   that the hub and the handle here never import each other.

@@ -1,7 +1,8 @@
 //! chat.v1.Chat's Notifications: a user's mentions from every room (joined
 //! or not), across replicas, resumable without a gap or a duplicate, on
 //! every backend (embedded, Redis with two replicas, etcd with two
-//! replicas); a resend by client_id notifies nobody twice; the mention rule
+//! replicas, and Redis behind Sentinels acknowledging after a replica); a
+//! resend by client_id notifies nobody twice; the mention rule
 //! (self, duplicates, word starts); bad input and limits; identity with tokens.
 
 use crate::common::chat::*;
@@ -143,6 +144,16 @@ fn notifications_on_the_embedded_store() {
 fn notifications_across_two_replicas_over_redis() {
     let redis = Redis::start();
     let config = || ChatConfig { broker: Some(redis.url.clone()), ..Default::default() };
+    let (a, b) = (start_chat_server(config()), start_chat_server(config()));
+    mentions_reach_the_user_once_and_resume_without_gap_or_duplicate(&client(a.addr()), &client(b.addr()));
+}
+
+/// With Sentinels a message (and its notifications) is acknowledged only once
+/// a Redis replica has it: notifications wait for their inbox's commit mark.
+#[test]
+fn notifications_across_two_replicas_over_redis_sentinels_acknowledged_by_a_replica() {
+    let ha = RedisHa::start();
+    let config = || ChatConfig { broker: Some(ha.url()), ..Default::default() };
     let (a, b) = (start_chat_server(config()), start_chat_server(config()));
     mentions_reach_the_user_once_and_resume_without_gap_or_duplicate(&client(a.addr()), &client(b.addr()));
 }
