@@ -638,22 +638,26 @@ impl Hub {
                 return reply(reply_to, Ok(seq));
             }
         }
-        let Some(state) = self.rooms.get_mut(&message.room) else { unreachable!("checked above") };
         match &self.backend {
             Backend::Local(_) => {
+                // Every inbox first: a failure here must not leave a number unused.
+                if let Err(e) = mentions.iter().try_for_each(|mentioned| self.open_inbox(mentioned)) {
+                    let inboxes: Vec<String> = mentions.iter().map(|m| mention::inbox(m)).collect();
+                    self.close_idle_inboxes(inboxes.iter().map(String::as_str));
+                    return reply(reply_to, Err(e));
+                }
+                let state = self.rooms.get_mut(&message.room).expect("checked above");
                 state.last_seq += 1;
                 message.seq = state.last_seq;
                 for mentioned in &mentions {
-                    if let Err(e) = self.notify(&message, mentioned) {
-                        return reply(reply_to, Err(e));
-                    }
+                    self.notify(&message, mentioned);
                 }
                 self.pending.push((message, Some(reply_to)));
             }
             // The broker numbers it and stores its notifications with it;
             // the writer answers once it is acknowledged.
             Backend::Broker(broker) => {
-                let epoch = state.epoch.clone();
+                let epoch = self.rooms[&message.room].epoch.clone();
                 let done = Box::new(move |stored: Result<u64, String>| {
                     reply(reply_to, stored.map_err(ChatError::Unavailable));
                 });
@@ -662,24 +666,29 @@ impl Hub {
         }
     }
 
-    /// Embedded mode: numbers `mentioned`'s notification of `message` in
-    /// their inbox, to be stored in the same transaction as the message.
-    /// The inbox is held open here until the batch is flushed.
-    fn notify(&mut self, message: &Message, mentioned: &str) -> Result<(), ChatError> {
+    /// Embedded mode: holds `mentioned`'s inbox open here (until the batch
+    /// is flushed), so that its notifications can be numbered.
+    fn open_inbox(&mut self, mentioned: &str) -> Result<(), ChatError> {
         let inbox = mention::inbox(mentioned);
         if !self.rooms.contains_key(&inbox) {
-            let Backend::Local(store) = &self.backend else { unreachable!("notify is for embedded mode") };
+            let Backend::Local(store) = &self.backend else { unreachable!("open_inbox is for embedded mode") };
             let epoch = store.epoch().to_string();
             let last_seq = self.local_window(&inbox, &mut false)?;
             let room = self.new_room(last_seq, (0, 0), epoch);
-            self.rooms.insert(inbox.clone(), room);
+            self.rooms.insert(inbox, room);
         }
-        let state = self.rooms.get_mut(&inbox).expect("opened above");
-        state.last_seq += 1;
+        Ok(())
+    }
+
+    /// Embedded mode: numbers `mentioned`'s notification of `message` in
+    /// their inbox (opened by [`Hub::open_inbox`]), to be stored in the
+    /// same transaction as the message.
+    fn notify(&mut self, message: &Message, mentioned: &str) {
         let mut note = mention::notification(message, mentioned);
+        let Some(state) = self.rooms.get_mut(&note.room) else { unreachable!("open_inbox opened it") };
+        state.last_seq += 1;
         note.seq = state.last_seq;
         self.pending.push((note, None));
-        Ok(())
     }
 
     /// Embedded mode: the sequence number of an earlier message of the same
@@ -718,7 +727,7 @@ impl Hub {
             for r in replies.into_iter().flatten() {
                 reply(r, Err(ChatError::Unavailable(format!("the message was not stored: {why}"))));
             }
-            self.close_idle_inboxes(&messages);
+            self.close_idle_inboxes(messages.iter().map(|m| m.room.as_str()));
             return;
         }
         for (message, r) in messages.iter().zip(replies) {
@@ -728,15 +737,15 @@ impl Hub {
             self.cache.append(message);
             self.fan_out(&message.room, message_event(message.clone()));
         }
-        self.close_idle_inboxes(&messages);
+        self.close_idle_inboxes(messages.iter().map(|m| m.room.as_str()));
     }
 
     /// Embedded mode: lets go of the inboxes a flush held open for its
     /// notifications and nobody follows.
-    fn close_idle_inboxes(&mut self, messages: &[Message]) {
-        for m in messages.iter().filter(|m| mention::is_inbox(&m.room)) {
-            if self.rooms.get(&m.room).is_some_and(|r| r.subscribers.is_empty()) {
-                self.close_room(&m.room);
+    fn close_idle_inboxes<'a>(&mut self, rooms: impl Iterator<Item = &'a str>) {
+        for room in rooms.filter(|room| mention::is_inbox(room)) {
+            if self.rooms.get(room).is_some_and(|r| r.subscribers.is_empty()) {
+                self.close_room(room);
             }
         }
     }
