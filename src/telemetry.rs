@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use grpcio::{Metadata, MetadataBuilder};
+use grpcio::{Metadata, MetadataBuilder, RpcStatusCode};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
@@ -183,6 +183,10 @@ impl Tracing {
             &["reason"],
         )
         .map_err(|e| e.to_string())?;
+        // Both reasons show on /metrics from the start, at 0.
+        for reason in ["queue_full", "export_failed"] {
+            dropped.with_label_values(&[reason]);
+        }
         let exported = IntCounter::new("greet_trace_spans_exported_total", "Spans the collector accepted.")
             .map_err(|e| e.to_string())?;
         let counters = Arc::new(ExportCounters { queued: AtomicUsize::new(0), exported, dropped });
@@ -213,22 +217,33 @@ impl Tracing {
         }
     }
 
-    /// The span of a call this server received: a child of the caller's
-    /// span when `headers` carry a `traceparent`, else the root of a new trace.
-    pub fn server_span(&self, name: &'static str, headers: &Metadata) -> Span {
+    /// The span of a call to `path` (`/package.Service/Method`) this server
+    /// received: a child of the caller's span when `headers` carry a
+    /// `traceparent`, else the root of a new trace.
+    pub fn server_span(&self, path: &'static str, headers: &Metadata) -> Span {
         let parent = extract(headers);
-        self.start_span(name, SpanKind::Server, &parent)
+        self.start_span(path, SpanKind::Server, &parent)
     }
 
-    /// The span of a call this client makes, a child of `parent` (a new
-    /// trace when `parent` has no span).
-    pub fn client_span(&self, name: &'static str, parent: &Context) -> Span {
-        self.start_span(name, SpanKind::Client, parent)
+    /// The span of a call to `path` this client makes, a child of `parent`
+    /// (a new trace when `parent` has no span).
+    pub fn client_span(&self, path: &'static str, parent: &Context) -> Span {
+        self.start_span(path, SpanKind::Client, parent)
     }
 
-    fn start_span(&self, name: &'static str, kind: SpanKind, parent: &Context) -> Span {
-        let span = self.tracer.span_builder(name).with_kind(kind).start_with_context(&self.tracer, parent);
-        Span { cx: parent.with_span(span), tracer: self.tracer.clone() }
+    /// A call's span, named for its method (`package.Service/Method`, as
+    /// the semantic conventions name RPC spans), with `rpc.*` attributes.
+    fn start_span(&self, path: &'static str, kind: SpanKind, parent: &Context) -> Span {
+        let name = path.trim_start_matches('/');
+        let span = self.tracer.span_builder(name).with_kind(kind.clone()).start_with_context(&self.tracer, parent);
+        let span = Span { cx: parent.with_span(span), tracer: self.tracer.clone(), kind };
+        if span.is_recording() {
+            let (service, method) = name.split_once('/').unwrap_or(("unknown", name));
+            span.set_attribute(KeyValue::new("rpc.system", "grpc"));
+            span.set_attribute(KeyValue::new("rpc.service", service));
+            span.set_attribute(KeyValue::new("rpc.method", method));
+        }
+        span
     }
 }
 
@@ -239,6 +254,7 @@ impl Tracing {
 pub struct Span {
     cx: Context,
     tracer: SdkTracer,
+    kind: SpanKind,
 }
 
 impl fmt::Debug for Span {
@@ -266,7 +282,7 @@ impl Span {
             .with_kind(SpanKind::Internal)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, &self.cx);
-        Some(Span { cx: self.cx.with_span(span), tracer: self.tracer.clone() })
+        Some(Span { cx: self.cx.with_span(span), tracer: self.tracer.clone(), kind: SpanKind::Internal })
     }
 
     pub fn set_attribute(&self, attribute: KeyValue) {
@@ -284,6 +300,26 @@ impl Span {
 
     pub fn end(&self) {
         self.cx.span().end();
+    }
+
+    /// Ends a call's span with the call's status `code` (semantic
+    /// conventions: `rpc.grpc.status_code`; a client's span is an error for
+    /// any code but OK, a server's only for the codes that say the server failed).
+    pub fn end_call(&self, code: RpcStatusCode) {
+        self.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(i32::from(code))));
+        let server_failed = [
+            RpcStatusCode::UNKNOWN,
+            RpcStatusCode::DEADLINE_EXCEEDED,
+            RpcStatusCode::UNIMPLEMENTED,
+            RpcStatusCode::INTERNAL,
+            RpcStatusCode::UNAVAILABLE,
+            RpcStatusCode::DATA_LOSS,
+        ];
+        let is_client = self.kind == SpanKind::Client;
+        if code != RpcStatusCode::OK && (is_client || server_failed.contains(&code)) {
+            self.set_error(format!("status code {}", i32::from(code)));
+        }
+        self.end();
     }
 
     /// `headers` (if any) plus this span's `traceparent` (and `tracestate`),

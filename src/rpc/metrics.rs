@@ -241,29 +241,11 @@ impl CallRecord {
             .inc();
         state.handling.observe(self.started.elapsed().as_secs_f64());
         if let Some(span) = &self.span {
-            end_server_span(span, code);
+            span.end_call(code);
         }
     }
 }
 
-/// Ends a call's server span with its status (semantic conventions: the
-/// code as `rpc.grpc.status_code`; a server's span is an error only for
-/// the codes that say the server failed).
-fn end_server_span(span: &Span, code: RpcStatusCode) {
-    span.set_attribute(opentelemetry::KeyValue::new("rpc.grpc.status_code", i64::from(i32::from(code))));
-    let server_failed = [
-        RpcStatusCode::UNKNOWN,
-        RpcStatusCode::DEADLINE_EXCEEDED,
-        RpcStatusCode::UNIMPLEMENTED,
-        RpcStatusCode::INTERNAL,
-        RpcStatusCode::UNAVAILABLE,
-        RpcStatusCode::DATA_LOSS,
-    ];
-    if server_failed.contains(&code) {
-        span.set_error(go_code_name(code));
-    }
-    span.end();
-}
 
 impl Drop for CallRecord {
     /// A call whose handler let go of it without a status ended because the

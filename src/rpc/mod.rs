@@ -161,11 +161,8 @@ impl Runtime {
     /// The runtime of one method (the generated registration asks once per
     /// method); `reads_request_headers`: whether its handler reads them.
     pub fn method<Req, Resp>(&self, method: &grpcio::Method<Req, Resp>, reads_request_headers: bool) -> MethodRuntime {
-        let labels = metrics::MethodLabels::of(method.ty, method.name);
         MethodRuntime {
             name: method.name,
-            service: labels.service.into(),
-            method: labels.method.into(),
             metrics: self.metrics.method(method),
             reads_request_headers,
             runtime: self.clone(),
@@ -177,9 +174,6 @@ impl Runtime {
 #[derive(Clone)]
 pub struct MethodRuntime {
     name: &'static str,
-    /// `rpc.service` and `rpc.method` of its spans.
-    service: opentelemetry::StringValue,
-    method: opentelemetry::StringValue,
     metrics: MethodMetrics,
     /// Copying a call's request headers costs allocations on every call:
     /// only for the services that read them.
@@ -206,16 +200,12 @@ response_headers!(UnarySink, ClientStreamingSink, ServerStreamingSink, DuplexSin
 
 impl MethodRuntime {
     /// The call's server span, when tracing is on: a child of the caller's
-    /// (`traceparent`), named `package.Service/Method` as the semantic
-    /// conventions say, with the RPC attributes, the peer and the replica.
+    /// (`traceparent`), with the RPC attributes, the peer and the replica.
     fn span(&self, ctx: &RpcContext) -> Option<Span> {
         let tracing = self.runtime.tracing.as_ref()?;
-        let span = tracing.server_span(self.name.trim_start_matches('/'), ctx.request_headers());
+        let span = tracing.server_span(self.name, ctx.request_headers());
         if span.is_recording() {
             use opentelemetry::KeyValue;
-            span.set_attribute(KeyValue::new("rpc.system", "grpc"));
-            span.set_attribute(KeyValue::new("rpc.service", self.service.clone()));
-            span.set_attribute(KeyValue::new("rpc.method", self.method.clone()));
             span.set_attribute(KeyValue::new("network.peer.address", ctx.peer()));
             if let Some(instance) = self.runtime.instance.get() {
                 span.set_attribute(KeyValue::new("greet.replica", instance.clone()));
