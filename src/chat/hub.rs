@@ -25,6 +25,7 @@ use super::store::Store;
 use super::types::{ChatConfig, ChatError, Event, Stats};
 use crate::fanout::{Ended, Fanout, SubscriberId, Subscription, WhenFull};
 use crate::proto::chat::{server_event, Message, Presence, RoomInfo, ServerEvent};
+use crate::telemetry::Span;
 use crate::wire::now_unix_ms;
 
 type Reply<T> = oneshot::Sender<Result<T, ChatError>>;
@@ -60,6 +61,8 @@ pub(super) enum Command {
     Say {
         message: Message,
         reply: Reply<u64>,
+        /// The span of the call that says it, when traced.
+        span: Option<Span>,
     },
     Leave {
         room: String,
@@ -121,7 +124,10 @@ struct Hub {
     stats: Arc<Stats>,
     subscriber_queue: usize,
     /// Messages said in the current batch, not yet stored.
-    pending: Vec<(Message, Reply<u64>)>,
+    pending: Vec<(Message, Reply<u64>, Option<Traced>)>,
+    /// Broker mode: the traced messages said here, until the broker's
+    /// reader hands them back to be fanned out (at most [`MAX_TRACED`]).
+    traced: HashMap<MessageKey, Span>,
     /// Broker mode: rooms being loaded, with the joins waiting for them.
     opening: HashMap<String, Vec<JoinRequest>>,
     /// The hub's own command channel, for answers from the broker's writer.
@@ -133,6 +139,46 @@ struct Hub {
 
 /// Most commands taken in one batch.
 const BATCH: usize = 512;
+
+/// Broker mode: most traced messages waiting for their fan-out; past it
+/// (messages the broker never handed back) the oldest links are forgotten.
+const MAX_TRACED: usize = 1024;
+
+/// A message as the broker hands it back: who said it, where, when.
+type MessageKey = (String, String, i64, String);
+
+fn key_of(message: &Message) -> MessageKey {
+    (message.room.clone(), message.user.clone(), message.time_unix_ms, message.client_id.clone())
+}
+
+/// The spans of a traced message: the call's (parent of the fan-out) and
+/// the store's, which ends once the message is stored (embedded mode) or
+/// acknowledged (broker mode, replicas and quorum included).
+struct Traced {
+    call: Span,
+    store: Span,
+}
+
+impl Traced {
+    fn start(span: Option<Span>, message: &Message, backend: &'static str) -> Option<Traced> {
+        let call = span?;
+        let attributes = vec![
+            opentelemetry::KeyValue::new("chat.room", message.room.clone()),
+            opentelemetry::KeyValue::new("chat.backend", backend),
+        ];
+        let store = call.child("chat.store", attributes)?;
+        Some(Traced { call, store })
+    }
+
+    /// Ends the store span with the message's number, or the error.
+    fn stored(&self, stored: &Result<u64, String>) {
+        match stored {
+            Ok(seq) => self.store.set_attribute(opentelemetry::KeyValue::new("chat.seq", *seq as i64)),
+            Err(why) => self.store.set_error(why.clone()),
+        }
+        self.store.end();
+    }
+}
 
 /// Opens the backend and starts the hub thread (and, with a broker, the
 /// reader thread); answers the hub's command channel.
@@ -176,6 +222,7 @@ pub(super) fn start(
         stats,
         subscriber_queue: config.subscriber_queue,
         pending: Vec::new(),
+        traced: HashMap::new(),
         opening: HashMap::new(),
         me: commands.downgrade(),
         holding_open: false,
@@ -278,7 +325,7 @@ impl Hub {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Say { message, reply: r } => self.say(message, r),
+            Command::Say { message, reply: r, span } => self.say(message, r, span),
             Command::Join(join) => {
                 self.flush();
                 self.join(join);
@@ -605,6 +652,21 @@ impl Hub {
         }
     }
 
+    /// [`Hub::fan_out`] of a message, in a `chat.fanout` span under the
+    /// call that said it when traced.
+    fn fan_out_traced(&mut self, room: &str, event: Event, call: Option<&Span>) {
+        let subscribers = self.rooms.get(room).map_or(0, |r| r.fanout.len());
+        let attributes = vec![
+            opentelemetry::KeyValue::new("chat.room", room.to_string()),
+            opentelemetry::KeyValue::new("chat.subscribers", subscribers as i64),
+        ];
+        let span = call.and_then(|call| call.child("chat.fanout", attributes));
+        self.fan_out(room, event);
+        if let Some(span) = span {
+            span.end();
+        }
+    }
+
     /// Publishes `event` to the room, then the leaves of those it cut off.
     fn fan_out(&mut self, room: &str, event: Event) {
         let mut queue = VecDeque::from([event]);
@@ -621,7 +683,7 @@ impl Hub {
         }
     }
 
-    fn say(&mut self, mut message: Message, reply_to: Reply<u64>) {
+    fn say(&mut self, mut message: Message, reply_to: Reply<u64>, span: Option<Span>) {
         if !self.rooms.contains_key(&message.room) {
             return reply(reply_to, Err(ChatError::Unavailable(format!("not in room {:?}", message.room))));
         }
@@ -637,12 +699,23 @@ impl Hub {
             Backend::Local(_) => {
                 state.last_seq += 1;
                 message.seq = state.last_seq;
-                self.pending.push((message, reply_to));
+                let traced = Traced::start(span, &message, "sqlite");
+                self.pending.push((message, reply_to, traced));
             }
             // Redis numbers it; the writer answers once it is acknowledged.
             Backend::Broker(broker) => {
                 let epoch = state.epoch.clone();
+                let traced = Traced::start(span, &message, broker.name());
+                if let Some(traced) = &traced {
+                    if self.traced.len() >= MAX_TRACED {
+                        self.traced.clear();
+                    }
+                    self.traced.insert(key_of(&message), traced.call.clone());
+                }
                 let done = Box::new(move |stored: Result<u64, String>| {
+                    if let Some(traced) = &traced {
+                        traced.stored(&stored);
+                    }
                     reply(reply_to, stored.map_err(ChatError::Unavailable));
                 });
                 broker.send(Job::Say(Said { message, epoch, done }));
@@ -657,7 +730,7 @@ impl Hub {
             return None;
         }
         let same = |m: &&Message| m.room == message.room && m.user == message.user && m.client_id == message.client_id;
-        if let Some(m) = self.pending.iter().map(|(m, _)| m).find(same) {
+        if let Some(m) = self.pending.iter().map(|(m, _, _)| m).find(same) {
             return Some(m.seq);
         }
         let window = self.cache.get(&message.room)?;
@@ -670,8 +743,12 @@ impl Hub {
         if self.pending.is_empty() {
             return;
         }
-        let (messages, replies): (Vec<Message>, Vec<Reply<u64>>) =
-            std::mem::take(&mut self.pending).into_iter().unzip();
+        let mut messages = Vec::with_capacity(self.pending.len());
+        let mut replies = Vec::with_capacity(self.pending.len());
+        for (message, r, traced) in std::mem::take(&mut self.pending) {
+            messages.push(message);
+            replies.push((r, traced));
+        }
         let Backend::Local(store) = &mut self.backend else {
             unreachable!("only embedded mode keeps messages pending")
         };
@@ -683,16 +760,22 @@ impl Hub {
                     state.last_seq = state.last_seq.min(m.seq - 1);
                 }
             }
-            for r in replies {
+            for (r, traced) in replies {
+                if let Some(traced) = traced {
+                    traced.stored(&Err(why.to_string()));
+                }
                 reply(r, Err(ChatError::Unavailable(format!("the message was not stored: {why}"))));
             }
             return;
         }
-        for (message, r) in messages.into_iter().zip(replies) {
+        for (message, (r, traced)) in messages.into_iter().zip(replies) {
+            if let Some(traced) = &traced {
+                traced.stored(&Ok(message.seq));
+            }
             reply(r, Ok(message.seq));
             self.cache.append(&message);
             let room = message.room.clone();
-            self.fan_out(&room, message_event(message));
+            self.fan_out_traced(&room, message_event(message), traced.as_ref().map(|t| &t.call));
         }
     }
 
@@ -715,6 +798,11 @@ impl Hub {
                     }
                     state.last_seq = message.seq;
                     self.cache.append(&message);
+                    // Said here and traced: the fan-out joins the call's trace.
+                    if let Some(call) = self.traced.remove(&key_of(&message)) {
+                        self.fan_out_traced(room, message_event(message), Some(&call));
+                        continue;
+                    }
                     message_event(message)
                 }
                 Entry::Joined { user, time_unix_ms } => presence_event(room, &user, time_unix_ms, true),

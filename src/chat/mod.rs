@@ -48,6 +48,7 @@ use futures::channel::oneshot;
 
 use crate::fanout::{SubscriberId, Subscription};
 use crate::proto::chat::{Message, RoomInfo};
+use crate::telemetry::Span;
 use crate::wire::now_unix_ms;
 pub use types::{default_data_dir, ChatConfig, ChatError, ChatStats, Event, Stats};
 
@@ -161,8 +162,17 @@ impl Chat {
         Ok(Joined { last_seq, backlog, epoch, subscription, membership })
     }
 
-    /// Stores a message and fans it out; answers its sequence number.
-    pub async fn say(&self, room: &str, user: &str, text: String, client_id: String) -> Result<u64, ChatError> {
+    /// Stores a message and fans it out; answers its sequence number. With
+    /// `span` (the saying call's, when traced), its `chat.store` and
+    /// `chat.fanout` spans are children of it.
+    pub async fn say(
+        &self,
+        room: &str,
+        user: &str,
+        text: String,
+        client_id: String,
+        span: Option<Span>,
+    ) -> Result<u64, ChatError> {
         let message = Message {
             room: room.to_string(),
             user: user.to_string(),
@@ -171,7 +181,7 @@ impl Chat {
             time_unix_ms: now_unix_ms(),
             ..Default::default()
         };
-        self.ask(|reply| hub::Command::Say { message, reply }).await
+        self.ask(|reply| hub::Command::Say { message, reply, span }).await
     }
 
     /// Says `text` in `room` as `user` without being a member of it (no
@@ -186,6 +196,7 @@ impl Chat {
         user: &str,
         text: String,
         client_id: String,
+        span: Option<Span>,
     ) -> Result<(u64, String), ChatError> {
         let (name, who) = (room.to_string(), user.to_string());
         let held = self
@@ -203,7 +214,7 @@ impl Chat {
             .await?;
         // Lets the room go when this function returns, however it returns.
         let _hold = Membership { commands: self.commands.clone(), room: room.to_string(), id: held.subscription.id };
-        let seq = self.say(room, user, text, client_id).await?;
+        let seq = self.say(room, user, text, client_id, span).await?;
         Ok((seq, held.epoch))
     }
 

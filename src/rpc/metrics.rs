@@ -246,7 +246,6 @@ impl CallRecord {
     }
 }
 
-
 impl Drop for CallRecord {
     /// A call whose handler let go of it without a status ended because the
     /// client went away, its deadline passed or the server cancelled it:
