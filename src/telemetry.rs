@@ -270,10 +270,12 @@ impl Span {
         self.cx.span().is_recording()
     }
 
-    /// A child span, for a step of the work this span covers; `None` when
-    /// this span is not recorded (its children would not be either).
+    /// A child span, for a step of the work this span covers (it may
+    /// outlive this one: a chat message's fan-out may follow the reply of
+    /// the call that said it); `None` when this span's trace is not sampled
+    /// (its children would not be either).
     pub fn child(&self, name: &'static str, attributes: Vec<KeyValue>) -> Option<Span> {
-        if !self.is_recording() {
+        if !self.cx.span().span_context().is_sampled() {
             return None;
         }
         let span = self
