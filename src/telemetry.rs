@@ -108,6 +108,9 @@ pub fn traces_url(base: &str) -> Result<String, String> {
     let url = format!("{}/v1/traces", base.trim_end_matches('/'));
     let uri: http::Uri = url.parse().map_err(|_| bad("expected http://HOST:PORT, like http://127.0.0.1:4318"))?;
     match (uri.scheme_str(), uri.host()) {
+        _ if uri.port().is_some_and(|port| port.as_str().parse::<u16>().is_err()) => {
+            Err(bad("the port is not a number from 0 to 65535"))
+        }
         (Some("http"), Some(host)) if !host.is_empty() => Ok(url),
         (Some("https"), _) => {
             Err(bad("only http:// is supported (run a collector beside the server, e.g. http://127.0.0.1:4318)"))
