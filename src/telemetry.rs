@@ -108,7 +108,11 @@ pub fn traces_url(base: &str) -> Result<String, String> {
     let url = format!("{}/v1/traces", base.trim_end_matches('/'));
     let uri: http::Uri = url.parse().map_err(|_| bad("expected http://HOST:PORT, like http://127.0.0.1:4318"))?;
     match (uri.scheme_str(), uri.host()) {
-        _ if uri.port().is_some_and(|port| port.as_str().parse::<u16>().is_err()) => {
+        _ if uri
+            .authority()
+            .and_then(|a| a.as_str().rsplit_once(':'))
+            .is_some_and(|(host, port)| !port.ends_with(']') && !host.is_empty() && port.parse::<u16>().is_err()) =>
+        {
             Err(bad("the port is not a number from 0 to 65535"))
         }
         (Some("http"), Some(host)) if !host.is_empty() => Ok(url),
