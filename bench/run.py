@@ -43,6 +43,11 @@ Measurements (each one per round and per server, a fresh server each time):
   bidi_1, bidi_100 loadgen: echoed messages/s on 1 stream, on 100 streams (10 connections)
   server_stream    loadgen: SayHelloServerStreaming with 100,000 names, messages/s
   memory           server VmRSS idle, and with 1,000 idle bidi streams over 10 connections
+
+Tracing cost (ours only, after the rounds; --no-tracing-cost skips it): unary_greet_max
+on our server with tracing off, on at 100% sampling and at 1%, exporting to
+tests/otlp/receiver (an OTLP/HTTP endpoint, built with Go); server CPU per call and
+the ratios to tracing off, rotating the three settings over the rounds.
 """
 from __future__ import annotations
 
@@ -522,6 +527,57 @@ def run_rounds(peers: Peers, args: argparse.Namespace, tmp: Path) -> list[dict]:
     return records
 
 
+# --------------------------------------------------------------------------- tracing cost
+
+# (label, the server's OTEL_* variables); the first is the reference.
+TRACING_SETTINGS = [
+    ("tracing off", {}),
+    ("tracing on, 100% sampled", {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "1"}),
+    ("tracing on, 1% sampled", {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}),
+]
+
+
+def tracing_cost(peers: Peers, args: argparse.Namespace, tmp: Path) -> tuple[str, dict]:
+    """Server CPU per unary call (h2load on GreetService/SayHello) of our server with
+    each of TRACING_SETTINGS, exporting to tests/otlp/receiver; a markdown table and
+    the raw figures. h2load sends no traceparent: the server's sampler decides."""
+    receiver = tmp / "otlp-receiver"
+    gopeers.go_build(gopeers.find_go(), REPO / "tests" / "otlp" / "receiver", receiver, ".")
+    ready = tmp / "otlp-ready"
+    collector = subprocess.Popen([receiver, "-out", tmp / "spans.jsonl", "-ready", ready],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            if time.monotonic() > deadline or collector.poll() is not None:
+                raise BenchError("tests/otlp/receiver did not start")
+            time.sleep(0.05)
+        endpoint = f"http://{ready.read_text().strip()}"
+        per_call: dict[str, list[float]] = {label: [] for label, _ in TRACING_SETTINGS}
+        for rnd in range(args.rounds):
+            shift = rnd % len(TRACING_SETTINGS)
+            for label, variables in TRACING_SETTINGS[shift:] + TRACING_SETTINGS[:shift]:
+                server = peers.server("ours", "greet")
+                if variables:
+                    server.env = dict(server.env, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, **variables)
+                with server:
+                    path = "/greet_service.GreetService/SayHello"
+                    h2load(peers, server, path, NOPARAM_FRAME, GREET_REPLY_BYTES, args.warmup, tmp)
+                    result = h2load(peers, server, path, NOPARAM_FRAME, GREET_REPLY_BYTES, args.duration, tmp)
+                per_call[label].append(result["server_cpu_us_per_call"])
+                log(f"tracing cost round {rnd + 1}/{args.rounds} {label:<26} {headline('unary_greet_max', result)}")
+    finally:
+        gopeers.stop_process(collector, grace=5)
+    off = statistics.median(per_call[TRACING_SETTINGS[0][0]])
+    lines = ["", "## Tracing cost (server CPU per unary call, GreetService/SayHello at max)", "",
+             "| setting | µs/call | ratio to tracing off |", "|---|---|---|"]
+    for label, _ in TRACING_SETTINGS:
+        values = per_call[label]
+        lines.append(f"| {label} | {cell(values)} | {statistics.median(values) / off:.2f}x |")
+    lines.append("")
+    return "\n".join(lines) + "\n", per_call
+
+
 # --------------------------------------------------------------------------- reporting
 
 # (row label, measurement, field, unit, scale, goal as (op, ratio ours/grpc-go) or None: issue 10's goals)
@@ -722,6 +778,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--wait-quiet", type=float, default=0,
                    help="wait up to this many seconds for the 1-minute load average to drop below 0.5")
     p.add_argument("--keep-logs", action="store_true", help="keep server logs (their directory is printed)")
+    p.add_argument("--no-tracing-cost", action="store_true", help="skip the tracing cost (see above)")
     a = p.parse_args(argv)
     a.only = [s for s in a.only.split(",") if s]
     peers = [s for s in a.peers.split(",") if s]
@@ -789,6 +846,7 @@ def main(argv: list[str]) -> int:
         run_started = time.monotonic()
         try:
             records = run_rounds(peers, args, tmp)
+            tracing_table, tracing_raw = ("", {}) if args.no_tracing_cost else tracing_cost(peers, args, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             if args.keep_logs:
@@ -796,6 +854,7 @@ def main(argv: list[str]) -> int:
             else:
                 shutil.rmtree(log_dir, ignore_errors=True)
         table, rows = summarize(records, args)
+        table += tracing_table
         now = dt.datetime.now(dt.timezone.utc)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         raw = {
@@ -806,6 +865,7 @@ def main(argv: list[str]) -> int:
                           "tonic": "tokio multi-threaded runtime, one worker (affinity)"},
             "loadavg_before": load, "loadavg_after": loadavg(), "tools": tool_versions(peers),
             "run_seconds": time.monotonic() - run_started, "records": records,
+            "tracing_cost_us_per_call": tracing_raw,
         }
         json_path = args.out_dir / f"{now.strftime('%Y-%m-%dT%H%M%SZ')}{'-quick' if args.quick else ''}.json"
         json_path.write_text(json.dumps(raw, indent=1) + "\n")

@@ -32,6 +32,7 @@ use crate::services::helloworld::HelloWorld;
 use crate::services::interop::InteropService;
 use crate::services::reflection;
 use crate::services::route_guide::{self, RouteGuideService};
+use crate::telemetry::Tracing;
 use crate::tls::ServerTls;
 
 /// Full name of the interop suite's service, hosted when [`ServerConfig::interop`] is set.
@@ -72,6 +73,9 @@ pub struct ServerConfig {
     /// [`run`] writes the bound addresses here once serving (see
     /// [`crate::ready`]); `None`: no file.
     pub ready_file: Option<PathBuf>,
+    /// A span per call (and per chat message's steps), exported to a
+    /// collector; `None`: no tracing, at no cost to a call.
+    pub tracing: Option<Tracing>,
 }
 
 /// What one peer may use of a server; each is a C-core channel argument.
@@ -137,6 +141,7 @@ impl Default for ServerConfig {
             core_args: Vec::new(),
             chat: ChatConfig::default(),
             ready_file: None,
+            tracing: None,
         }
     }
 }
@@ -164,6 +169,8 @@ pub enum StartError {
     Reflection(String),
     /// The ready file cannot be written.
     ReadyFile(String),
+    /// The tracing counters cannot be registered.
+    Tracing(String),
 }
 
 impl fmt::Display for StartError {
@@ -178,6 +185,7 @@ impl fmt::Display for StartError {
             | StartError::Admin(why)
             | StartError::Reflection(why)
             | StartError::ReadyFile(why)
+            | StartError::Tracing(why)
             | StartError::Chat(why) => f.write_str(why),
         }
     }
@@ -234,7 +242,10 @@ pub fn start(config: &ServerConfig) -> Result<RunningServer, StartError> {
         Some(path) => route_guide::load_features(path).map_err(StartError::RouteDb)?,
         None => route_guide::default_features(),
     };
-    let runtime = Runtime::new(CallTracker::new());
+    let runtime = Runtime::new(CallTracker::new()).with_tracing(config.tracing.clone());
+    if let Some(tracing) = &config.tracing {
+        tracing.register_metrics(runtime.metrics().registry()).map_err(StartError::Tracing)?;
+    }
     let health = HealthReporter::default();
     let chat = Chat::start(&config.chat).map_err(StartError::Chat)?;
     chat.register_metrics(runtime.metrics().registry()).map_err(StartError::Chat)?;
@@ -521,5 +532,9 @@ pub fn run(
     block_on(signal);
     let outcome = server.drain(drain.delay, drain.grace);
     info!("server stopped ({outcome:?})");
+    if let Some(tracing) = &config.tracing {
+        // The last calls' spans; a dead collector holds the exit up to this long.
+        tracing.shutdown(Duration::from_secs(5));
+    }
     Ok(outcome)
 }

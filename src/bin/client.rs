@@ -15,6 +15,7 @@ use greet::client::load::{self, LoadConfig, Workload};
 use greet::client::CliError;
 use greet::client::{route_guide, Client, Connector, LbPolicy};
 use greet::duration;
+use greet::telemetry::{self, TraceSettings, Tracing};
 use greet::tls::ClientTls;
 use grpcio::Metadata;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -74,6 +75,14 @@ struct Args {
     /// Wait between sends on client and bidirectional streams.
     #[arg(long, default_value = "2s", value_parser = duration::parse, global = true)]
     interval: Duration,
+    /// Export a client span per call (OpenTelemetry, OTLP over HTTP/protobuf)
+    /// to the collector at this base URL, e.g. http://127.0.0.1:4318; each
+    /// call carries its span's `traceparent`. Default:
+    /// $OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing. A trace given in
+    /// $TRACEPARENT (and $TRACESTATE) is continued; OTEL_SERVICE_NAME
+    /// (default greet-client) and OTEL_TRACES_SAMPLER(_ARG) apply.
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -179,17 +188,32 @@ fn client_tls(args: &Args) -> Result<Option<ClientTls>, String> {
     Ok(Some(tls))
 }
 
+/// The tracer of --otlp-endpoint and the OTEL_* variables, if any.
+fn tracing(args: &Args) -> Result<Option<Tracing>, String> {
+    let settings = TraceSettings::from_env(args.otlp_endpoint.as_deref(), |v| std::env::var(v).ok(), "greet-client")?;
+    settings.as_ref().map(Tracing::start).transpose()
+}
+
 /// The metadata every call carries: the bearer token of --token-file.
 fn headers(args: &Args) -> Result<Option<Metadata>, String> {
     let Some(path) = &args.token_file else { return Ok(None) };
     greet::client::bearer_metadata(&greet::client::read_token_file(path)?).map(Some)
 }
 
-async fn run(args: &Args, connector: &Connector, headers: Option<Metadata>) -> Result<(), CliError> {
+async fn run(
+    args: &Args,
+    connector: &Connector,
+    headers: Option<Metadata>,
+    tracing: Option<Tracing>,
+) -> Result<(), CliError> {
     let channel = connector.channel();
     let mut client = Client::new(channel.clone(), args.timeout);
     if let Some(headers) = &headers {
         client = client.with_headers(headers.clone());
+    }
+    if let Some(tracing) = tracing {
+        let env = |name| std::env::var(name).ok();
+        client = client.with_tracing(tracing, telemetry::context_from(env("TRACEPARENT"), env("TRACESTATE")));
     }
     let names = &args.names;
     match &args.command {
@@ -314,7 +338,8 @@ fn main() {
 fn run_main() -> u8 {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let (connector, headers) = match connector(&args).and_then(|connector| Ok((connector, headers(&args)?))) {
+    let set_up = connector(&args).and_then(|connector| Ok((connector, headers(&args)?, tracing(&args)?)));
+    let (connector, headers, tracing) = match set_up {
         Ok(set_up) => set_up,
         Err(e) => {
             eprintln!("error: {e}");
@@ -322,7 +347,12 @@ fn run_main() -> u8 {
         }
     };
     // The one place the client blocks.
-    let result = block_on(run(&args, &connector, headers));
+    let result = block_on(run(&args, &connector, headers, tracing.clone()));
+    if let Some(tracing) = tracing {
+        // The process ends without exit handlers: export the spans first
+        // (bounded: a dead collector refuses at once, a silent one times out).
+        tracing.shutdown(Duration::from_secs(5));
+    }
     match result {
         Ok(()) => 0,
         Err(e) => {

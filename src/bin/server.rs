@@ -10,6 +10,7 @@ use clap::Parser;
 use greet::auth::{self, Authenticator};
 use greet::duration;
 use greet::server::{self, DrainPolicy, ServerConfig, ServerLimits};
+use greet::telemetry::{TraceSettings, Tracing};
 use greet::tls::ServerTls;
 
 #[derive(Parser, Debug)]
@@ -125,6 +126,13 @@ struct Args {
     /// {"grpc": "HOST:PORT", "admin": "HOST:PORT" or null} (atomically: PATH.tmp, then a rename).
     #[arg(long, value_name = "PATH")]
     ready_file: Option<PathBuf>,
+    /// Export a span per call (OpenTelemetry, OTLP over HTTP/protobuf) to the
+    /// collector at this base URL, e.g. http://127.0.0.1:4318 (/v1/traces is
+    /// appended); default: $OTEL_EXPORTER_OTLP_ENDPOINT, else no tracing.
+    /// OTEL_SERVICE_NAME (default greet-server), OTEL_TRACES_SAMPLER and
+    /// OTEL_TRACES_SAMPLER_ARG apply.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 fn parse_core_arg(text: &str) -> Result<(String, i32), String> {
@@ -168,6 +176,8 @@ fn config(args: Args) -> Result<ServerConfig, String> {
     config.instance_id = args.instance_id;
     config.admin_addr = args.admin_addr;
     config.ready_file = args.ready_file;
+    let tracing = TraceSettings::from_env(args.otlp_endpoint.as_deref(), |v| std::env::var(v).ok(), "greet-server")?;
+    config.tracing = tracing.as_ref().map(Tracing::start).transpose()?;
     config.limits = ServerLimits {
         max_concurrent_streams: args.max_concurrent_streams,
         max_receive_bytes: args.max_recv_bytes,

@@ -26,6 +26,7 @@ use super::store::Store;
 use super::types::{ChatConfig, ChatError, Event, Stats};
 use crate::fanout::{Ended, Fanout, SubscriberId, Subscription, WhenFull};
 use crate::proto::chat::{server_event, Message, Presence, RoomInfo, ServerEvent};
+use crate::telemetry::Span;
 use crate::wire::now_unix_ms;
 
 type Reply<T> = oneshot::Sender<Result<T, ChatError>>;
@@ -63,6 +64,8 @@ pub(super) enum Command {
         /// The users it notifies (see [`super::mention`]).
         mentions: Vec<String>,
         reply: Reply<u64>,
+        /// The span of the call that says it, when traced.
+        span: Option<Span>,
     },
     Leave {
         room: String,
@@ -124,8 +127,11 @@ struct Hub {
     stats: Arc<Stats>,
     subscriber_queue: usize,
     /// Messages said in the current batch, not yet stored, with the reply
-    /// their sender waits for (none for a notification).
-    pending: Vec<(Message, Option<Reply<u64>>)>,
+    /// their sender waits for (none for a notification) and their spans.
+    pending: Vec<(Message, Option<Reply<u64>>, Option<Traced>)>,
+    /// Broker mode: the traced messages said here, until the broker's
+    /// reader hands them back to be fanned out (at most [`MAX_TRACED`]).
+    traced: HashMap<MessageKey, Span>,
     /// Broker mode: rooms being loaded, with the joins waiting for them.
     opening: HashMap<String, Vec<JoinRequest>>,
     /// The hub's own command channel, for answers from the broker's writer.
@@ -137,6 +143,46 @@ struct Hub {
 
 /// Most commands taken in one batch.
 const BATCH: usize = 512;
+
+/// Broker mode: most traced messages waiting for their fan-out; past it
+/// (messages the broker never handed back) the oldest links are forgotten.
+const MAX_TRACED: usize = 1024;
+
+/// A message as the broker hands it back: who said it, where, when.
+type MessageKey = (String, String, i64, String);
+
+fn key_of(message: &Message) -> MessageKey {
+    (message.room.clone(), message.user.clone(), message.time_unix_ms, message.client_id.clone())
+}
+
+/// The spans of a traced message: the call's (parent of the fan-out) and
+/// the store's, which ends once the message is stored (embedded mode) or
+/// acknowledged (broker mode, replicas and quorum included).
+struct Traced {
+    call: Span,
+    store: Span,
+}
+
+impl Traced {
+    fn start(span: Option<Span>, message: &Message, backend: &'static str) -> Option<Traced> {
+        let call = span?;
+        let attributes = vec![
+            opentelemetry::KeyValue::new("chat.room", message.room.clone()),
+            opentelemetry::KeyValue::new("chat.backend", backend),
+        ];
+        let store = call.child("chat.store", attributes)?;
+        Some(Traced { call, store })
+    }
+
+    /// Ends the store span with the message's number, or the error.
+    fn stored(&self, stored: &Result<u64, String>) {
+        match stored {
+            Ok(seq) => self.store.set_attribute(opentelemetry::KeyValue::new("chat.seq", *seq as i64)),
+            Err(why) => self.store.set_error(why.clone()),
+        }
+        self.store.end();
+    }
+}
 
 /// Opens the backend and starts the hub thread (and, with a broker, the
 /// reader thread); answers the hub's command channel.
@@ -180,6 +226,7 @@ pub(super) fn start(
         stats,
         subscriber_queue: config.subscriber_queue,
         pending: Vec::new(),
+        traced: HashMap::new(),
         opening: HashMap::new(),
         me: commands.downgrade(),
         holding_open: false,
@@ -282,7 +329,7 @@ impl Hub {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Say { message, mentions, reply: r } => self.say(message, mentions, r),
+            Command::Say { message, mentions, reply: r, span } => self.say(message, mentions, r, span),
             Command::Join(join) => {
                 self.flush();
                 self.join(join);
@@ -611,6 +658,21 @@ impl Hub {
         }
     }
 
+    /// [`Hub::fan_out`] of a message, in a `chat.fanout` span under the
+    /// call that said it when traced.
+    fn fan_out_traced(&mut self, room: &str, event: Event, call: Option<&Span>) {
+        let subscribers = self.rooms.get(room).map_or(0, |r| r.fanout.len());
+        let attributes = vec![
+            opentelemetry::KeyValue::new("chat.room", room.to_string()),
+            opentelemetry::KeyValue::new("chat.subscribers", subscribers as i64),
+        ];
+        let span = call.and_then(|call| call.child("chat.fanout", attributes));
+        self.fan_out(room, event);
+        if let Some(span) = span {
+            span.end();
+        }
+    }
+
     /// Publishes `event` to the room, then the leaves of those it cut off.
     fn fan_out(&mut self, room: &str, event: Event) {
         let mut queue = VecDeque::from([event]);
@@ -627,7 +689,7 @@ impl Hub {
         }
     }
 
-    fn say(&mut self, mut message: Message, mentions: Vec<String>, reply_to: Reply<u64>) {
+    fn say(&mut self, mut message: Message, mentions: Vec<String>, reply_to: Reply<u64>, span: Option<Span>) {
         if !self.rooms.contains_key(&message.room) {
             return reply(reply_to, Err(ChatError::Unavailable(format!("not in room {:?}", message.room))));
         }
@@ -652,13 +714,24 @@ impl Hub {
                 for mentioned in &mentions {
                     self.notify(&message, mentioned);
                 }
-                self.pending.push((message, Some(reply_to)));
+                let traced = Traced::start(span, &message, "sqlite");
+                self.pending.push((message, Some(reply_to), traced));
             }
             // The broker numbers it and stores its notifications with it;
             // the writer answers once it is acknowledged.
             Backend::Broker(broker) => {
                 let epoch = self.rooms[&message.room].epoch.clone();
+                let traced = Traced::start(span, &message, broker.name());
+                if let Some(traced) = &traced {
+                    if self.traced.len() >= MAX_TRACED {
+                        self.traced.clear();
+                    }
+                    self.traced.insert(key_of(&message), traced.call.clone());
+                }
                 let done = Box::new(move |stored: Result<u64, String>| {
+                    if let Some(traced) = &traced {
+                        traced.stored(&stored);
+                    }
                     reply(reply_to, stored.map_err(ChatError::Unavailable));
                 });
                 broker.send(Job::Say(Said { message, epoch, mentions, done }));
@@ -688,7 +761,7 @@ impl Hub {
         let Some(state) = self.rooms.get_mut(&note.room) else { unreachable!("open_inbox opened it") };
         state.last_seq += 1;
         note.seq = state.last_seq;
-        self.pending.push((note, None));
+        self.pending.push((note, None, None));
     }
 
     /// Embedded mode: the sequence number of an earlier message of the same
@@ -698,7 +771,7 @@ impl Hub {
             return None;
         }
         let same = |m: &&Message| m.room == message.room && m.user == message.user && m.client_id == message.client_id;
-        if let Some(m) = self.pending.iter().map(|(m, _)| m).find(same) {
+        if let Some(m) = self.pending.iter().map(|(m, _, _)| m).find(same) {
             return Some(m.seq);
         }
         let window = self.cache.get(&message.room)?;
@@ -711,8 +784,12 @@ impl Hub {
         if self.pending.is_empty() {
             return;
         }
-        let (messages, replies): (Vec<Message>, Vec<Option<Reply<u64>>>) =
-            std::mem::take(&mut self.pending).into_iter().unzip();
+        let mut messages = Vec::with_capacity(self.pending.len());
+        let mut replies = Vec::with_capacity(self.pending.len());
+        for (message, r, traced) in std::mem::take(&mut self.pending) {
+            messages.push(message);
+            replies.push((r, traced));
+        }
         let Backend::Local(store) = &mut self.backend else {
             unreachable!("only embedded mode keeps messages pending")
         };
@@ -724,18 +801,25 @@ impl Hub {
                     state.last_seq = state.last_seq.min(m.seq - 1);
                 }
             }
-            for r in replies.into_iter().flatten() {
+            for (r, traced) in replies {
+                if let Some(traced) = traced {
+                    traced.stored(&Err(why.to_string()));
+                }
+                let Some(r) = r else { continue };
                 reply(r, Err(ChatError::Unavailable(format!("the message was not stored: {why}"))));
             }
             self.close_idle_inboxes(messages.iter().map(|m| m.room.as_str()));
             return;
         }
-        for (message, r) in messages.iter().zip(replies) {
+        for (message, (r, traced)) in messages.iter().zip(replies) {
+            if let Some(traced) = &traced {
+                traced.stored(&Ok(message.seq));
+            }
             if let Some(r) = r {
                 reply(r, Ok(message.seq));
             }
             self.cache.append(message);
-            self.fan_out(&message.room, message_event(message.clone()));
+            self.fan_out_traced(&message.room, message_event(message.clone()), traced.as_ref().map(|t| &t.call));
         }
         self.close_idle_inboxes(messages.iter().map(|m| m.room.as_str()));
     }
@@ -769,6 +853,11 @@ impl Hub {
                     }
                     state.last_seq = message.seq;
                     self.cache.append(&message);
+                    // Said here and traced: the fan-out joins the call's trace.
+                    if let Some(call) = self.traced.remove(&key_of(&message)) {
+                        self.fan_out_traced(room, message_event(message), Some(&call));
+                        continue;
+                    }
                     message_event(message)
                 }
                 Entry::Joined { user, time_unix_ms } => presence_event(room, &user, time_unix_ms, true),

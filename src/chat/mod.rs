@@ -53,6 +53,7 @@ use futures::channel::oneshot;
 
 use crate::fanout::{SubscriberId, Subscription};
 use crate::proto::chat::{Message, RoomInfo};
+use crate::telemetry::Span;
 use crate::wire::now_unix_ms;
 pub use types::{default_data_dir, ChatConfig, ChatError, ChatStats, Event, Stats};
 
@@ -181,8 +182,17 @@ impl Chat {
     }
 
     /// Stores a message (and the notifications of the users it mentions,
-    /// [`mention`]) and fans it out; answers its sequence number.
-    pub async fn say(&self, room: &str, user: &str, text: String, client_id: String) -> Result<u64, ChatError> {
+    /// [`mention`]) and fans it out; answers its sequence number. With
+    /// `span` (the saying call's, when traced), its `chat.store` and
+    /// `chat.fanout` spans are children of it.
+    pub async fn say(
+        &self,
+        room: &str,
+        user: &str,
+        text: String,
+        client_id: String,
+        span: Option<Span>,
+    ) -> Result<u64, ChatError> {
         let mentions = mention::mentions(&text, user)?;
         let message = Message {
             room: room.to_string(),
@@ -192,7 +202,7 @@ impl Chat {
             time_unix_ms: now_unix_ms(),
             ..Default::default()
         };
-        self.ask(|reply| hub::Command::Say { message, mentions, reply }).await
+        self.ask(|reply| hub::Command::Say { message, mentions, reply, span }).await
     }
 
     /// Says `text` in `room` as `user` without being a member of it (no
@@ -207,10 +217,11 @@ impl Chat {
         user: &str,
         text: String,
         client_id: String,
+        span: Option<Span>,
     ) -> Result<(u64, String), ChatError> {
         // Lets the room go when this function returns, however it returns.
         let held = self.enter(room, user, None, None, 0, true).await?;
-        let seq = self.say(room, user, text, client_id).await?;
+        let seq = self.say(room, user, text, client_id, span).await?;
         Ok((seq, held.epoch.clone()))
     }
 

@@ -17,6 +17,7 @@ use std::time::Instant;
 use grpcio::{MethodType, RpcStatusCode};
 use log::warn;
 
+use crate::telemetry::Span;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
@@ -196,10 +197,11 @@ struct MethodState {
 pub struct MethodMetrics(Arc<MethodState>);
 
 impl MethodMetrics {
-    /// Counts a call as started; its [`CallRecord`] counts the rest.
-    pub fn start(&self) -> Arc<CallRecord> {
+    /// Counts a call as started; its [`CallRecord`] counts the rest and
+    /// ends its `span` (when the call is traced) with its status.
+    pub fn start(&self, span: Option<Span>) -> Arc<CallRecord> {
         self.0.started.inc();
-        Arc::new(CallRecord { method: self.clone(), started: Instant::now(), finished: AtomicBool::new(false) })
+        Arc::new(CallRecord { method: self.clone(), started: Instant::now(), finished: AtomicBool::new(false), span })
     }
 }
 
@@ -208,6 +210,8 @@ pub struct CallRecord {
     method: MethodMetrics,
     started: Instant,
     finished: AtomicBool,
+    /// The call's server span, ended with the call's status.
+    span: Option<Span>,
 }
 
 impl CallRecord {
@@ -236,6 +240,9 @@ impl CallRecord {
             })
             .inc();
         state.handling.observe(self.started.elapsed().as_secs_f64());
+        if let Some(span) = &self.span {
+            span.end_call(code);
+        }
     }
 }
 
@@ -272,12 +279,12 @@ mod tests {
     fn a_call_counts_once_whatever_ends_it() {
         let metrics = ServerMetrics::new();
         let method = metrics.method(&crate::rpc::api::greet::METHOD_GREET_SERVICE_SAY_HELLO);
-        let call = method.start();
+        let call = method.start(None);
         call.received();
         call.finish(RpcStatusCode::INVALID_ARGUMENT);
         call.finish(RpcStatusCode::OK);
         drop(call);
-        drop(method.start());
+        drop(method.start(None));
         let text = metrics.render();
         let labels = r#"grpc_method="SayHello",grpc_service="greet_service.GreetService",grpc_type="unary""#;
         for line in [

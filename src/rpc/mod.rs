@@ -34,6 +34,7 @@ use log::{debug, warn};
 pub use sink::{ClientStreamingSink, DuplexSink, RequestStream, ServerStreamingSink, UnarySink};
 pub use tracker::{CallGuard, CallTracker};
 
+use crate::telemetry::{Span, Tracing};
 use crate::wire::{code_name, SERVED_BY_HEADER};
 use metrics::{MethodMetrics, ServerMetrics};
 
@@ -116,8 +117,12 @@ pub struct Runtime {
     /// Sent as the initial metadata of every call once set (the instance id
     /// defaults to the bound address, known only after the services are built).
     headers: Arc<OnceLock<Metadata>>,
+    /// The instance id of `x-served-by`, also each call span's `greet.replica`.
+    instance: Arc<OnceLock<opentelemetry::StringValue>>,
     metrics: Arc<ServerMetrics>,
     tracker: Arc<CallTracker>,
+    /// A span per call when tracing is on; `None` costs a call nothing.
+    tracing: Option<Tracing>,
 }
 
 impl Runtime {
@@ -126,13 +131,21 @@ impl Runtime {
         Runtime { tracker, ..Default::default() }
     }
 
+    /// Traces every call from now on with `tracing` (registered by then).
+    pub fn with_tracing(mut self, tracing: Option<Tracing>) -> Self {
+        self.tracing = tracing;
+        self
+    }
+
     /// Answers every call from now on with `x-served-by: <instance>`.
     pub fn set_served_by(&self, instance: &str) -> Result<(), String> {
         let mut headers = MetadataBuilder::new();
         headers
             .add_str(SERVED_BY_HEADER, instance)
             .map_err(|e| format!("instance id {instance:?} cannot be sent as a header: {e}"))?;
-        self.headers.set(headers.build()).map_err(|_| "the instance id is already set".to_string())
+        self.headers.set(headers.build()).map_err(|_| "the instance id is already set".to_string())?;
+        let _ = self.instance.set(instance.to_string().into());
+        Ok(())
     }
 
     /// The metrics the calls are counted in.
@@ -186,11 +199,27 @@ macro_rules! response_headers {
 response_headers!(UnarySink, ClientStreamingSink, ServerStreamingSink, DuplexSink);
 
 impl MethodRuntime {
-    fn call(&self, ctx: &RpcContext, sink: &mut impl ResponseHeaders) -> Call {
+    /// The call's server span, when tracing is on: a child of the caller's
+    /// (`traceparent`), with the RPC attributes, the peer and the replica.
+    fn span(&self, ctx: &RpcContext) -> Option<Span> {
+        let tracing = self.runtime.tracing.as_ref()?;
+        let span = tracing.server_span(self.name, ctx.request_headers());
+        if span.is_recording() {
+            use opentelemetry::KeyValue;
+            span.set_attribute(KeyValue::new("network.peer.address", ctx.peer()));
+            if let Some(instance) = self.runtime.instance.get() {
+                span.set_attribute(KeyValue::new("greet.replica", instance.clone()));
+            }
+        }
+        Some(span)
+    }
+
+    fn call(&self, ctx: &RpcContext, sink: &mut impl ResponseHeaders, span: Option<Span>) -> Call {
         if let Some(headers) = self.runtime.headers.get() {
             sink.set_response_headers(headers.clone());
         }
         Call {
+            span,
             method: self.name,
             request_headers: self.reads_request_headers.then(|| ctx.request_headers().clone()),
             response_headers: None,
@@ -205,8 +234,9 @@ impl MethodRuntime {
         ctx: &RpcContext,
         sink: grpcio::UnarySink<Resp>,
     ) -> Option<(Call, UnarySink<Resp>)> {
-        let mut sink = sink::unary(sink, &self.metrics);
-        let call = self.call(ctx, &mut sink);
+        let span = self.span(ctx);
+        let mut sink = sink::unary(sink, &self.metrics, span.clone());
+        let call = self.call(ctx, &mut sink, span);
         match codec::take_rejected() {
             None => Some((call, sink)),
             Some(status) => {
@@ -222,8 +252,9 @@ impl MethodRuntime {
         ctx: &RpcContext,
         sink: grpcio::ServerStreamingSink<Resp>,
     ) -> Option<(Call, ServerStreamingSink<Resp>)> {
-        let mut sink = sink::server_streaming(sink, &self.metrics);
-        let call = self.call(ctx, &mut sink);
+        let span = self.span(ctx);
+        let mut sink = sink::server_streaming(sink, &self.metrics, span.clone());
+        let call = self.call(ctx, &mut sink, span);
         match codec::take_rejected() {
             None => Some((call, sink)),
             Some(status) => {
@@ -240,8 +271,9 @@ impl MethodRuntime {
         requests: grpcio::RequestStream<Req>,
         sink: grpcio::ClientStreamingSink<Resp>,
     ) -> (Call, RequestStream<Req>, ClientStreamingSink<Resp>) {
-        let (requests, mut sink) = sink::client_streaming(requests, sink, &self.metrics);
-        let call = self.call(ctx, &mut sink);
+        let span = self.span(ctx);
+        let (requests, mut sink) = sink::client_streaming(requests, sink, &self.metrics, span.clone());
+        let call = self.call(ctx, &mut sink, span);
         (call, requests, sink)
     }
 
@@ -252,8 +284,9 @@ impl MethodRuntime {
         requests: grpcio::RequestStream<Req>,
         sink: grpcio::DuplexSink<Resp>,
     ) -> (Call, RequestStream<Req>, DuplexSink<Resp>) {
-        let (requests, mut sink) = sink::duplex(requests, sink, &self.metrics);
-        let call = self.call(ctx, &mut sink);
+        let span = self.span(ctx);
+        let (requests, mut sink) = sink::duplex(requests, sink, &self.metrics, span.clone());
+        let call = self.call(ctx, &mut sink, span);
         (call, requests, sink)
     }
 }
@@ -261,6 +294,8 @@ impl MethodRuntime {
 /// One call, as its handler sees it besides its messages. Counted as running
 /// until the runtime has ended it.
 pub struct Call {
+    /// Its server span, when tracing is on.
+    span: Option<Span>,
     method: &'static str,
     request_headers: Option<Metadata>,
     response_headers: Option<Metadata>,
@@ -271,6 +306,12 @@ impl Call {
     /// The method's path, `/package.Service/Method`.
     pub fn method(&self) -> &'static str {
         self.method
+    }
+
+    /// The call's server span, when tracing is on: the parent of the spans
+    /// of the work the handler does for it.
+    pub fn span(&self) -> Option<&Span> {
+        self.span.as_ref()
     }
 
     /// The metadata the client sent; empty unless the service's trait

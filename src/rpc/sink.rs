@@ -18,6 +18,7 @@ use grpcio::{
 };
 
 use super::metrics::{CallRecord, MethodMetrics};
+use crate::telemetry::Span;
 
 /// The messages of a client-streaming or bidirectional call; counts each one.
 pub struct RequestStream<T> {
@@ -136,8 +137,8 @@ streaming_sink!(ServerStreamingSink);
 streaming_sink!(DuplexSink);
 
 /// Measures a unary call; its request is its one message received.
-pub(super) fn unary<T>(sink: grpcio::UnarySink<T>, method: &MethodMetrics) -> UnarySink<T> {
-    let call = method.start();
+pub(super) fn unary<T>(sink: grpcio::UnarySink<T>, method: &MethodMetrics, span: Option<Span>) -> UnarySink<T> {
+    let call = method.start(span);
     call.received();
     UnarySink { inner: sink, call }
 }
@@ -146,8 +147,9 @@ pub(super) fn unary<T>(sink: grpcio::UnarySink<T>, method: &MethodMetrics) -> Un
 pub(super) fn server_streaming<T>(
     sink: grpcio::ServerStreamingSink<T>,
     method: &MethodMetrics,
+    span: Option<Span>,
 ) -> ServerStreamingSink<T> {
-    let call = method.start();
+    let call = method.start(span);
     call.received();
     ServerStreamingSink { inner: sink, call }
 }
@@ -157,8 +159,9 @@ pub(super) fn client_streaming<Req, Resp>(
     stream: grpcio::RequestStream<Req>,
     sink: grpcio::ClientStreamingSink<Resp>,
     method: &MethodMetrics,
+    span: Option<Span>,
 ) -> (RequestStream<Req>, ClientStreamingSink<Resp>) {
-    let call = method.start();
+    let call = method.start(span);
     (RequestStream { inner: stream, call: call.clone() }, ClientStreamingSink { inner: sink, call })
 }
 
@@ -167,7 +170,8 @@ pub(super) fn duplex<Req, Resp>(
     stream: grpcio::RequestStream<Req>,
     sink: grpcio::DuplexSink<Resp>,
     method: &MethodMetrics,
+    span: Option<Span>,
 ) -> (RequestStream<Req>, DuplexSink<Resp>) {
-    let call = method.start();
+    let call = method.start(span);
     (RequestStream { inner: stream, call: call.clone() }, DuplexSink { inner: sink, call })
 }

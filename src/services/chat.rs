@@ -25,6 +25,8 @@ use crate::proto::chat::{
 };
 use crate::rpc::api::chat as api;
 use crate::rpc::{Call, CallError, DuplexSink, RequestStream, ServerStreamingSink};
+use crate::telemetry::Span;
+use opentelemetry::KeyValue;
 
 /// The join a Connect's first frame or a Subscribe request asks for.
 struct JoinAsked {
@@ -373,6 +375,7 @@ impl ChatService {
     /// call fails, or the room cuts this subscriber off.
     async fn serve_connect(
         &self,
+        span: Option<&Span>,
         principal: Option<&str>,
         frames: &mut RequestStream<ClientFrame>,
         sink: &mut DuplexSink<ServerEvent>,
@@ -402,7 +405,17 @@ impl ChatService {
                     Some(client_frame::Frame::Say(say)) => {
                         check_text(&say.text)?;
                         check_client_id(&say.client_id)?;
-                        chat.say(&room, &user, say.text, say.client_id).await?;
+                        // One span per message said, under the Connect call's.
+                        let say_span =
+                            span.and_then(|s| s.child("chat.say", vec![KeyValue::new("chat.room", room.clone())]));
+                        let said = chat.say(&room, &user, say.text, say.client_id, say_span.clone()).await;
+                        if let Some(say_span) = &say_span {
+                            if let Err(e) = &said {
+                                say_span.set_error(e.to_string());
+                            }
+                            say_span.end();
+                        }
+                        said?;
                     }
                     Some(client_frame::Frame::Join(_)) => {
                         return Err(CallError::invalid_argument(format!(
@@ -447,7 +460,7 @@ impl api::Chat for ChatService {
     ) -> Result<(), CallError> {
         // Behind the token checker every Connect carries a valid token.
         let principal = self.principal(call)?;
-        self.serve_connect(principal.as_deref(), frames, sink).await
+        self.serve_connect(call.span(), principal.as_deref(), frames, sink).await
     }
 
     /// Joins a room and streams its events; see `protos/chat.proto`.
@@ -468,7 +481,8 @@ impl api::Chat for ChatService {
         let user = member_name(&request.user, principal.as_deref())?;
         check_text(&request.text)?;
         check_client_id(&request.client_id)?;
-        let (seq, epoch) = self.chat.post(&request.room, &user, request.text, request.client_id).await?;
+        let span = call.span().cloned();
+        let (seq, epoch) = self.chat.post(&request.room, &user, request.text, request.client_id, span).await?;
         Ok(PostResponse { seq, epoch, ..Default::default() })
     }
 

@@ -24,11 +24,12 @@ use crate::common::*;
 
 /// The user the image runs as (image/build.sh, image/server.Containerfile).
 const UID: u32 = 65532;
-/// The bound on the server image, uncompressed. Measured: 26.5 MB from `make
-/// build`'s binaries, 27.2 MB from the ones `cargo test` builds (dev-dependency
-/// features); the 25 MB goal needs a smaller binary than the release profile
-/// gives today (docs/deployment.md, "Operating it: the image").
-const MAX_SERVER_IMAGE_BYTES: u64 = 28_000_000;
+/// The bound on the server image, uncompressed. Measured with tracing
+/// (OpenTelemetry, +1.3 MB of binary): 27.5 MB from `make build`'s binaries,
+/// 28.15 MB from the ones `cargo test` builds (dev-dependency features). The
+/// 25 MB goal needs the gRPC C core or its libraries smaller, which means
+/// rebuilding grpcio-sys (docs/operations.md, "The image").
+const MAX_SERVER_IMAGE_BYTES: u64 = 28_500_000;
 
 fn server_image() -> String {
     format!("greet-server:{}", env!("CARGO_PKG_VERSION"))
@@ -222,7 +223,7 @@ fn files_under(root: &Path) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_server_image_is_at_most_28_mb_and_holds_the_binary_its_libraries_the_ca_bundle_and_a_user() {
+fn the_server_image_is_at_most_28_5_mb_and_holds_the_binary_its_libraries_the_ca_bundle_and_a_user() {
     let built = built();
     let image = format!("localhost/{}", server_image());
     let size: u64 = podman_stdout(&["image", "inspect", "--format", "{{.Size}}", &image]).parse().unwrap();

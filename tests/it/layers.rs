@@ -16,14 +16,14 @@ const LAYERS: &[&[&str]] = &[
     &["server", "client"],
     &["services", "admin"],
     &["rpc", "chat", "health", "auth"],
-    &["limits", "duration", "tls", "fanout", "wire", "ready", "proto"],
+    &["limits", "duration", "tls", "fanout", "wire", "ready", "telemetry", "proto"],
 ];
 
 /// What the client may import: leaves only (no server module, no runtime).
-const CLIENT_MAY_IMPORT: &[&str] = &["client", "limits", "duration", "tls", "fanout", "wire", "proto"];
+const CLIENT_MAY_IMPORT: &[&str] = &["client", "limits", "duration", "tls", "fanout", "wire", "telemetry", "proto"];
 
 /// What the chat domain may import: leaves (it knows nothing of gRPC statuses or services).
-const CHAT_MAY_IMPORT: &[&str] = &["chat", "fanout", "wire", "proto"];
+const CHAT_MAY_IMPORT: &[&str] = &["chat", "fanout", "wire", "telemetry", "proto"];
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")

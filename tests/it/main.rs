@@ -37,5 +37,6 @@ mod route_guide;
 mod scale_out;
 mod stream_timing;
 mod tls;
+mod tracing;
 mod web_chat;
 mod xds;

@@ -22,6 +22,8 @@ pub use types::*;
 
 /// The hub's handle on the broker's threads, whichever the broker.
 pub struct Broker {
+    /// `redis` or `etcd`, as traces name the store.
+    name: &'static str,
     jobs: async_channel::Sender<Job>,
     follows: async_channel::Sender<Follow>,
     writer: Option<thread::JoinHandle<()>>,
@@ -38,12 +40,17 @@ impl Broker {
         let (jobs, queued) = async_channel::unbounded();
         let (follows, followed) = async_channel::unbounded();
         let queues = Queues { jobs: queued, follows: followed };
-        let writer = if etcd::is_etcd_url(&config.url) {
-            etcd::start(config, queues, deliver)?
+        let (name, writer) = if etcd::is_etcd_url(&config.url) {
+            ("etcd", etcd::start(config, queues, deliver)?)
         } else {
-            redis::start(config, queues, deliver)?
+            ("redis", redis::start(config, queues, deliver)?)
         };
-        Ok(Broker { jobs, follows, writer: Some(writer) })
+        Ok(Broker { name, jobs, follows, writer: Some(writer) })
+    }
+
+    /// `redis` or `etcd`.
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// Queues a job; never waits.

@@ -205,6 +205,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `server --addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --stream-interval 0 <extra>`.
     pub fn start(instance_id: &str, extra: &[&str]) -> ServerProcess {
+        Self::start_with_env(instance_id, extra, &[])
+    }
+
+    /// [`start`](Self::start) with these environment variables set.
+    pub fn start_with_env(instance_id: &str, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let ready = ReadyFile::new();
         let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
         command
@@ -213,7 +218,8 @@ impl ServerProcess {
             .args(extra)
             .arg("--ready-file")
             .arg(ready.path())
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let mut process = Process::spawn(command);
         let Ready { grpc: addr, admin } = process.wait_ready(&ready);
         let admin = admin.expect("started with --admin-addr, it names its admin port");
