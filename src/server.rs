@@ -295,7 +295,10 @@ fn hosted_services(
         Hosted {
             name: greet::GREET_SERVICE_FULL_NAME,
             file: proto::greet::file_descriptor(),
-            service: greet::register_greet_service(Greeter::new(config.stream_interval, config.limits.max_name_bytes), runtime),
+            service: greet::register_greet_service(
+                Greeter::new(config.stream_interval, config.limits.max_name_bytes),
+                runtime,
+            ),
         },
         Hosted {
             name: helloworld::GREETER_FULL_NAME,
