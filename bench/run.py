@@ -397,7 +397,9 @@ def h2load(peers: Peers, server: Server, path: str, frame: bytes, reply_bytes: i
     # A gRPC error would come as HTTP 200 with a trailers-only answer and no DATA: the
     # DATA bytes per response show every call got its reply message.
     per_reply = data_bytes / max(ok, 1)
-    if failed or errored or int(m_status[1]) != ok or abs(per_reply - reply_bytes) > 0.01:
+    # A stream whose headers came before h2load's stop but whose end came after counts as 2xx
+    # and not as done: at most the 200 streams in flight.
+    if failed or errored or not 0 <= int(m_status[1]) - ok <= 200 or abs(per_reply - reply_bytes) > 0.01:
         raise BenchError(f"{server.impl}: h2load saw failures or wrong replies ({ok} ok, {failed} failed, "
                          f"{errored} errored, {per_reply:.2f} DATA bytes per reply, want {reply_bytes}):\n{text[-1500:]}")
     return {
