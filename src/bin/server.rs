@@ -45,6 +45,9 @@ struct Args {
     /// Largest message accepted, in bytes (larger: RESOURCE_EXHAUSTED).
     #[arg(long, default_value_t = ServerLimits::default().max_receive_bytes)]
     max_recv_bytes: usize,
+    /// Longest name GreetService and helloworld accept, in bytes (longer: INVALID_ARGUMENT).
+    #[arg(long, default_value_t = ServerLimits::default().max_name_bytes)]
+    max_name_bytes: usize,
     /// Keepalive enforcement: clients may ping no more often than this while idle.
     #[arg(long, default_value = "10s", value_parser = duration::parse)]
     min_ping_interval: Duration,
@@ -181,6 +184,7 @@ fn config(args: Args) -> Result<ServerConfig, String> {
     config.limits = ServerLimits {
         max_concurrent_streams: args.max_concurrent_streams,
         max_receive_bytes: args.max_recv_bytes,
+        max_name_bytes: args.max_name_bytes,
         min_ping_interval: args.min_ping_interval,
         max_connection_age: (!args.max_connection_age.is_zero()).then_some(args.max_connection_age),
         max_connection_age_grace: args.max_connection_age_grace,

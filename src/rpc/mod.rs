@@ -15,7 +15,7 @@
 //! ```text
 //! impl Greeter for HelloWorld {
 //!     async fn say_hello(&self, _call: &mut Call, request: HelloRequest) -> Result<HelloReply, CallError> {
-//!         limits::check_name(&request.name, 0)?;
+//!         limits::check_name(&request.name, 0, self.max_name_bytes)?;
 //!         Ok(HelloReply { message: format!("Hello {}", request.name), ..Default::default() })
 //!     }
 //! }

@@ -28,11 +28,13 @@ fn response(message: String) -> HelloResponse {
 pub struct Greeter {
     /// Wait after each server-stream send; the demo's is 2 s.
     stream_interval: Duration,
+    /// Longest name accepted, in bytes ([`limits::MAX_NAME_BYTES`] by default).
+    max_name_bytes: usize,
 }
 
 impl Greeter {
-    pub fn new(stream_interval: Duration) -> Self {
-        Greeter { stream_interval }
+    pub fn new(stream_interval: Duration, max_name_bytes: usize) -> Self {
+        Greeter { stream_interval, max_name_bytes }
     }
 }
 
@@ -51,7 +53,7 @@ impl GreetService for Greeter {
         request: NamesList,
         sink: &mut ServerStreamingSink<HelloResponse>,
     ) -> Result<(), CallError> {
-        limits::check_names(&request.names)?;
+        limits::check_names(&request.names, self.max_name_bytes)?;
         let interval = self.stream_interval;
         let last = request.names.len().saturating_sub(1);
         for (i, name) in request.names.into_iter().enumerate() {
@@ -74,7 +76,7 @@ impl GreetService for Greeter {
     ) -> Result<MessagesList, CallError> {
         let mut messages = Vec::new();
         while let Some(request) = requests.try_next().await? {
-            limits::check_name(&request.name, messages.len())?;
+            limits::check_name(&request.name, messages.len(), self.max_name_bytes)?;
             limits::check_count(messages.len() + 1)?;
             info!("Got request with name : {}", request.name);
             messages.push(greeting(&request.name));
@@ -92,7 +94,7 @@ impl GreetService for Greeter {
     ) -> Result<(), CallError> {
         let mut index = 0;
         while let Some(request) = requests.try_next().await? {
-            limits::check_name(&request.name, index)?;
+            limits::check_name(&request.name, index, self.max_name_bytes)?;
             index += 1;
             info!("Got request with name : {}", request.name);
             sink.send((response(greeting(&request.name)), WriteFlags::default())).await?;

@@ -95,7 +95,7 @@ proptest! {
     #[test]
     fn a_name_passes_exactly_when_it_is_within_the_byte_limit(len in 0usize..2_100, index in 0usize..1_000) {
         let name = "é".repeat(len / 2) + &"a".repeat(len % 2);
-        match limits::check_name(&name, index) {
+        match limits::check_name(&name, index, MAX_NAME_BYTES) {
             Ok(()) => prop_assert!(name.len() <= MAX_NAME_BYTES),
             Err(status) => {
                 prop_assert!(name.len() > MAX_NAME_BYTES);
@@ -117,7 +117,7 @@ proptest! {
     fn a_list_fails_on_its_first_long_name(lens in vec(0usize..1_100, 0..30)) {
         let names: Vec<String> = lens.iter().map(|&n| "x".repeat(n)).collect();
         let first_bad = lens.iter().position(|&n| n > MAX_NAME_BYTES);
-        match (limits::check_names(&names), first_bad) {
+        match (limits::check_names(&names, MAX_NAME_BYTES), first_bad) {
             (Ok(()), None) => {}
             (Err(status), Some(i)) => {
                 let prefix = format!("name #{} ", i + 1);

@@ -16,6 +16,10 @@
 //	               round trip on each, prints "READY", and holds them open until
 //	               stdin closes (run.py reads the server's memory meanwhile).
 //
+// -size N makes every name N bytes long (bidi's -name, or each server-stream
+// name, padded with "x"), for the large-message rows; the result's "bytes" is
+// the answers' message text received in the window, from which run.py gives MB/s.
+//
 // Protocol with run.py: a line "MEASURE_START" when the measured window opens,
 // "MEASURE_END" when it closes, then one JSON object with the result. The
 // generator's own CPU time over the window (getrusage) is in the JSON.
@@ -29,6 +33,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -51,11 +56,21 @@ var (
 	calls    = flag.Int("calls", 1, "server-streaming calls, one after another")
 	name     = flag.String("name", "world", "name sent in bidi requests")
 	messages = flag.Int("messages", 0, "bidi: requests per stream, then close (0: run for -duration)")
+	size     = flag.Int("size", 0, "pad every name to this many bytes (0: as given)")
 )
+
+// padded is name, made -size bytes long when -size is set.
+func padded(name string) string {
+	if *size > len(name) {
+		return name + strings.Repeat("x", *size-len(name))
+	}
+	return name
+}
 
 type result struct {
 	Mode       string  `json:"mode"`
 	Messages   int64   `json:"messages"`
+	Bytes      int64   `json:"bytes"`
 	Seconds    float64 `json:"seconds"`
 	PerSecond  float64 `json:"per_second"`
 	CPUSeconds float64 `json:"generator_cpu_seconds"`
@@ -121,8 +136,8 @@ func runBidi() {
 	var received, errs atomic.Int64
 	var stop atomic.Bool
 	var wg sync.WaitGroup
-	req := &pb.HelloRequest{Name: *name}
-	want := "Hello " + *name
+	req := &pb.HelloRequest{Name: padded(*name)}
+	want := "Hello " + req.Name
 	ready := make(chan struct{}, *streams)
 	for i := 0; i < *streams; i++ {
 		stream, err := clients[i%len(clients)].SayHelloBidirectionalStreaming(ctx)
@@ -182,7 +197,7 @@ func runBidi() {
 		m.close()
 		secs := m.end.Sub(m.start).Seconds()
 		n := received.Load()
-		emit(result{Mode: "bidi", Messages: n, Seconds: secs, PerSecond: float64(n) / secs,
+		emit(result{Mode: "bidi", Messages: n, Bytes: n * int64(len(want)), Seconds: secs, PerSecond: float64(n) / secs,
 			CPUSeconds: m.cpuEnd - m.cpuStart, Errors: errs.Load() + int64(*streams**messages) - n})
 		return
 	}
@@ -203,18 +218,18 @@ func runBidi() {
 		cancel()
 	}
 	secs := m.end.Sub(m.start).Seconds()
-	emit(result{Mode: "bidi", Messages: n1 - n0, Seconds: secs, PerSecond: float64(n1-n0) / secs,
-		CPUSeconds: m.cpuEnd - m.cpuStart, Errors: errs.Load()})
+	emit(result{Mode: "bidi", Messages: n1 - n0, Bytes: (n1 - n0) * int64(len(want)), Seconds: secs,
+		PerSecond: float64(n1-n0) / secs, CPUSeconds: m.cpuEnd - m.cpuStart, Errors: errs.Load()})
 }
 
 func runServerStream() {
 	client := dial(1)[0]
 	list := &pb.NamesList{Names: make([]string, *names)}
 	for i := range list.Names {
-		list.Names[i] = fmt.Sprintf("name-%06d", i)
+		list.Names[i] = padded(fmt.Sprintf("name-%06d", i))
 	}
 	// One call first, unmeasured, so connection set-up and first-call costs stay out.
-	var total, errs int64
+	var total, bytes, errs int64
 	call := func() int64 {
 		stream, err := client.SayHelloServerStreaming(context.Background(), list)
 		if err != nil {
@@ -235,12 +250,14 @@ func runServerStream() {
 				fail("recv after %d messages: %v", n, err)
 			}
 			last = resp.GetMessage()
+			bytes += int64(len(last))
 			n++
 		}
 	}
 	if n := call(); n != int64(*names) {
 		fail("warm-up call: %d messages, want %d", n, *names)
 	}
+	bytes = 0
 	var m marks
 	m.open()
 	for i := 0; i < *calls; i++ {
@@ -252,7 +269,7 @@ func runServerStream() {
 	}
 	m.close()
 	secs := m.end.Sub(m.start).Seconds()
-	emit(result{Mode: "server-stream", Messages: total, Seconds: secs, PerSecond: float64(total) / secs,
+	emit(result{Mode: "server-stream", Messages: total, Bytes: bytes, Seconds: secs, PerSecond: float64(total) / secs,
 		CPUSeconds: m.cpuEnd - m.cpuStart, Errors: errs})
 }
 
