@@ -402,23 +402,6 @@ impl Writer {
         }
     }
 
-    fn handle_job(&mut self, job: Job) {
-        match job {
-            Job::Say(said) => self.say_all(vec![said]),
-            Job::Presence { room, user, joined, members } => {
-                if let Err(e) = self.presence(&room, &user, joined, members) {
-                    warn!("chat: cannot announce {user:?} in {room:?}: {e}");
-                }
-            }
-            Job::Load { room, window, done } => done(self.load(&room, window)),
-            Job::Range { room, after, upto, done } => done(self.range(&room, after, upto)),
-            Job::History { room, limit, before_seq, done } => done(self.history(&room, limit, before_seq)),
-            Job::Rooms { done } => done(self.rooms()),
-            // The reader takes follow changes as they come.
-            Job::Wake | Job::Stop => {}
-        }
-    }
-
     /// Runs a call on the current endpoint, moving on to the next ones
     /// while it fails in a way another member might not: for reads and
     /// for writes that are safe to repeat.
@@ -474,33 +457,6 @@ impl Writer {
             }
         }
         Err(format!("etcd: cannot grant a lease: {last}"))
-    }
-
-    /// Stores a batch of messages, room by room; answers each sender once
-    /// its message is committed (or why it is not).
-    fn say_all(&mut self, says: Vec<Said>) {
-        if says.is_empty() {
-            return;
-        }
-        let mut rooms: Vec<(String, String, Vec<Pending>)> = Vec::new();
-        for said in says {
-            let client_id = if said.message.client_id.is_empty() {
-                self.made_ids += 1;
-                format!("~{}-{}", self.replica, self.made_ids)
-            } else {
-                said.message.client_id.clone()
-            };
-            let key = client_id_key(&said.message.room, &said.message.user, &client_id);
-            let pending = Pending { said, client_id: key };
-            let (room, epoch) = (&pending.said.message.room, &pending.said.epoch);
-            match rooms.iter_mut().find(|(r, e, _)| r == room && e == epoch) {
-                Some((_, _, batch)) => batch.push(pending),
-                None => rooms.push((room.clone(), epoch.clone(), vec![pending])),
-            }
-        }
-        for (room, epoch, pending) in rooms {
-            self.say_in_room(&room, &epoch, pending);
-        }
     }
 
     fn say_in_room(&mut self, room: &str, epoch: &str, mut pending: Vec<Pending>) {
@@ -650,28 +606,6 @@ impl Writer {
         Ok(Stored::Conflict { reset, seen })
     }
 
-    fn presence(&mut self, room: &str, user: &str, joined: bool, members: usize) -> Result<(), String> {
-        if members == 0 {
-            self.members.remove(room);
-        } else {
-            self.members.insert(room.to_string(), members as u32);
-        }
-        let presence = Presence {
-            room: String::new(),
-            user: user.to_string(),
-            time_unix_ms: crate::wire::now_unix_ms(),
-            ..Default::default()
-        };
-        let event = if joined { server_event::Event::Joined(presence) } else { server_event::Event::Left(presence) };
-        let event = ServerEvent { event: Some(event), ..Default::default() };
-        let bytes = event.write_to_bytes().map_err(|e| format!("cannot encode a presence: {e}"))?;
-        let lease = self.replica_lease()?;
-        let success =
-            vec![put(presence_key(room), bytes, 0), put(members_key(&self.replica), self.members_value()?, lease)];
-        let txn = TxnRequest { success, ..Default::default() };
-        self.txn(&txn, CALL_TIMEOUT).map(drop)
-    }
-
     fn members_value(&self) -> Result<Vec<u8>, String> {
         let rooms = self
             .members
@@ -733,6 +667,57 @@ impl Writer {
                 self.cluster.rotate();
             }
         }
+    }
+}
+
+impl Writes for Writer {
+    /// Stores a batch of messages, room by room; answers each sender once
+    /// its message is committed (or why it is not).
+    fn say(&mut self, says: Vec<Said>) {
+        if says.is_empty() {
+            return;
+        }
+        let mut rooms: Vec<(String, String, Vec<Pending>)> = Vec::new();
+        for said in says {
+            let client_id = if said.message.client_id.is_empty() {
+                self.made_ids += 1;
+                format!("~{}-{}", self.replica, self.made_ids)
+            } else {
+                said.message.client_id.clone()
+            };
+            let key = client_id_key(&said.message.room, &said.message.user, &client_id);
+            let pending = Pending { said, client_id: key };
+            let (room, epoch) = (&pending.said.message.room, &pending.said.epoch);
+            match rooms.iter_mut().find(|(r, e, _)| r == room && e == epoch) {
+                Some((_, _, batch)) => batch.push(pending),
+                None => rooms.push((room.clone(), epoch.clone(), vec![pending])),
+            }
+        }
+        for (room, epoch, pending) in rooms {
+            self.say_in_room(&room, &epoch, pending);
+        }
+    }
+
+    fn presence(&mut self, room: &str, user: &str, joined: bool, members: usize) -> Result<(), String> {
+        if members == 0 {
+            self.members.remove(room);
+        } else {
+            self.members.insert(room.to_string(), members as u32);
+        }
+        let presence = Presence {
+            room: String::new(),
+            user: user.to_string(),
+            time_unix_ms: crate::wire::now_unix_ms(),
+            ..Default::default()
+        };
+        let event = if joined { server_event::Event::Joined(presence) } else { server_event::Event::Left(presence) };
+        let event = ServerEvent { event: Some(event), ..Default::default() };
+        let bytes = event.write_to_bytes().map_err(|e| format!("cannot encode a presence: {e}"))?;
+        let lease = self.replica_lease()?;
+        let success =
+            vec![put(presence_key(room), bytes, 0), put(members_key(&self.replica), self.members_value()?, lease)];
+        let txn = TxnRequest { success, ..Default::default() };
+        self.txn(&txn, CALL_TIMEOUT).map(drop)
     }
 
     /// The room's epoch (minted if it has none), last sequence number and
@@ -808,7 +793,7 @@ impl Writer {
     }
 
     /// Ends this replica's lease, so its member counts go at once.
-    fn stop_replica(&mut self) {
+    fn stop(&mut self) {
         if let Some(lease) = self.lease.take() {
             let request = LeaseRevokeRequest { ID: lease, ..Default::default() };
             let revoked = LeaseClient::new(self.cluster.channel()).lease_revoke_opt(&request, options(CALL_TIMEOUT));
@@ -816,20 +801,6 @@ impl Writer {
                 debug!("chat: broker shutdown: {}", describe(&e));
             }
         }
-    }
-}
-
-impl Writes for Writer {
-    fn say(&mut self, says: Vec<Said>) {
-        self.say_all(says);
-    }
-
-    fn handle(&mut self, job: Job) {
-        self.handle_job(job);
-    }
-
-    fn stop(&mut self) {
-        self.stop_replica();
     }
 }
 

@@ -408,30 +408,54 @@ impl Writer {
         }
     }
 
-    fn handle_job(&mut self, job: Job) {
-        match job {
-            Job::Say(said) => self.say_all(vec![said]),
-            Job::Presence { room, user, joined, members } => {
-                if let Err(e) = self.presence(&room, &user, joined, members) {
-                    warn!("chat: cannot announce {user:?} in {room:?}: {e}");
-                }
-            }
-            Job::Load { room, window, done } => done(self.load(&room, window)),
-            Job::Range { room, after, upto, done } => done(self.range(&room, after, upto)),
-            Job::History { room, limit, before_seq, done } => done(self.history(&room, limit, before_seq)),
-            Job::Rooms { done } => done(self.rooms()),
-            Job::Wake => {
-                if let Err(e) = self.wake() {
-                    warn!("chat: cannot wake the broker reader: {e}");
-                }
-            }
-            Job::Stop => {}
+    /// Waits until enough replicas have what this connection wrote, then
+    /// marks the batch's messages (and notifications) acknowledged:
+    /// `stored` is each one's room and sequence number.
+    fn commit(&mut self, stored: &[(&str, i64)]) -> Result<(), String> {
+        let (wanted, timeout) = (self.config.replicas_to_ack, self.config.ack_timeout);
+        let started = Instant::now();
+        let confirmed: i64 =
+            self.link.run(|conn| redis::cmd("WAIT").arg(wanted).arg(timeout.as_millis() as u64).query(conn))?;
+        if confirmed < i64::from(wanted) {
+            return Err(format!(
+                "{confirmed} of {wanted} replica(s) confirmed it within {:?}",
+                started.elapsed().max(timeout)
+            ));
         }
+        let mut last: Vec<(&str, i64)> = Vec::new();
+        for &(room, seq) in stored {
+            match last.iter_mut().find(|(r, _)| *r == room) {
+                Some((_, top)) => *top = (*top).max(seq),
+                None => last.push((room, seq)),
+            }
+        }
+        last.retain(|&(_, seq)| seq > 0);
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(COMMIT).arg(last.len() * 3);
+        for (room, _) in &last {
+            cmd.arg(seq_key(room)).arg(log_key(room)).arg(committed_key(room));
+        }
+        cmd.arg(self.config.cap);
+        for (_, seq) in &last {
+            cmd.arg(*seq);
+        }
+        self.link.run(|conn| cmd.query::<Value>(conn)).map(drop)
     }
 
+    fn epoch(&mut self, room: &str) -> Result<String, String> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(EPOCH).arg(2).arg(epoch_key(room)).arg(RESETS_KEY).arg(new_epoch()).arg(room);
+        self.link.retry(|conn| cmd.query(conn))
+    }
+}
+
+impl Writes for Writer {
     /// Stores a batch of messages, waits for the replicas, marks them
     /// acknowledged, and only then answers their senders.
-    fn say_all(&mut self, says: Vec<Said>) {
+    fn say(&mut self, says: Vec<Said>) {
         if says.is_empty() {
             return;
         }
@@ -494,49 +518,6 @@ impl Writer {
         }
     }
 
-    /// Waits until enough replicas have what this connection wrote, then
-    /// marks the batch's messages (and notifications) acknowledged:
-    /// `stored` is each one's room and sequence number.
-    fn commit(&mut self, stored: &[(&str, i64)]) -> Result<(), String> {
-        let (wanted, timeout) = (self.config.replicas_to_ack, self.config.ack_timeout);
-        let started = Instant::now();
-        let confirmed: i64 =
-            self.link.run(|conn| redis::cmd("WAIT").arg(wanted).arg(timeout.as_millis() as u64).query(conn))?;
-        if confirmed < i64::from(wanted) {
-            return Err(format!(
-                "{confirmed} of {wanted} replica(s) confirmed it within {:?}",
-                started.elapsed().max(timeout)
-            ));
-        }
-        let mut last: Vec<(&str, i64)> = Vec::new();
-        for &(room, seq) in stored {
-            match last.iter_mut().find(|(r, _)| *r == room) {
-                Some((_, top)) => *top = (*top).max(seq),
-                None => last.push((room, seq)),
-            }
-        }
-        last.retain(|&(_, seq)| seq > 0);
-        if last.is_empty() {
-            return Ok(());
-        }
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(COMMIT).arg(last.len() * 3);
-        for (room, _) in &last {
-            cmd.arg(seq_key(room)).arg(log_key(room)).arg(committed_key(room));
-        }
-        cmd.arg(self.config.cap);
-        for (_, seq) in &last {
-            cmd.arg(*seq);
-        }
-        self.link.run(|conn| cmd.query::<Value>(conn)).map(drop)
-    }
-
-    fn epoch(&mut self, room: &str) -> Result<String, String> {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(EPOCH).arg(2).arg(epoch_key(room)).arg(RESETS_KEY).arg(new_epoch()).arg(room);
-        self.link.retry(|conn| cmd.query(conn))
-    }
-
     fn presence(&mut self, room: &str, user: &str, joined: bool, members: usize) -> Result<(), String> {
         let mut script = redis::cmd("EVAL");
         script.arg(PRESENCE).arg(2).arg(seq_key(room)).arg(log_key(room));
@@ -584,26 +565,6 @@ impl Writer {
         self.range(room, upto.saturating_sub(limit as u64), upto)
     }
 
-    fn wake(&mut self) -> Result<(), String> {
-        let key = wake_key(&self.replica);
-        self.link.retry(|conn| {
-            redis::pipe()
-                .cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg(16)
-                .arg("*")
-                .arg("w")
-                .arg(1)
-                .ignore()
-                .cmd("PEXPIRE")
-                .arg(&key)
-                .arg(MEMBERS_TTL.as_millis() as u64 * 4)
-                .ignore()
-                .query::<()>(conn)
-        })
-    }
-
     /// Every room with members on any live replica, with the sum of its
     /// replicas' member counts.
     fn rooms(&mut self) -> Result<Vec<RoomInfo>, String> {
@@ -624,8 +585,28 @@ impl Writer {
         })
     }
 
+    fn wake(&mut self) -> Result<(), String> {
+        let key = wake_key(&self.replica);
+        self.link.retry(|conn| {
+            redis::pipe()
+                .cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg(16)
+                .arg("*")
+                .arg("w")
+                .arg(1)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(MEMBERS_TTL.as_millis() as u64 * 4)
+                .ignore()
+                .query::<()>(conn)
+        })
+    }
+
     /// Removes this replica's keys, and wakes its reader so that it sees it must end.
-    fn stop_replica(&mut self) {
+    fn stop(&mut self) {
         let (members, wake) = (members_key(&self.replica), wake_key(&self.replica));
         let result = self.link.run(|conn| {
             redis::pipe()
@@ -647,20 +628,6 @@ impl Writer {
         if let Err(e) = result {
             debug!("chat: broker shutdown: {e}");
         }
-    }
-}
-
-impl Writes for Writer {
-    fn say(&mut self, says: Vec<Said>) {
-        self.say_all(says);
-    }
-
-    fn handle(&mut self, job: Job) {
-        self.handle_job(job);
-    }
-
-    fn stop(&mut self) {
-        self.stop_replica();
     }
 }
 

@@ -135,14 +135,50 @@ pub struct Queues {
     pub follows: async_channel::Receiver<Follow>,
 }
 
-/// What a broker's writer thread does with the jobs the hub sends.
+/// What a broker's writer thread does with the jobs the hub sends; each
+/// broker implements it once and [`run_batch`] dispatches the jobs.
 pub trait Writes {
-    /// Stores these messages, answering each.
+    /// Stores these messages (and their notifications), answering each once acknowledged.
     fn say(&mut self, says: Vec<Said>);
-    /// Any other job but [`Job::Stop`].
-    fn handle(&mut self, job: Job);
+    /// Announces a join or leave and this replica's member count of the room.
+    fn presence(&mut self, room: &str, user: &str, joined: bool, members: usize) -> Result<(), String>;
+    /// The room as a replica starts following it.
+    fn load(&mut self, room: &str, window: usize) -> Result<Loaded, String>;
+    /// The messages `after < seq <= upto` still stored.
+    fn range(&mut self, room: &str, after: u64, upto: u64) -> Result<Vec<Message>, String>;
+    /// At most `limit` acknowledged messages before `before_seq` (the newest when `None`).
+    fn history(&mut self, room: &str, limit: usize, before_seq: Option<u64>) -> Result<Vec<Message>, String>;
+    /// Every room with members on a live replica.
+    fn rooms(&mut self) -> Result<Vec<RoomInfo>, String>;
+    /// Makes the reader take a follow change into account now; by default
+    /// nothing (a reader that takes them as they come).
+    fn wake(&mut self) -> Result<(), String> {
+        Ok(())
+    }
     /// Removes this replica's traces before the writer ends.
     fn stop(&mut self);
+}
+
+/// Runs one job other than a Say or [`Job::Stop`] (which [`run_batch`] handles).
+fn handle(writer: &mut impl Writes, job: Job) {
+    match job {
+        Job::Say(said) => writer.say(vec![said]),
+        Job::Presence { room, user, joined, members } => {
+            if let Err(e) = writer.presence(&room, &user, joined, members) {
+                log::warn!("chat: cannot announce {user:?} in {room:?}: {e}");
+            }
+        }
+        Job::Load { room, window, done } => done(writer.load(&room, window)),
+        Job::Range { room, after, upto, done } => done(writer.range(&room, after, upto)),
+        Job::History { room, limit, before_seq, done } => done(writer.history(&room, limit, before_seq)),
+        Job::Rooms { done } => done(writer.rooms()),
+        Job::Wake => {
+            if let Err(e) = writer.wake() {
+                log::warn!("chat: cannot wake the broker reader: {e}");
+            }
+        }
+        Job::Stop => {}
+    }
 }
 
 /// Jobs a writer takes in one batch.
@@ -170,7 +206,7 @@ pub fn run_batch(writer: &mut impl Writes, jobs: &async_channel::Receiver<Job>, 
             }
             other => {
                 writer.say(std::mem::take(&mut says));
-                writer.handle(other);
+                handle(writer, other);
             }
         }
         taken += 1;
