@@ -3,7 +3,8 @@
 # from Cargo.toml) from the release binaries, with no base image and no
 # registry: each is `FROM scratch` plus two tars ADDed with numeric owners,
 #   base.tar  the shared libraries `ldd` lists for the stripped binaries (the
-#             loader, libc, libm, libgcc_s, libstdc++, libssl, libcrypto),
+#             loader, libc, libm, libgcc_s, libssl, libcrypto; libstdc++ is
+#             linked statically, build.rs),
 #             Debian's CA bundle, /etc/passwd and /etc/group naming the one
 #             user greet (65532), /data owned by it, an empty /tmp;
 #   BIN.tar   /usr/local/bin/BIN, stripped;

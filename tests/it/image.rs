@@ -24,12 +24,13 @@ use crate::common::*;
 
 /// The user the image runs as (image/build.sh, image/server.Containerfile).
 const UID: u32 = 65532;
-/// The bound on the server image, uncompressed. Measured with tracing
-/// (OpenTelemetry, +1.3 MB of binary): 27.5 MB from `make build`'s binaries,
-/// 28.15 MB from the ones `cargo test` builds (dev-dependency features). The
-/// 25 MB goal needs the gRPC C core or its libraries smaller, which means
-/// rebuilding grpcio-sys (docs/operations.md, "The image").
-const MAX_SERVER_IMAGE_BYTES: u64 = 28_500_000;
+/// The bound on the server image, uncompressed: the goal, 25 MB.
+/// Measured at 23.86 MB, from `make build`'s binaries and from `cargo test`'s
+/// alike; 26.19 MB without build.rs's link-time cuts (packed relative
+/// relocations, libstdc++ linked statically), and 27.5 MB before those, the
+/// SQLite extensions left out (.cargo/config.toml) and env_logger without
+/// regex (Cargo.toml) (docs/operations.md, "The image").
+const MAX_SERVER_IMAGE_BYTES: u64 = 25_000_000;
 
 fn server_image() -> String {
     format!("greet-server:{}", env!("CARGO_PKG_VERSION"))
@@ -223,7 +224,7 @@ fn files_under(root: &Path) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_server_image_is_at_most_28_5_mb_and_holds_the_binary_its_libraries_the_ca_bundle_and_a_user() {
+fn the_server_image_is_at_most_25_mb_and_holds_the_binary_its_libraries_the_ca_bundle_and_a_user() {
     let built = built();
     let image = format!("localhost/{}", server_image());
     let size: u64 = podman_stdout(&["image", "inspect", "--format", "{{.Size}}", &image]).parse().unwrap();
@@ -244,7 +245,6 @@ fn the_server_image_is_at_most_28_5_mb_and_holds_the_binary_its_libraries_the_ca
         "lib/x86_64-linux-gnu/libc.so.6",
         "lib/x86_64-linux-gnu/libm.so.6",
         "lib/x86_64-linux-gnu/libgcc_s.so.1",
-        "lib/x86_64-linux-gnu/libstdc++.so.6",
         "lib/x86_64-linux-gnu/libssl.so.3",
         "lib/x86_64-linux-gnu/libcrypto.so.3",
     ]
