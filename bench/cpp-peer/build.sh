@@ -39,10 +39,26 @@ recipe="$(sha256sum "$here/CMakeLists.txt" | cut -c1-12)"
 build_dir="$target/cpp-peer/grpcio-sys-$version-$recipe"
 generator="Unix Makefiles"
 command -v ninja >/dev/null 2>&1 && generator="Ninja"
-mkdir -p "$build_dir"
-if [ ! -f "$build_dir/CMakeCache.txt" ]; then
+# CMake ties a build directory to one source directory, and a clone's path
+# changes from one checkout to the next: the peer's two files are copied into
+# the build directory (only when they changed, so an unchanged peer is not
+# recompiled) and CMake configures from that copy.
+src="$build_dir/src"
+mkdir -p "$src"
+for f in CMakeLists.txt cpp_peer.cc; do
+  cmp -s "$here/$f" "$src/$f" || cp "$here/$f" "$src/$f"
+done
+# A cache made for another source or build directory (a build directory copied
+# or moved, or configured from a clone) is thrown away and configured afresh.
+cache="$build_dir/CMakeCache.txt"
+if [ -f "$cache" ] && ! { grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$src" "$cache" &&
+  grep -qxF "CMAKE_CACHEFILE_DIR:INTERNAL=$build_dir" "$cache"; }; then
+  echo "cpp-peer/build.sh: $cache was made for another directory; configuring afresh" >&2
+  rm -rf "$cache" "$build_dir/CMakeFiles"
+fi
+if [ ! -f "$cache" ]; then
   echo "cpp-peer/build.sh: configuring grpc++ $version from $source_dir into $build_dir ($generator)" >&2
-  cmake -G "$generator" -S "$here" -B "$build_dir" -DGRPC_SOURCE_DIR="$source_dir" >"$build_dir/configure.log" 2>&1 ||
+  cmake -G "$generator" -S "$src" -B "$build_dir" -DGRPC_SOURCE_DIR="$source_dir" >"$build_dir/configure.log" 2>&1 ||
     { tail -n 30 "$build_dir/configure.log" >&2; exit 1; }
 fi
 if [ ! -x "$build_dir/cpp-peer" ]; then
