@@ -1,17 +1,16 @@
 //! Generates the protobuf messages and the grpcio service stubs for every
-//! `.proto` file under `protos/` into `$OUT_DIR/protos/`.
+//! `.proto` file under `protos/` into `$OUT_DIR/protos/`, and links the
+//! binaries for size (`link_for_size`).
 //!
 //! Messages come from `protobuf-codegen` (rust-protobuf 3, pure-Rust parser, no
 //! `protoc`). grpcio's own stub generator (`grpcio-compiler`) only speaks
 //! rust-protobuf 2, which carries RUSTSEC-2024-0437, so the stubs are written
 //! here from the descriptors the same parser already produced: per service a
-//! `Method` constant per RPC, a typed client, a server trait whose methods
-//! default to UNIMPLEMENTED, a `<SERVICE>_FULL_NAME` constant and
-//! `create_<service>` / `create_<service>_with`: the latter runs the server's
-//! one per-call hook (`crate::services::CallHooks`) before every handler, and
-//! hands handlers the sinks and request streams of `crate::call`, which count
-//! every call in the hooks' metrics (`crate::metrics`). Requests are decoded
-//! by `crate::codec`, which enforces the server's receive-size limit (the
+//! `Method` constant per RPC, a typed client, a `<SERVICE>_FULL_NAME`
+//! constant, a server trait whose methods return the call's outcome and
+//! default to UNIMPLEMENTED, and `register_<service>`, which hands every call
+//! to the call runtime (`crate::rpc`). Requests are decoded by
+//! `crate::rpc::codec`, which enforces the server's receive-size limit (the
 //! core's own size filter is left out: it is costly).
 
 use std::collections::HashMap;
