@@ -281,14 +281,17 @@ fn a_rapid_reset_flood_with_a_data_frame_before_each_reset_does_not_reach_the_re
 
 /// Attempts at making a config without a defence fall. Whether the
 /// replicas fall behind a flood the proxy lets through depends on the CPU
-/// they get on these 2 shared cores; one fall in three attempts shows the
-/// config does not hold, and the shipped one must hold every time. (The
+/// they get on these 2 shared cores; one fall in six attempts shows the
+/// config does not hold, and the shipped one must hold every time; the
+/// attempts stop at the first fall. (Behind Envoy without its premature-reset
+/// limit, one CI run saw three floods in a row held, the proxy at 99.8-131.6
+/// MiB: three attempts were too few.) (The
 /// per-address cap this config replaced held the plain 16-address flood on
 /// a quiet machine and fell to it on a busy one, 580-720 MB with 7-8% of the
 /// client's calls OK: HAProxy drops a stream whose HEADERS and RST_STREAM it
 /// reads together, so what gets through depends on its load. The floods
 /// below pause between the two.)
-const ATTEMPTS_TO_FALL: usize = 3;
+const ATTEMPTS_TO_FALL: usize = 6;
 
 /// `attack` on `path`, each stream reset 2 ms after what it sends, 50
 /// streams at a time per connection, 16 connections from 16 addresses, 6 s.
@@ -422,11 +425,19 @@ const ENVOY_PER_REPLICA_BOUND: [(&str, &str); 2] = [
 ];
 
 #[test]
+#[ignore = "not reliably shown on this machine: without the bound the replicas held 17 of 20 floods (docs/security.md)"]
 fn without_envoys_per_replica_bound_those_resets_reach_the_replicas() {
-    // Shows the Envoy case above can fail: the buffer filter lets whole
-    // requests through; only the bound, with the rest waiting at Envoy,
-    // keeps them off (measured without it: replicas at 46-142 MiB, 24-100%
-    // of the client's calls OK).
+    // Meant to show the Envoy case above can fail: the buffer filter lets
+    // whole requests through, and the bound, with the rest waiting at Envoy,
+    // keeps them off the replicas. Measured without it, 2026-12-04: 6 of 7
+    // floods fell (replicas at 46-142 MiB, 24-92% of the client's calls OK).
+    // 2026-12-05, on the builds before and after that day's changes alike:
+    // 3 of 20 fell (replicas at 125.9-194.9 MiB, the client at 47-87% OK),
+    // 17 held (18-50.9 MiB, 100% OK), and four runs of three attempts held
+    // throughout; without the premature-reset limit as well, 12 of 12 held
+    // (the replicas at 17-36 MiB; Envoy itself grew). Ignored, as a test
+    // that fails half its runs shows nothing; the bound stays in the shipped
+    // config as defence in depth.
     let _flood = one_flood_at_a_time();
     falls_without(Proxy::Envoy, &ENVOY_PER_REPLICA_BOUND, &reset_after_body(), |flood| {
         flood.ok_ratio() < 0.99 || flood.peak_mib() > 64.0
