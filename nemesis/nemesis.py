@@ -83,6 +83,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=30, help="at most this long for the servers to agree")
     p.add_argument("--rate", type=float, default=20, help="Says per second per writer")
     p.add_argument("--max-seconds", type=float, default=240, help="hard cap on the run, set-up to clean-up")
+    p.add_argument("--no-watchdog", action="store_true",
+                   help="start no watchdog: a SIGKILL then leaves the namespaces behind (what the "
+                        "watchdog is for, shown by tests/abuse/nemesis.rs)")
     args = p.parse_args()
     if not args.server_bin.is_file() or not os.access(args.server_bin, os.X_OK):
         p.error(f"--server-bin {args.server_bin}: no such executable (cargo build --release --bin server)")
@@ -326,10 +329,11 @@ def main() -> int:
 
     # The watchdog: whatever ends this process closes the pipe's write end, which only it holds.
     read_end, write_end = os.pipe()
-    os.set_inheritable(read_end, True)
-    subprocess.Popen([sys.executable, str(HERE / "watchdog.py"), str(read_end), f"nm{os.getpid()}-", str(work)],
-                     pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL)  # stdout is the summary's alone
+    if not args.no_watchdog:
+        os.set_inheritable(read_end, True)
+        subprocess.Popen([sys.executable, str(HERE / "watchdog.py"), str(read_end), f"nm{os.getpid()}-", str(work)],
+                         pass_fds=(read_end,), start_new_session=True, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL)  # stdout is the summary's alone
     os.close(read_end)
 
     def interrupted(sig, _frame):

@@ -260,3 +260,124 @@ fn redis_killed_server_loses_nothing_and_its_clients_use_the_other() {
     s.assert_safe();
     s.assert_writer_moved_to_b();
 }
+
+/// A harness SIGKILLed mid-run cannot run its own clean-up; its watchdog
+/// (nemesis/watchdog.py) still kills every process in the run's network
+/// namespaces and deletes them. Without the watchdog (`--no-watchdog`) the
+/// same kill leaves both behind, which is what it is for (this test removes
+/// them then).
+#[test]
+fn a_harness_killed_mid_run_leaves_no_namespace_or_process_behind() {
+    let _alone = crate::alone();
+    let (namespaces, processes) = killed_mid_run(&[]);
+    assert!(namespaces.is_empty(), "namespaces left by a SIGKILLed harness: {namespaces:?}");
+    assert!(processes.is_empty(), "processes of its namespaces still running: {processes:?}");
+
+    let before = work_dirs();
+    let (namespaces, processes) = killed_mid_run(&["--no-watchdog"]);
+    remove(&namespaces, &processes);
+    for dir in work_dirs().difference(&before) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    assert!(
+        !namespaces.is_empty() && !processes.is_empty(),
+        "without the watchdog a SIGKILL left nothing behind ({namespaces:?}, {processes:?}): the test above proves nothing"
+    );
+}
+
+/// Starts a Redis run with no fault, waits (at most 90 s) until chat server
+/// A and its clients run in h1, SIGKILLs the harness, then waits at most
+/// 20 s for the run's namespaces to go; returns those still there and the
+/// processes that ran in them and still run.
+fn killed_mid_run(extra: &[&str]) -> (Vec<String>, Vec<u32>) {
+    use std::time::{Duration, Instant};
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut harness = Command::new("python3")
+        .arg(repo.join("nemesis").join("nemesis.py"))
+        .args(["--broker", "redis", "--fault", "none", "--server-bin", env!("CARGO_BIN_EXE_server")])
+        .args(["--max-seconds", "120"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3 runs the nemesis harness");
+    let prefix = format!("nm{}-", harness.id());
+    let h1 = format!("{prefix}h1");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    // Redis primary and replica, Sentinel, server A, writer A, reader A.
+    loop {
+        let pids = pids_in(&h1);
+        if pids.len() >= 6 {
+            break;
+        }
+        if let Ok(Some(status)) = harness.try_wait() {
+            panic!("the harness ended ({status}) before its run was up; see its output above");
+        }
+        assert!(Instant::now() < deadline, "h1 never ran its six processes: {pids:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut processes: Vec<u32> = namespaces_of(&prefix).iter().flat_map(|ns| pids_in(ns)).collect();
+    processes.sort_unstable();
+    assert!(processes.len() >= 6, "{processes:?}");
+    harness.kill().expect("SIGKILL the harness");
+    harness.wait().expect("reap the harness");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = namespaces_of(&prefix);
+        let running: Vec<u32> = processes.iter().copied().filter(|pid| running(*pid)).collect();
+        if (left.is_empty() && running.is_empty()) || Instant::now() >= deadline {
+            return (left, running);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn namespaces_of(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|ns| ns.starts_with(prefix))
+        .map(String::from)
+        .collect()
+}
+
+fn pids_in(namespace: &str) -> Vec<u32> {
+    let out = Command::new("ip").args(["netns", "pids", namespace]).output().expect("ip runs");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Whether `pid` is a process that has not exited (a zombie has).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// The harnesses' work directories (`nemesis-*` in the temporary directory).
+fn work_dirs() -> std::collections::BTreeSet<std::path::PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("nemesis-"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills `processes` and deletes `namespaces` (what a run without its
+/// watchdog left).
+fn remove(namespaces: &[String], processes: &[u32]) {
+    for pid in processes {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    for ns in namespaces {
+        for pid in pids_in(ns) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+}
