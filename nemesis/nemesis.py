@@ -80,6 +80,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--before", type=float, default=10, help="seconds of writing before the fault")
     p.add_argument("--fault-seconds", type=float, help="how long the fault lasts (default per fault)")
     p.add_argument("--after", type=float, default=10, help="seconds of writing after the heal")
+    p.add_argument("--until-promoted", type=float, metavar="SECONDS",
+                   help="redis: hold the fault past --fault-seconds until the Sentinels of h2 and h3 name "
+                        "another primary, for at most SECONDS from its start (two Sentinels that start a "
+                        "failover in the same moment split their votes and retry only after twice "
+                        "failover-timeout)")
     p.add_argument("--settle", type=float, default=30, help="at most this long for the servers to agree")
     p.add_argument("--rate", type=float, default=20, help="Says per second per writer")
     p.add_argument("--max-seconds", type=float, default=240, help="hard cap on the run, set-up to clean-up")
@@ -96,6 +101,11 @@ def parse_args() -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive")
     if args.fault_seconds is None:
         args.fault_seconds = FAULTS[args.fault]
+    if args.until_promoted is not None:
+        if args.broker != "redis":
+            p.error("--until-promoted is for --broker redis (etcd elects without Sentinels)")
+        if args.until_promoted < args.fault_seconds:
+            p.error("--until-promoted must be at least --fault-seconds")
     return args
 
 
@@ -223,6 +233,18 @@ class Run:
             return lambda: self.note(self.store.restart_after_kill(leader))
         raise HarnessError(f"unknown fault {fault}")
 
+    def hold_until_promoted(self, old: str | None, bound: float) -> None:
+        """Keeps the fault on until the Sentinels on h2 and h3 name a primary
+        other than `old`, for at most `bound` more seconds; notes which."""
+        start = time.monotonic()
+        try:
+            new = poll("the Sentinels of h2, h3 to promote another node", bound,
+                       lambda: (x := self.store.primary_addr(("h2", "h3"))) and x != old and x, interval=0.5)
+            self.note(f"the Sentinels of h2, h3 promoted {new}; fault held {time.monotonic() - start:.1f}s "
+                      f"past --fault-seconds")
+        except HarnessError:
+            self.note("no promotion by the Sentinels of h2, h3 within --until-promoted; healing")
+
     # --- the run
 
     def history(self, side: str) -> dict:
@@ -268,8 +290,11 @@ class Run:
         writers = [self.start_client("writer", s) for s in ("A", "B")]
         self.timeline["writing"] = time.time()
         time.sleep(a.before)  # a fixed phase of the schedule, not a wait for a condition
+        old_primary = self.store.primary_addr() if a.until_promoted else None
         heal = self.inject()
         time.sleep(a.fault_seconds)
+        if a.until_promoted:
+            self.hold_until_promoted(old_primary, a.until_promoted - a.fault_seconds)
         heal()
         self.timeline["heal"] = time.time()
         self.note(f"healed ({a.fault}); store: {self.store.describe()}")

@@ -49,6 +49,17 @@ fn nemesis(broker: &str, fault: &str, extra: &[&str]) -> Summary {
 struct Summary(Value);
 
 impl Summary {
+    /// The harness noted that the Sentinels of h2 and h3 promoted another
+    /// node before the heal (`--until-promoted`).
+    fn assert_promoted_during_the_fault(&self) {
+        let notes = self.0["notes"].as_array().map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            notes.iter().filter_map(Value::as_str).any(|n| n.contains("the Sentinels of h2, h3 promoted")),
+            "no failover during the fault, so nothing to lose: {}",
+            self.0["notes"]
+        );
+    }
+
     fn n(&self, pointer: &str) -> u64 {
         self.0.pointer(pointer).and_then(Value::as_u64).unwrap_or_else(|| panic!("no count {pointer} in {}", self.0))
     }
@@ -191,10 +202,15 @@ fn redis_without_a_fault_loses_and_refuses_nothing() {
 /// acknowledged, 604–607 lost, no server deaf, no seq reused (before the
 /// reader fix of 3273130, three runs: 1,194–1,215 acknowledged, 602–605
 /// lost, server A deaf after the heal and 190–211 of its numbers reused
-/// for other messages).
+/// for other messages). The cut lasts until the Sentinels of h2 and h3
+/// have promoted R2 (`--until-promoted`): once in CI the two started their
+/// failover in the same millisecond, each voted for itself, and the retry
+/// (twice failover-timeout later) came after a 20 s heal — no promotion, so
+/// nothing lost and this test failed on an outcome Redis allows.
 #[test]
 fn redis_partition_of_the_primarys_host_loses_acknowledged_messages_but_no_server_stays_deaf() {
-    let s = nemesis("redis", "partition-leader-host", &["--after", "25"]);
+    let s = nemesis("redis", "partition-leader-host", &["--after", "25", "--until-promoted", "60"]);
+    s.assert_promoted_during_the_fault();
     assert!(s.n("/sides/A/acknowledged_during_fault") > 0, "the isolated primary acknowledged nothing");
     assert!(s.n("/lost") > 0, "the isolated primary's acknowledgements survived: the known loss is gone");
     assert_eq!(s.deaf(), Vec::<String>::new(), "deaf servers after the heal: {}", s.0["deaf"]);
@@ -211,7 +227,8 @@ fn redis_partition_of_the_primarys_host_loses_acknowledged_messages_but_no_serve
 #[test]
 #[ignore = "CI time budget (about a minute): runs with --include-ignored"]
 fn redis_one_way_partition_of_the_primarys_host_loses_acknowledged_messages() {
-    let s = nemesis("redis", "one-way", &["--after", "25"]);
+    let s = nemesis("redis", "one-way", &["--after", "25", "--until-promoted", "60"]);
+    s.assert_promoted_during_the_fault();
     assert!(s.n("/lost") > 0, "the deafened primary's acknowledgements survived: the known loss is gone");
     assert_eq!(s.deaf(), Vec::<String>::new(), "deaf servers after the heal: {}", s.0["deaf"]);
 }
