@@ -183,8 +183,10 @@ fn post(addr: &str, room: &str, text: &str, traceparent: &str) -> u64 {
 }
 
 /// A Post's trace: its server span, the store's child span (with the
-/// message's number, on `backend`) and the fan-out's, to the room's member.
-fn check_post_trace(collector: &Collector, trace_id: &str, backend: &str, seq: u64) {
+/// message's number, on `backend`) and the fan-out's, to the room's member
+/// and, when the hold is still there, the Post's own hold (`subscribers`:
+/// the counts the fan-out span may carry).
+fn check_post_trace(collector: &Collector, trace_id: &str, backend: &str, seq: u64, subscribers: &[&str]) {
     let spans = collector.wait_for("the Post's server, store and fan-out spans", trace_id, |spans| spans.len() >= 3);
     let call = named(&spans, "chat.v1.Chat/Post", "greet-server");
     assert_eq!(call.len(), 1, "{spans:?}");
@@ -195,7 +197,8 @@ fn check_post_trace(collector: &Collector, trace_id: &str, backend: &str, seq: u
     assert_eq!(fanout[0]["parent_span_id"], call[0]["span_id"]);
     assert_eq!(attribute(store[0], "chat.backend"), backend);
     assert_eq!(attribute(store[0], "chat.seq"), seq.to_string());
-    assert_eq!(attribute(fanout[0], "chat.subscribers"), "2", "the member and the Post's own hold");
+    let counted = attribute(fanout[0], "chat.subscribers");
+    assert!(subscribers.contains(&counted), "fan-out to {counted} subscribers, not one of {subscribers:?}");
 }
 
 #[test]
@@ -208,7 +211,9 @@ fn a_chat_posts_trace_shows_its_store_and_fan_out() {
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let seq = post(&server.addr, "ops", "deploy done", &format!("00-{trace_id}-b7ad6b7169203331-01"));
     assert_eq!(block_on(member.messages(1)).unwrap()[0].text, "deploy done");
-    check_post_trace(&collector, trace_id, "sqlite", seq);
+    // Embedded, the fan-out comes before the Post's answer: the member and
+    // the Post's hold.
+    check_post_trace(&collector, trace_id, "sqlite", seq, &["2"]);
 }
 
 #[test]
@@ -221,7 +226,10 @@ fn through_redis_a_posts_store_span_lasts_until_the_acknowledgement_and_the_fan_
     let trace_id = "5b8efff798038103d269b633813fc60c";
     let seq = post(&server.addr, "ops", "via redis", &format!("00-{trace_id}-eee19b7ec3c1b174-01"));
     assert_eq!(block_on(member.messages(1)).unwrap()[0].text, "via redis");
-    check_post_trace(&collector, trace_id, "redis", seq);
+    // Through Redis the Post is answered on the acknowledgement and the
+    // fan-out comes when the entry is read back, so the Post's hold may
+    // have left by then (1 in one CI run): the member, with or without it.
+    check_post_trace(&collector, trace_id, "redis", seq, &["1", "2"]);
 }
 
 #[test]
