@@ -84,6 +84,20 @@ impl Member {
         self.spawn("existing");
     }
 
+    /// If its process has exited: which member, how, and the end of its log.
+    fn exited(&mut self) -> Option<String> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(format!("{} exited ({status}); {}", self.name, self.log_tail()))
+    }
+
+    /// The member's name and the last lines of its log.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        format!("{}'s log ends (last line first): {tail:?}", self.name)
+    }
+
     /// The member this one follows (its own id when it leads), if it has a leader.
     fn status(&self) -> Option<(u64, u64)> {
         let env = std::sync::Arc::new(grpcio::EnvBuilder::new().cq_count(1).build());
@@ -104,8 +118,28 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    /// Starts the members and returns once they agree on a leader.
+    /// Starts the members and returns once they agree on a leader. Their
+    /// ports are picked free and then released, so one may be taken before
+    /// its member binds it (another test's server, or any outgoing
+    /// connection's local port: the same ephemeral range); a member that
+    /// exits while the cluster forms is such a loss. Then, or when no leader
+    /// is agreed on within 30 s, the whole cluster is started again on fresh
+    /// ports (three tries, each failure printed with the members' log tails).
     pub fn start(n: usize) -> EtcdCluster {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match EtcdCluster::try_start(n) {
+                Ok(cluster) => return cluster,
+                Err(why) => {
+                    eprintln!("etcd cluster did not form, starting it again on fresh ports: {why}");
+                    failures.push(why);
+                }
+            }
+        }
+        panic!("an etcd cluster of {n} did not form in three tries: {failures:#?}")
+    }
+
+    fn try_start(n: usize) -> Result<EtcdCluster, String> {
         let dir = TempDir::new("etcd");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let cluster: Vec<String> =
@@ -131,11 +165,22 @@ impl EtcdCluster {
             member.spawn("new");
             members.push(member);
         }
-        let cluster = EtcdCluster { members, _dir: dir };
-        cluster.leader();
-        cluster
+        let mut cluster = EtcdCluster { members, _dir: dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exited) = cluster.members.iter_mut().find_map(Member::exited) {
+                return Err(exited);
+            }
+            if cluster.agreed_leader().is_some() {
+                return Ok(cluster);
+            }
+            if std::time::Instant::now() > deadline {
+                let tails: Vec<String> = cluster.members.iter().map(Member::log_tail).collect();
+                return Err(format!("no leader agreed on within 30 s; the members' logs end: {tails:#?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-
     /// `etcd://` and every member's endpoint, `first` first.
     pub fn url_from(&self, first: usize) -> String {
         let mut endpoints: Vec<String> = self.members.iter().map(Member::endpoint).collect();
@@ -149,16 +194,18 @@ impl EtcdCluster {
 
     /// The index of the member that leads, once the live members agree on one (30 s at most).
     pub fn leader(&self) -> usize {
-        poll("the etcd members to agree on a leader", Duration::from_secs(30), || {
-            let seen: Vec<(u64, u64)> =
-                self.members.iter().filter(|m| m.child.is_some()).filter_map(Member::status).collect();
-            let live = self.members.iter().filter(|m| m.child.is_some()).count();
-            let leader = seen.first()?.1;
-            if seen.len() < live || seen.iter().any(|&(_, l)| l != leader) {
-                return None;
-            }
-            self.members.iter().position(|m| m.child.is_some() && m.status().is_some_and(|(me, _)| me == leader))
-        })
+        poll("the etcd members to agree on a leader", Duration::from_secs(30), || self.agreed_leader())
+    }
+
+    fn agreed_leader(&self) -> Option<usize> {
+        let seen: Vec<(u64, u64)> =
+            self.members.iter().filter(|m| m.child.is_some()).filter_map(Member::status).collect();
+        let live = self.members.iter().filter(|m| m.child.is_some()).count();
+        let leader = seen.first()?.1;
+        if seen.len() < live || seen.iter().any(|&(_, l)| l != leader) {
+            return None;
+        }
+        self.members.iter().position(|m| m.child.is_some() && m.status().is_some_and(|(me, _)| me == leader))
     }
 }
 
