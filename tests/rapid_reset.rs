@@ -446,7 +446,7 @@ fn without_envoys_per_replica_bound_those_resets_reach_the_replicas() {
 
 /// Envoy's premature-reset limit (see deploy/envoy/envoy.yaml), out of reach.
 const ENVOY_PREMATURE_RESET_LIMIT: [(&str, &str); 1] = [(
-    "overload.premature_reset_total_stream_count: 100\n",
+    "overload.premature_reset_total_stream_count: 20\n",
     "overload.premature_reset_total_stream_count: 1000000000\n",
 )];
 

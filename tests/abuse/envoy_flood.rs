@@ -61,7 +61,7 @@ fn flood_behind_envoy(premature_reset_limit: bool) -> Outcome {
             return config;
         }
         let edited = config.replace(
-            "overload.premature_reset_total_stream_count: 100",
+            "overload.premature_reset_total_stream_count: 20",
             "overload.premature_reset_total_stream_count: 1000000000",
         );
         assert_ne!(edited, config, "the shipped config sets the premature-reset limit this test lifts");
