@@ -13,6 +13,10 @@
 # $CARGO_TARGET_DIR/bench/profile): NAME.data (perf's), NAME.txt (h2load's
 # rate, then the table by object and by symbol). PERF_ARGS replaces
 # `-F 2999` (e.g. `-F 999 --call-graph dwarf` for call stacks).
+# FLAME=1 records call stacks (`-F 999 --call-graph dwarf`, unless PERF_ARGS
+# says otherwise) and also writes NAME.folded (one line per stack with its
+# sample count) and NAME.svg, a flame graph, with inferno (pinned below,
+# installed by cargo on first use under $CARGO_TARGET_DIR/tools/).
 # Needs root (or perf_event_paranoid <= 1), perf (`apt-get install
 # linux-perf`) and h2load (nghttp2-client, which run.py installs).
 set -euo pipefail
@@ -23,8 +27,20 @@ shift 3
 for tool in perf h2load taskset; do
   command -v "$tool" >/dev/null || { echo "profile: $tool is not installed" >&2; exit 1; }
 done
-out="${OUT:-${CARGO_TARGET_DIR:-$HOME/.cache/greet/target}/bench/profile}"
+target="${CARGO_TARGET_DIR:-$HOME/.cache/greet/target}"
+out="${OUT:-$target/bench/profile}"
 mkdir -p "$out"
+flame="${FLAME:-0}"
+if [ "$flame" = 1 ]; then
+  # inferno: perf's stacks folded and drawn as a flame graph (crates.io).
+  inferno_version=0.12.8
+  inferno="$target/tools/inferno-$inferno_version/bin"
+  if [ ! -x "$inferno/inferno-flamegraph" ]; then
+    cargo install --quiet --locked --root "$target/tools/inferno-$inferno_version" inferno --version "$inferno_version" \
+      || { echo "profile: could not install inferno $inferno_version" >&2; exit 1; }
+  fi
+  PERF_ARGS="${PERF_ARGS:--F 999 --call-graph dwarf,32768}"
+fi
 # HelloRequest{name: "world"} as one gRPC frame: not compressed, length 7.
 printf '\x00\x00\x00\x00\x07\x0a\x05world' >"$out/frame.bin"
 
@@ -52,3 +68,8 @@ wait "$recorder" || true
   perf report -i "$out/$name.data" --no-children --sort dso,sym --stdio 2>/dev/null | grep '%'
 } >"$out/$name.txt"
 echo "profile: $out/$name.txt ($rate)"
+if [ "$flame" = 1 ]; then
+  perf script -i "$out/$name.data" 2>/dev/null | "$inferno/inferno-collapse-perf" >"$out/$name.folded"
+  "$inferno/inferno-flamegraph" --title "$name: $rate" --width 1600 <"$out/$name.folded" >"$out/$name.svg"
+  echo "profile: $out/$name.svg"
+fi
