@@ -14,8 +14,11 @@ A writer says numbered messages, one at a time: it waits for the echo of a
 Say (its acknowledgement) before the next. A Say the server refuses (the
 call ends with a status), or whose echo does not come within --ack-timeout
 (indeterminate: recorded as "timeout"), is said again with the same
-client_id, at most --resends times, each attempt on a fresh connection.
-A lost connection is re-made on its own server first, then the other.
+client_id, at most --resends times, each attempt on a fresh connection
+that resumes from the last seq the writer saw: a message already stored
+(its server died before the echo) is not echoed again, its first copy
+comes in that backlog. A lost connection is re-made on its own server
+first, then the other.
 SIGTERM ends either client after the attempt in flight."""
 
 from __future__ import annotations
@@ -150,7 +153,17 @@ class Connections:
 def writer(args) -> None:
     record = Record(args.log)
     conns = Connections(args.addrs.split(","), record)
-    stream, epoch = None, None
+    stream = None
+    # Where the writer's streams got to: a new connection resumes from there.
+    seen = {"epoch": None, "last": None}
+
+    def join():
+        j = chat_pb2.Join(room=args.room, user=args.name, history=0)
+        if seen["epoch"] is not None and seen["last"] is not None:
+            j.resume_after = seen["last"]
+            j.epoch = seen["epoch"]
+        return j
+
     period = 1.0 / args.rate
     next_at = time.monotonic()
     n = 0
@@ -164,15 +177,20 @@ def writer(args) -> None:
             stopping.wait(max(0.0, next_at - time.monotonic()))
             next_at = max(next_at + period, time.monotonic())
             if stream is None:
-                stream, welcome = conns.connect(lambda: chat_pb2.Join(room=args.room, user=args.name, history=0))
+                stream, welcome = conns.connect(join)
+                if stream is None and welcome is not None:  # OUT_OF_RANGE: the room was reset; join afresh
+                    record(kind="reset", status=welcome)
+                    seen.update(epoch=None, last=None)
+                    stream, welcome = conns.connect(join)
                 if stream is None:
                     break
-                epoch = welcome.epoch
+                if welcome.epoch != seen["epoch"]:
+                    seen.update(epoch=welcome.epoch, last=welcome.last_seq)
             sent = time.time()
             stream.say(text, cid)
-            outcome = wait_ack(stream, cid, args.ack_timeout, record, epoch)
-            record(kind="attempt", n=n, cid=cid, attempt=attempt, server=stream.server, sent=sent, epoch=epoch,
-                   **outcome)
+            outcome = wait_ack(stream, cid, args.ack_timeout, record, seen)
+            record(kind="attempt", n=n, cid=cid, attempt=attempt, server=stream.server, sent=sent,
+                   epoch=seen["epoch"], **outcome)
             if outcome["outcome"] == "ack":
                 break
             # The call ended (or is given up on): the next attempt gets a fresh one.
@@ -182,7 +200,9 @@ def writer(args) -> None:
         stream.close()
 
 
-def wait_ack(stream: Stream, cid: str, timeout: float, record: Record, epoch: str) -> dict:
+def wait_ack(stream: Stream, cid: str, timeout: float, record: Record, seen: dict) -> dict:
+    """Reads `stream` (the backlog of a resume, then live events) until the
+    message `cid` comes; `seen["last"]` follows every message read."""
     deadline = time.monotonic() + timeout
     while True:
         kind, value = stream.next(max(0.0, deadline - time.monotonic()))
@@ -192,7 +212,8 @@ def wait_ack(stream: Stream, cid: str, timeout: float, record: Record, epoch: st
             return {"outcome": "refused", "status": value}
         if value.WhichOneof("event") == "message":
             m = value.message
-            record(epoch=epoch, **message_event(m, stream.server))
+            record(epoch=seen["epoch"], **message_event(m, stream.server))
+            seen["last"] = m.seq
             if m.client_id == cid:
                 return {"outcome": "ack", "seq": m.seq}
 
