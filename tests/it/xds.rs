@@ -348,11 +348,23 @@ fn an_xds_route_retry_policy_carries_every_call_through_a_replica_killed_mid_loa
     assert_eq!(summary["ok"], 20000, "the route retries what the dead replica never answered: {summary}");
 }
 
+/// Runs of `load_through_a_kill` without a retry policy until one fails
+/// calls. Whether a SIGKILL finds calls in flight on r2 depends on timing:
+/// one CI dry run (2026-12-06) saw a run whose 20,000 calls all succeeded
+/// (r2 had answered 1,665), so one run with failures in three shows it.
+const KILL_ATTEMPTS: usize = 3;
+
 #[test]
 fn without_a_retry_policy_on_the_xds_route_the_same_kill_fails_calls() {
-    let summary = load_through_a_kill(&[]);
-    let failed = summary["failed"].as_u64().unwrap_or(0);
-    assert!(failed > 0, "the calls in flight on the killed replica fail: {summary}");
-    let codes = summary["codes"].as_object().expect("codes");
-    assert!(codes.keys().all(|c| c == "OK" || c == "UNAVAILABLE"), "{summary}");
+    let mut runs = Vec::new();
+    for _ in 0..KILL_ATTEMPTS {
+        let summary = load_through_a_kill(&[]);
+        let codes = summary["codes"].as_object().expect("codes");
+        assert!(codes.keys().all(|c| c == "OK" || c == "UNAVAILABLE"), "{summary}");
+        if summary["failed"].as_u64().unwrap_or(0) > 0 {
+            return;
+        }
+        runs.push(summary);
+    }
+    panic!("the calls in flight on the killed replica never failed in {KILL_ATTEMPTS} runs: {runs:#?}");
 }
