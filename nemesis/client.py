@@ -150,6 +150,16 @@ class Connections:
         return None, None
 
 
+def resuming_join(room: str, user: str, epoch: str | None, last: int | None):
+    """A Join with no history that resumes after `last` in `epoch`, or a
+    fresh one while either is unknown."""
+    j = chat_pb2.Join(room=room, user=user, history=0)
+    if epoch is not None and last is not None:
+        j.resume_after = last
+        j.epoch = epoch
+    return j
+
+
 def writer(args) -> None:
     record = Record(args.log)
     conns = Connections(args.addrs.split(","), record)
@@ -158,11 +168,7 @@ def writer(args) -> None:
     seen = {"epoch": None, "last": None}
 
     def join():
-        j = chat_pb2.Join(room=args.room, user=args.name, history=0)
-        if seen["epoch"] is not None and seen["last"] is not None:
-            j.resume_after = seen["last"]
-            j.epoch = seen["epoch"]
-        return j
+        return resuming_join(args.room, args.name, seen["epoch"], seen["last"])
 
     period = 1.0 / args.rate
     next_at = time.monotonic()
@@ -224,11 +230,7 @@ def reader(args) -> None:
     epoch, last = None, None
 
     def join():
-        j = chat_pb2.Join(room=args.room, user=f"reader-{args.name}", history=0)
-        if epoch is not None and last is not None:
-            j.resume_after = last
-            j.epoch = epoch
-        return j
+        return resuming_join(args.room, f"reader-{args.name}", epoch, last)
 
     while not stopping.is_set():
         stream, welcome = conns.connect(join)

@@ -242,8 +242,9 @@ impl Flood {
 
 /// A case run behind each proxy: `fn NAME(proxy: Proxy)` becomes the tests
 /// `NAME::haproxy` and `NAME::envoy`.
+/// `behind_each_proxy!(NAME, envoy_ignored = "why")` ignores the Envoy case.
 macro_rules! behind_each_proxy {
-    ($name:ident) => {
+    ($name:ident $(, envoy_ignored = $why:literal)?) => {
         mod $name {
             #[test]
             fn haproxy() {
@@ -251,6 +252,7 @@ macro_rules! behind_each_proxy {
             }
 
             #[test]
+            $(#[ignore = $why])?
             fn envoy() {
                 super::$name(super::Proxy::Envoy)
             }
@@ -387,18 +389,10 @@ fn reset_after_body() -> [&'static str; 12] {
     reset_2ms_later("reset-after-body", "/helloworld.Greeter/SayHello")
 }
 
-mod streams_reset_just_after_a_whole_request_do_not_grow_the_replicas {
-    #[test]
-    fn haproxy() {
-        super::streams_reset_just_after_a_whole_request_do_not_grow_the_replicas(super::Proxy::Haproxy)
-    }
-
-    #[test]
-    #[ignore = "not held reliably behind Envoy: one CI dry run had the replicas at 99.7 MiB (docs/security.md)"]
-    fn envoy() {
-        super::streams_reset_just_after_a_whole_request_do_not_grow_the_replicas(super::Proxy::Envoy)
-    }
-}
+behind_each_proxy!(
+    streams_reset_just_after_a_whole_request_do_not_grow_the_replicas,
+    envoy_ignored = "not held reliably behind Envoy: one CI dry run had the replicas at 99.7 MiB (docs/security.md)"
+);
 fn streams_reset_just_after_a_whole_request_do_not_grow_the_replicas(proxy: Proxy) {
     let _flood = one_flood_at_a_time();
     let deployment = Deployment::shipped(proxy);
