@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::envoy::Envoy;
-use common::process::{repo_root, Backend, Haproxy, ServerProcess};
+use common::process::{http_get, repo_root, Backend, Haproxy, ServerProcess};
 use greet::client::load::{self, LoadConfig, Workload};
 use greet::client::Connector;
 use serde_json::Value;
@@ -132,6 +132,27 @@ impl Deployment {
     /// RSS and the proxy's.
     fn flood(&self, args: &[&str]) -> Flood {
         Flood::run(self.proxy.addr(), &self.pids(), Some(self.proxy.pid()), args)
+    }
+
+    /// Calls of `method` (its name alone, e.g. `SayHelloBidirectionalStreaming`)
+    /// whose handler started on any replica: what reached them, from their
+    /// `grpc_server_started_total` on `/metrics`.
+    fn calls_started(&self, method: &str) -> f64 {
+        let label = format!("grpc_method=\"{method}\"");
+        self.replicas
+            .iter()
+            .map(|replica| {
+                let (status, body) = http_get(&replica.admin, "/metrics");
+                assert_eq!(status, 200, "GET /metrics on {}: {body}", replica.admin);
+                body.lines()
+                    .filter(|line| line.starts_with("grpc_server_started_total{") && line.contains(&label))
+                    .map(|line| {
+                        let value = line.rsplit(' ').next().unwrap_or_default();
+                        value.parse::<f64>().unwrap_or_else(|_| panic!("a counter's value in {line:?}"))
+                    })
+                    .sum::<f64>()
+            })
+            .sum()
     }
 }
 
@@ -314,6 +335,10 @@ fn reset_2ms_later(attack: &'static str, path: &'static str) -> [&'static str; 1
     ]
 }
 
+/// The streaming method the floods of streams reset before their body call.
+const BIDI: &str = "SayHelloBidirectionalStreaming";
+const BIDI_PATH: &str = "/greet_service.GreetService/SayHelloBidirectionalStreaming";
+
 /// Streams of HEADERS alone, each reset 2 ms later, on a streaming method
 /// (no per-replica bound there), 50 at a time per connection, from 16
 /// addresses, 6 s: the pause lets a proxy that forwards requests before
@@ -323,17 +348,27 @@ fn reset_2ms_later(attack: &'static str, path: &'static str) -> [&'static str; 1
 /// (CI once saw 96.9% of the client's calls within their 1 s deadline, the
 /// replicas at 18 MiB).
 fn reset_after_headers() -> Vec<&'static str> {
-    let mut args =
-        reset_2ms_later("reset-after-headers", "/greet_service.GreetService/SayHelloBidirectionalStreaming").to_vec();
+    let mut args = reset_2ms_later("reset-after-headers", BIDI_PATH).to_vec();
     args.extend(["--rate", "4000"]);
     args
 }
 
-behind_each_proxy!(streams_reset_a_moment_after_their_headers_do_not_reach_the_replicas);
-fn streams_reset_a_moment_after_their_headers_do_not_reach_the_replicas(proxy: Proxy) {
+behind_each_proxy!(streams_reset_a_moment_after_their_headers_are_held);
+fn streams_reset_a_moment_after_their_headers_are_held(proxy: Proxy) {
     let _flood = one_flood_at_a_time();
     let deployment = Deployment::shipped(proxy);
-    deployment.flood(&reset_after_headers()).assert_held("HEADERS, RST_STREAM 2 ms later, from 16 addresses", 50_000.0);
+    let flood = deployment.flood(&reset_after_headers());
+    flood.assert_held("HEADERS, RST_STREAM 2 ms later, from 16 addresses", 50_000.0);
+    let reached = deployment.calls_started(BIDI);
+    eprintln!("{reached} of the flood's {} streams started a call on a replica", flood.streams());
+    // HAProxy's wait-for-body drops every stream reset before its body.
+    // Envoy forwards a streaming call on its headers (53,220 of 124,000
+    // streams started a call on a replica in one run), and what holds there
+    // is the bar above, with the premature-reset limit closing the flooding
+    // connections.
+    if let Proxy::Haproxy = proxy {
+        assert_eq!(reached, 0.0, "streams reset before their body reached the replicas behind HAProxy");
+    }
 }
 
 /// Floods a deployment behind `proxy` whose shipped config has each
@@ -343,13 +378,7 @@ fn streams_reset_a_moment_after_their_headers_do_not_reach_the_replicas(proxy: P
 fn falls_without(proxy: Proxy, edits: &[(&str, &str)], flood_args: &[&str], fell: impl Fn(&Flood) -> bool) {
     let mut held = Vec::new();
     for _ in 0..ATTEMPTS_TO_FALL {
-        let deployment = Deployment::edited(proxy, |config| {
-            edits.iter().fold(config, |config, (text, replacement)| {
-                let edited = config.replace(text, replacement);
-                assert_ne!(edited, config, "the shipped {proxy:?} config has {text:?}");
-                edited
-            })
-        });
+        let deployment = Deployment::edited(proxy, |config| edited(proxy, config, edits));
         let flood = deployment.flood(flood_args);
         eprintln!("without {edits:?}: {}", flood.summary());
         if fell(&flood) {
@@ -360,16 +389,36 @@ fn falls_without(proxy: Proxy, edits: &[(&str, &str)], flood_args: &[&str], fell
     panic!("the replicas held without {edits:?} in {ATTEMPTS_TO_FALL} floods: {held:#?}");
 }
 
+/// `config` with each `(text, replacement)` of `edits` replaced; panics if
+/// the shipped config of `proxy` lacks one of the texts.
+fn edited(proxy: Proxy, config: String, edits: &[(&str, &str)]) -> String {
+    edits.iter().fold(config, |config, (text, replacement)| {
+        let edited = config.replace(text, replacement);
+        assert_ne!(edited, config, "the shipped {proxy:?} config has {text:?}");
+        edited
+    })
+}
+
 #[test]
 fn without_wait_for_body_those_streams_reach_the_replicas() {
-    // Shows the tests of resets before the body can fail: without the
-    // frontend's wait-for-body, HAProxy forwards each request on its headers.
+    // Shows the HAProxy case above can fail: without the frontend's
+    // wait-for-body, HAProxy forwards each request on its headers, and the
+    // flood's streams start calls on the replicas. Whether that also takes
+    // the client under 99% or a replica over 64 MiB depends on the CPU the
+    // replicas get against the flood: 13-19% OK and 107-141 MiB in earlier
+    // runs, while in one CI run six floods in a row left the client at 100%
+    // and the replicas at 22-37 MiB. So what is asserted is the streams
+    // reaching the replicas, which the shipped config keeps at none.
     let _flood = one_flood_at_a_time();
-    falls_without(
-        Proxy::Haproxy,
-        &[("    http-request wait-for-body time 1s at-least 5\n", "")],
-        &reset_after_headers(),
-        |flood| flood.ok_ratio() < 0.99 || flood.peak_mib() > 64.0,
+    let without = [("    http-request wait-for-body time 1s at-least 5\n", "")];
+    let deployment = Deployment::edited(Proxy::Haproxy, |config| edited(Proxy::Haproxy, config, &without));
+    let flood = deployment.flood(&reset_after_headers());
+    let reached = deployment.calls_started(BIDI);
+    eprintln!("without wait-for-body: {}; {reached} streams started a call on a replica", flood.summary());
+    assert!(
+        reached >= flood.streams() * 0.1,
+        "without wait-for-body only {reached} of {} streams reached the replicas",
+        flood.streams()
     );
 }
 
