@@ -452,6 +452,10 @@ def probe(host: str, port: int, rate: float, deadline_s: float, until: float, ou
                         conn.conn.reset_stream(stream, error_code=CANCEL)
                     except h2.exceptions.H2Error:
                         pass
+    # Calls still waiting when the time ran out were sent: they count, so
+    # that every call a server may have started is in the results.
+    for started in in_flight.values():
+        results.append((started, None, "unfinished"))
     if conn is not None:
         conn.close()
     out.put(results)

@@ -134,18 +134,37 @@ impl Deployment {
         Flood::run(self.proxy.addr(), &self.pids(), Some(self.proxy.pid()), args)
     }
 
-    /// Calls of `method` (its name alone, e.g. `SayHelloBidirectionalStreaming`)
+    /// Asserts that no stream of a flood on helloworld's SayHello (the
+    /// well-behaved client's method) started a call on a replica: they
+    /// started no more SayHello calls than that client made.
+    fn assert_none_of_the_flood_reached_them(&self, flood: &Flood) {
+        let started = self.calls_started(("helloworld.Greeter", "SayHello"));
+        eprintln!(
+            "the replicas started {started} SayHello calls, the well-behaved client made {}",
+            flood.probe_calls()
+        );
+        assert!(
+            started <= flood.probe_calls(),
+            "streams of the flood reached the replicas: {started} SayHello calls started there, {} made by the \
+             well-behaved client",
+            flood.probe_calls()
+        );
+    }
+
+    /// Calls of `service`'s `method` (e.g. `helloworld.Greeter`, `SayHello`)
     /// whose handler started on any replica: what reached them, from their
     /// `grpc_server_started_total` on `/metrics`.
-    fn calls_started(&self, method: &str) -> f64 {
-        let label = format!("grpc_method=\"{method}\"");
+    fn calls_started(&self, (service, method): (&str, &str)) -> f64 {
+        let labels = [format!("grpc_service=\"{service}\""), format!("grpc_method=\"{method}\"")];
         self.replicas
             .iter()
             .map(|replica| {
                 let (status, body) = http_get(&replica.admin, "/metrics");
                 assert_eq!(status, 200, "GET /metrics on {}: {body}", replica.admin);
                 body.lines()
-                    .filter(|line| line.starts_with("grpc_server_started_total{") && line.contains(&label))
+                    .filter(|line| {
+                        line.starts_with("grpc_server_started_total{") && labels.iter().all(|l| line.contains(l))
+                    })
                     .map(|line| {
                         let value = line.rsplit(' ').next().unwrap_or_default();
                         value.parse::<f64>().unwrap_or_else(|_| panic!("a counter's value in {line:?}"))
@@ -201,6 +220,11 @@ impl Flood {
 
     fn streams(&self) -> f64 {
         self.number(&["flood", "streams_opened"])
+    }
+
+    /// The well-behaved client's calls, before, during and after the flood.
+    fn probe_calls(&self) -> f64 {
+        ["before", "during", "after"].iter().map(|window| self.number(&["probe", window, "calls"])).sum()
     }
 
     /// The well-behaved client's OK ratio during the flood.
@@ -285,21 +309,23 @@ behind_each_proxy!(a_rapid_reset_flood_from_sixteen_addresses_does_not_reach_the
 fn a_rapid_reset_flood_from_sixteen_addresses_does_not_reach_the_replicas(proxy: Proxy) {
     let _flood = one_flood_at_a_time();
     let deployment = Deployment::shipped(proxy);
-    deployment.flood(&[&["--attack", "rapid-reset"][..], &SIXTEEN_ADDRESSES].concat()).assert_held(
+    let flood = deployment.flood(&[&["--attack", "rapid-reset"][..], &SIXTEEN_ADDRESSES].concat());
+    flood.assert_held(
         "HEADERS + RST_STREAM from 16 addresses",
         // Paced to 384,000; on 2 shared cores it sends fewer, but far more
         // than the 5,000 a second the old cap let each address have.
         100_000.0,
     );
+    deployment.assert_none_of_the_flood_reached_them(&flood);
 }
 
 behind_each_proxy!(a_rapid_reset_flood_with_a_data_frame_before_each_reset_does_not_reach_the_replicas);
 fn a_rapid_reset_flood_with_a_data_frame_before_each_reset_does_not_reach_the_replicas(proxy: Proxy) {
     let _flood = one_flood_at_a_time();
     let deployment = Deployment::shipped(proxy);
-    deployment
-        .flood(&[&["--attack", "rapid-reset-data"][..], &SIXTEEN_ADDRESSES].concat())
-        .assert_held("HEADERS + 5-byte DATA + RST_STREAM from 16 addresses", 100_000.0);
+    let flood = deployment.flood(&[&["--attack", "rapid-reset-data"][..], &SIXTEEN_ADDRESSES].concat());
+    flood.assert_held("HEADERS + 5-byte DATA + RST_STREAM from 16 addresses", 100_000.0);
+    deployment.assert_none_of_the_flood_reached_them(&flood);
 }
 
 /// Attempts at making a config without a defence fall. Whether the
@@ -336,7 +362,7 @@ fn reset_2ms_later(attack: &'static str, path: &'static str) -> [&'static str; 1
 }
 
 /// The streaming method the floods of streams reset before their body call.
-const BIDI: &str = "SayHelloBidirectionalStreaming";
+const BIDI: (&str, &str) = ("greet_service.GreetService", "SayHelloBidirectionalStreaming");
 const BIDI_PATH: &str = "/greet_service.GreetService/SayHelloBidirectionalStreaming";
 
 /// Streams of HEADERS alone, each reset 2 ms later, on a streaming method
@@ -426,9 +452,10 @@ behind_each_proxy!(a_rapid_reset_flood_from_the_clients_own_address_does_not_rea
 fn a_rapid_reset_flood_from_the_clients_own_address_does_not_reach_the_replicas(proxy: Proxy) {
     let _flood = one_flood_at_a_time();
     let deployment = Deployment::shipped(proxy);
-    deployment
-        .flood(&["--attack", "rapid-reset", "--source", "127.0.0.1", "--connections", "4", "--seconds", "5"])
-        .assert_held("HEADERS + RST_STREAM from 127.0.0.1, the client's address", 50_000.0);
+    let flood =
+        deployment.flood(&["--attack", "rapid-reset", "--source", "127.0.0.1", "--connections", "4", "--seconds", "5"]);
+    flood.assert_held("HEADERS + RST_STREAM from 127.0.0.1, the client's address", 50_000.0);
+    deployment.assert_none_of_the_flood_reached_them(&flood);
 }
 
 /// What an attacker tries once resets before the body die at the proxy: a
