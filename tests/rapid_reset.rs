@@ -33,7 +33,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use common::envoy::Envoy;
-use common::process::{http_get, repo_root, Backend, Haproxy, ServerProcess};
+use common::process::{repo_root, Backend, Haproxy, ServerProcess};
 use greet::client::load::{self, LoadConfig, Workload};
 use greet::client::Connector;
 use serde_json::Value;
@@ -95,12 +95,20 @@ struct Deployment {
 
 impl Deployment {
     fn shipped(proxy: Proxy) -> Deployment {
-        Self::edited(proxy, |config| config)
+        Self::edited(proxy, &[])
     }
 
-    /// Behind `proxy` with its shipped config passed through `edit` (a
-    /// sibling test that takes a defence out to show it is what holds).
-    fn edited(proxy: Proxy, edit: impl FnOnce(String) -> String) -> Deployment {
+    /// Behind `proxy` with each `(text, replacement)` of `edits` replaced in
+    /// its shipped config (a sibling test that takes a defence out to show
+    /// it is what holds); panics if the shipped config lacks one of the texts.
+    fn edited(proxy: Proxy, edits: &[(&str, &str)]) -> Deployment {
+        let edit = |config: String| {
+            edits.iter().fold(config, |config, (text, replacement)| {
+                let edited = config.replace(text, replacement);
+                assert_ne!(edited, config, "the shipped {proxy:?} config has {text:?}");
+                edited
+            })
+        };
         Self::start(|replicas| match proxy {
             Proxy::Haproxy => Front::Haproxy(Haproxy::start_edited(&backends(replicas), edit)),
             Proxy::Envoy => {
@@ -139,15 +147,12 @@ impl Deployment {
     /// started no more SayHello calls than that client made.
     fn assert_none_of_the_flood_reached_them(&self, flood: &Flood) {
         let started = self.calls_started(("helloworld.Greeter", "SayHello"));
-        eprintln!(
-            "the replicas started {started} SayHello calls, the well-behaved client made {}",
-            flood.probe_calls()
-        );
+        let made = flood.probe_calls();
+        eprintln!("the replicas started {started} SayHello calls, the well-behaved client made {made}");
         assert!(
-            started <= flood.probe_calls(),
-            "streams of the flood reached the replicas: {started} SayHello calls started there, {} made by the \
-             well-behaved client",
-            flood.probe_calls()
+            started <= made,
+            "streams of the flood reached the replicas: {started} SayHello calls started there, {made} made by the \
+             well-behaved client"
         );
     }
 
@@ -155,23 +160,8 @@ impl Deployment {
     /// whose handler started on any replica: what reached them, from their
     /// `grpc_server_started_total` on `/metrics`.
     fn calls_started(&self, (service, method): (&str, &str)) -> f64 {
-        let labels = [format!("grpc_service=\"{service}\""), format!("grpc_method=\"{method}\"")];
-        self.replicas
-            .iter()
-            .map(|replica| {
-                let (status, body) = http_get(&replica.admin, "/metrics");
-                assert_eq!(status, 200, "GET /metrics on {}: {body}", replica.admin);
-                body.lines()
-                    .filter(|line| {
-                        line.starts_with("grpc_server_started_total{") && labels.iter().all(|l| line.contains(l))
-                    })
-                    .map(|line| {
-                        let value = line.rsplit(' ').next().unwrap_or_default();
-                        value.parse::<f64>().unwrap_or_else(|_| panic!("a counter's value in {line:?}"))
-                    })
-                    .sum::<f64>()
-            })
-            .sum()
+        let labels = [&format!("grpc_service=\"{service}\"")[..], &format!("grpc_method=\"{method}\"")];
+        self.replicas.iter().map(|replica| replica.counter("grpc_server_started_total", &labels)).sum()
     }
 }
 
@@ -404,7 +394,7 @@ fn streams_reset_a_moment_after_their_headers_are_held(proxy: Proxy) {
 fn falls_without(proxy: Proxy, edits: &[(&str, &str)], flood_args: &[&str], fell: impl Fn(&Flood) -> bool) {
     let mut held = Vec::new();
     for _ in 0..ATTEMPTS_TO_FALL {
-        let deployment = Deployment::edited(proxy, |config| edited(proxy, config, edits));
+        let deployment = Deployment::edited(proxy, edits);
         let flood = deployment.flood(flood_args);
         eprintln!("without {edits:?}: {}", flood.summary());
         if fell(&flood) {
@@ -413,16 +403,6 @@ fn falls_without(proxy: Proxy, edits: &[(&str, &str)], flood_args: &[&str], fell
         held.push(flood.summary());
     }
     panic!("the replicas held without {edits:?} in {ATTEMPTS_TO_FALL} floods: {held:#?}");
-}
-
-/// `config` with each `(text, replacement)` of `edits` replaced; panics if
-/// the shipped config of `proxy` lacks one of the texts.
-fn edited(proxy: Proxy, config: String, edits: &[(&str, &str)]) -> String {
-    edits.iter().fold(config, |config, (text, replacement)| {
-        let edited = config.replace(text, replacement);
-        assert_ne!(edited, config, "the shipped {proxy:?} config has {text:?}");
-        edited
-    })
 }
 
 #[test]
@@ -436,8 +416,7 @@ fn without_wait_for_body_those_streams_reach_the_replicas() {
     // and the replicas at 22-37 MiB. So what is asserted is the streams
     // reaching the replicas, which the shipped config keeps at none.
     let _flood = one_flood_at_a_time();
-    let without = [("    http-request wait-for-body time 1s at-least 5\n", "")];
-    let deployment = Deployment::edited(Proxy::Haproxy, |config| edited(Proxy::Haproxy, config, &without));
+    let deployment = Deployment::edited(Proxy::Haproxy, &[("    http-request wait-for-body time 1s at-least 5\n", "")]);
     let flood = deployment.flood(&reset_after_headers());
     let reached = deployment.calls_started(BIDI);
     eprintln!("without wait-for-body: {}; {reached} streams started a call on a replica", flood.summary());

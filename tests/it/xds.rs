@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::common::go_build;
-use crate::common::process::{http_get, Process, ServerProcess};
+use crate::common::process::{Process, ServerProcess};
 
 /// Replicas, the endpoints file naming them, the control plane serving it
 /// and the bootstrap a client reads to find the control plane; all in one
@@ -250,12 +250,7 @@ fn the_xds_control_plane_refuses_bad_flags_and_files_with_a_clear_error() {
 
 /// SayHello calls a replica has answered, from its admin port's `/metrics`.
 fn say_hello_handled(replica: &ServerProcess) -> u64 {
-    let (_, metrics) = http_get(&replica.admin, "/metrics");
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("grpc_server_handled_total{") && l.contains("grpc_method=\"SayHello\""))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, n)| n.parse::<u64>().ok()))
-        .sum()
+    replica.counter("grpc_server_handled_total", &["grpc_method=\"SayHello\""]) as u64
 }
 
 /// Waits for `child` (its stdout and stderr piped); both read whole.

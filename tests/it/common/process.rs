@@ -229,6 +229,20 @@ impl ServerProcess {
     pub fn admin_port(&self) -> &str {
         self.admin.rsplit_once(':').expect("host:port").1
     }
+
+    /// The sum of counter `name`'s samples on its admin port's `/metrics`
+    /// whose labels include each of `labels` (`key="value"`); 0 if none.
+    pub fn counter(&self, name: &str, labels: &[&str]) -> f64 {
+        let (status, body) = http_get(&self.admin, "/metrics");
+        assert_eq!(status, 200, "GET /metrics on {}: {body}", self.admin);
+        body.lines()
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter(|(key, _)| {
+                key.split_once('{').map_or(*key, |(n, _)| n) == name && labels.iter().all(|l| key.contains(l))
+            })
+            .map(|(key, value)| value.parse::<f64>().unwrap_or_else(|_| panic!("{key}'s value {value:?}")))
+            .sum()
+    }
 }
 
 /// One GET on the admin port: the status code.
