@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Profiles one server under the unary load of `make bench`'s unary_max row
-# (h2load, 50 connections x 4 streams, helloworld SayHello) with Debian's
+# (h2load, 50 connections x 4 streams, helloworld SayHello), or with
+# LOAD=bidi the load of its bidi_1 row (our loadgen: one stream, 64 requests
+# in flight, GreetService SayHelloBidirectionalStreaming), with Debian's
 # perf, sampling that server's process only, and writes what it spends per
 # shared object and per symbol:
 #
@@ -18,7 +20,9 @@
 # sample count) and NAME.svg, a flame graph, with inferno (pinned below,
 # installed by cargo on first use under $CARGO_TARGET_DIR/tools/).
 # Needs root (or perf_event_paranoid <= 1), perf (`apt-get install
-# linux-perf`) and h2load (nghttp2-client, which run.py installs).
+# linux-perf`) and h2load (nghttp2-client, which run.py installs); LOAD=bidi
+# needs the loadgen that bench/run.py builds (found under
+# $BENCH_BIN_DIR, by default ~/.cache/greet/bench-bin).
 set -euo pipefail
 
 [ "$#" -ge 4 ] && [ "$3" = "--" ] || { echo "usage: $0 NAME PORT -- SERVER ARGV..." >&2; exit 2; }
@@ -44,6 +48,25 @@ fi
 # HelloRequest{name: "world"} as one gRPC frame: not compressed, length 7.
 printf '\x00\x00\x00\x00\x07\x0a\x05world' >"$out/frame.bin"
 
+case "${LOAD:-unary}" in
+  unary)
+    load() {
+      taskset -c 1 h2load -c 50 -m 4 -t 1 -D "$1" -d "$out/frame.bin" \
+        -H "content-type: application/grpc" -H "te: trailers" "http://127.0.0.1:$port/helloworld.Greeter/SayHello"
+    }
+    ;;
+  bidi)
+    loadgen="$(compgen -G "${BENCH_BIN_DIR:-$HOME/.cache/greet/bench-bin}/*/loadgen" | head -n 1 || true)"
+    [ -x "$loadgen" ] || { echo "profile: no loadgen under ${BENCH_BIN_DIR:-$HOME/.cache/greet/bench-bin} (bench/run.py builds it)" >&2; exit 1; }
+    # Prints "finished in Ns, R msg/s" like h2load's line, from loadgen's JSON.
+    load() {
+      taskset -c 1 "$loadgen" bidi -addr "127.0.0.1:$port" -streams 1 -conns 1 -window 64 -warmup 0s -duration "$1s" |
+        python3 -c 'import json, sys; r = json.loads(sys.stdin.read().split()[-1]); print("finished in %.2fs, %.2f msg/s" % (r["seconds"], r["per_second"]))'
+    }
+    ;;
+  *) echo "profile: LOAD is unary or bidi, not $LOAD" >&2; exit 2 ;;
+esac
+
 taskset -c 0 "$@" >"$out/$name.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
@@ -52,10 +75,6 @@ for _ in $(seq 100); do
   kill -0 "$pid" 2>/dev/null || { echo "profile: the server exited; its log: $out/$name.log" >&2; exit 1; }
   sleep 0.1
 done
-load() {
-  taskset -c 1 h2load -c 50 -m 4 -t 1 -D "$1" -d "$out/frame.bin" \
-    -H "content-type: application/grpc" -H "te: trailers" "http://127.0.0.1:$port/helloworld.Greeter/SayHello"
-}
 load 2 >/dev/null
 # shellcheck disable=SC2086 # PERF_ARGS is a list of arguments
 perf record ${PERF_ARGS:--F 2999} -p "$pid" -o "$out/$name.data" -- sleep 6 2>/dev/null &

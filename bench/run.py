@@ -372,10 +372,28 @@ def run_client(argv: list, timeout: float, stdout=None, cores: str = CLIENT_CORE
 # --------------------------------------------------------------------------- measurements
 
 
+def check_served_by(server: Server, path: str, data: Path) -> None:
+    """Ours answers every call with `x-served-by: HOST:PORT` (its instance id, by default the
+    bound address), and cpp must answer the same: without it the floor would save the header's
+    encoding (about 150 ns a call) and its 29 bytes. One call with curl, its headers read."""
+    argv = ["curl", "-s", "--max-time", "10", "--http2-prior-knowledge", "-H", "content-type: application/grpc",
+            "-H", "te: trailers", "--data-binary", f"@{data}", "-D", "-", "-o", "/dev/null",
+            f"http://127.0.0.1:{server.port}{path}"]
+    try:
+        headers = subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"{server.impl}: cannot read its answer's headers with curl: {e}") from None
+    want = f"x-served-by: 127.0.0.1:{server.port}"
+    if want not in headers.splitlines():
+        raise BenchError(f"{server.impl}: its answer on {path} lacks `{want}`; headers:\n{headers}")
+
+
 def h2load(peers: Peers, server: Server, path: str, frame: bytes, reply_bytes: int, seconds: float,
            tmp: Path) -> dict:
     data = tmp / f"frame-{len(frame)}.bin"
     data.write_bytes(frame)
+    if server.impl in ("ours", "cpp"):
+        check_served_by(server, path, data)
     out_path = tmp / "h2load.out"
     # One h2load thread, on all cores too: at these rates it stays under half a core, and with two
     # threads its count of 2xx answers can include one that ended after the stop.
@@ -962,7 +980,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 CPP_NOTE = ("`cpp` is the floor of the stack this project chose: gRPC's own C++ async generic API "
             f"(bench/cpp-peer/) on the same C core as ours (grpcio-sys {grpcio_sys_version()}, built from its "
-            "bundled source), serving the same methods with the same answers, set up like ours (no core "
+            "bundled source), serving the same methods with the same answers, headers included (`x-served-by`, "
+            "checked before each unary measurement), set up like ours (no core "
             "message-size filter, a 4 MiB receive limit checked by the peer, 256 pre-requested calls per "
             "queue); issue 22's goals are ratios against it. ")
 
@@ -992,7 +1011,7 @@ def main(argv: list[str]) -> int:
     try:
         if (os.cpu_count() or 1) < 2:
             raise BenchError("needs 2 cores: servers on core 0, load generators on core 1")
-        ensure_apt({"h2load": "nghttp2-client", "protoc": "protobuf-compiler", "taskset": "util-linux"})
+        ensure_apt({"h2load": "nghttp2-client", "protoc": "protobuf-compiler", "taskset": "util-linux", "curl": "curl"})
         ours = args.server or build_ours()
         # ghz and loadgen drive every server, so the Go peers are always built.
         go_bin = build_go_peers(args.bin_dir)

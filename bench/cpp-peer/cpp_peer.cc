@@ -2,7 +2,9 @@
 // column of bench/run.py, the floor of the stack this project chose. It serves
 // the benchmark's methods (helloworld.Greeter/SayHello and
 // greet_service.GreetService SayHello, SayHelloServerStreaming and
-// SayHelloBidirectionalStreaming) with our server's answers, on gRPC's C++
+// SayHelloBidirectionalStreaming) with our server's answers, headers included
+// (`x-served-by: HOST:PORT`, the bound address, as our server sends by
+// default on every call), on gRPC's C++
 // async generic API over the same C core as grpcio (1.56.2, built by build.sh
 // from the source grpcio-sys bundles): N completion queues, one thread each,
 // no protobuf library (the three messages, all `string` fields numbered 1, are
@@ -38,6 +40,11 @@ namespace {
 
 constexpr size_t kMaxReceiveBytes = 4 * 1024 * 1024;
 constexpr int kMaxConcurrentStreams = 1000;
+
+// The `x-served-by` header every call's answer carries, as our server's do
+// (src/rpc: the instance id, by default the bound address). Set once in main
+// before any call is served.
+std::string served_by;
 
 // ----------------------------------------------------------------- wire format
 
@@ -224,6 +231,7 @@ class Call {
       Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "unknown method " + ctx_.method()));
       return;
     }
+    ctx_.AddInitialMetadata("x-served-by", served_by);
     StartRead();
   }
 
@@ -448,6 +456,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cpp-peer: cannot listen on %s\n", addr.c_str());
     return 1;
   }
+  served_by = addr.substr(0, addr.rfind(':')) + ":" + std::to_string(port);
 
   std::vector<std::thread> pollers;
   for (auto& cq : cqs) pollers.emplace_back(Serve, &service, cq.get(), slots);
