@@ -121,5 +121,5 @@ lint: deps
 	@unformatted="$$(gofmt -l tests/interop/go tests/xds bench/go)"; \
 	  if [ -n "$$unformatted" ]; then echo "gofmt: needs formatting: $$unformatted"; exit 1; fi
 	python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' \
-	  tests/interop/run_matrix.py bench/run.py bench/costs.py scripts/gopeers.py scripts/gotools.py scripts/envoy.py scripts/h2flood.py \
+	  tests/interop/run_matrix.py bench/run.py bench/costs.py bench/ab_unary.py scripts/gopeers.py scripts/gotools.py scripts/envoy.py scripts/h2flood.py \
 	  scripts/security_check.py deploy/haproxy/render.py deploy/envoy/render.py scripts/etcd.py nemesis/*.py
