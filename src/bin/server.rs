@@ -210,6 +210,7 @@ fn config(args: Args) -> Result<ServerConfig, String> {
 }
 
 fn main() -> ExitCode {
+    server::keep_freed_memory_for_reuse();
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let drain = DrainPolicy { delay: args.drain_delay, grace: args.grace };

@@ -27,6 +27,7 @@ mod health_probe;
 mod image;
 mod interop_cases;
 mod k8s;
+mod large_messages;
 mod layers;
 mod metrics;
 mod proxy;
